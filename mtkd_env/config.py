@@ -1,0 +1,341 @@
+"""`EnvConfig`: every knob of `MultiTeacherKDEnv`, as one documented dataclass.
+
+Configs load from dicts, JSON or YAML files; unknown keys and wrong types raise `ConfigError`
+with a one-line message naming the field and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+__all__ = ["EnvConfig", "ConfigError", "load_config_file", "parse_overrides", "default_cache_dir"]
+
+
+class ConfigError(ValueError):
+    """A configuration value was missing, unknown, of the wrong type or out of range."""
+
+
+def default_cache_dir() -> str:
+    """`$MTKD_CACHE_DIR`, else `$XDG_CACHE_HOME/mtkd_env`, else `~/.cache/mtkd_env`."""
+    if os.environ.get("MTKD_CACHE_DIR"):
+        return os.environ["MTKD_CACHE_DIR"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "mtkd_env")
+
+
+@dataclass
+class EnvConfig:
+    """Configuration of one multi-teacher distillation environment.
+
+    Defaults give the embedded benchmark: scikit-learn's handwritten digits, three heterogeneous
+    teachers (one trained on systematically corrupted labels) and a small CNN student. Loss
+    coefficients, temperature and optimiser follow the MTKD-RL code (T=4, alpha=1, beta=5, SGD with
+    Nesterov momentum, multistep LR at 150/180/210 of 240 epochs, expressed as fractions).
+    """
+
+    # --- data -------------------------------------------------------------------------------
+    dataset: str = "digits"
+    """Dataset name from `mtkd_env.data.DATASETS` (e.g. "digits", "synthetic")."""
+    data_dir: Optional[str] = None
+    """Root folder of on-disk datasets; unused by the embedded ones."""
+    dataset_kwargs: dict = field(default_factory=dict)
+    """Extra keyword arguments passed to the dataset builder (e.g. synthetic shape/classes)."""
+    augment: bool = False
+    """Apply the dataset's standard training augmentation (on the device)."""
+    batch_size: int = 64
+    """Training batch size B. The last partial batch of an epoch is dropped so shapes stay fixed."""
+    data_seed: int = 0
+    """Seed of the train/val/test split (fixed across episodes so that val and test never move)."""
+
+    # --- models ----------------------------------------------------------------------------
+    teachers: list = field(default_factory=lambda: ["cnn", "tiny_resnet", "mlp=noisy"])
+    """Teacher pool, one spec per teacher: "arch" (cache; trained on first use for embedded
+    data), "arch=noisy" (embedded data: trained on corrupted labels, an unreliable teacher),
+    "arch=random" (untrained weights), or "arch=/path/to/checkpoint.pt"."""
+    student: str = "tiny_cnn"
+    """Student architecture name from `mtkd_env.models`."""
+    teacher_cache_dir: Optional[str] = None
+    """Where trained teachers are cached; default `default_cache_dir()/teachers`."""
+    teacher_seed: int = 0
+    """Seed of teacher training (part of the cache key)."""
+    teacher_epochs: int = 30
+    """Epochs of on-first-use teacher training for embedded datasets (part of the cache key)."""
+    noisy_label_fraction: float = 0.7
+    """Fraction of training labels that an "=noisy" teacher sees shifted to a wrong class."""
+
+    # --- episode ---------------------------------------------------------------------------
+    epochs: float = 10.0
+    """Episode length in passes over the training split."""
+    max_steps: Optional[int] = None
+    """Episode length in env steps; overrides `epochs` when set."""
+    steps_per_action: int = 1
+    """Distillation iterations per env step (teacher granularity only; sample needs 1)."""
+
+    # --- loss ------------------------------------------------------------------------------
+    kd_temperature: float = 4.0
+    """Temperature T of the logit KD term (scaled by T^2)."""
+    kd_alpha: float = 1.0
+    """Coefficient of the weighted logit KD term."""
+    feature_kd: bool = True
+    """Add the weighted feature-KD term through per-teacher projectors (as the paper)."""
+    feat_beta: float = 5.0
+    """Coefficient of the weighted feature MSE term."""
+
+    # --- optimiser -------------------------------------------------------------------------
+    lr: float = 0.05
+    """Initial student learning rate (SGD, momentum 0.9, Nesterov)."""
+    momentum: float = 0.9
+    """SGD momentum."""
+    weight_decay: float = 1e-4
+    """SGD weight decay (the MTKD-RL student value)."""
+    lr_schedule: str = "multistep"
+    """"multistep", "cosine" or "constant"."""
+    lr_milestones: list = field(default_factory=lambda: [0.625, 0.75, 0.875])
+    """Multistep milestones as fractions of the episode (150/180/210 of 240 epochs)."""
+    lr_gamma: float = 0.1
+    """Multistep decay factor."""
+
+    # --- RL interface ----------------------------------------------------------------------
+    granularity: str = "teacher"
+    """"teacher": flat Box of batch statistics, action (M,) or (2M,); "sample": the paper's
+    per-sample state (B, F), action (B, M) or (B, 2M)."""
+    separate_feature_weights: bool = False
+    """Separate logit and feature weights: action width 2M instead of M."""
+    action_transform: str = "softmax"
+    """How actions in [-1, 1] become simplex weights: "softmax" = softmax(a / action_temperature),
+    "linear" = (a + 1) / sum(a + 1) (exactly invertible; uniform if all are -1)."""
+    action_temperature: float = 0.5
+    """Softmax temperature of the action transform."""
+    sample_obs_embeddings: bool = True
+    """Sample granularity: include each teacher's pooled embedding in the state."""
+    sample_obs_logits: bool = True
+    """Sample granularity: include each teacher's logits in the state."""
+    reward: Union[str, Callable, None] = None
+    """Reward name from `mtkd_env.rewards.REWARDS`, or a callable `f(StepResult) -> float`.
+    None = "probe_loss_drop" for teacher granularity, "paper" for sample granularity."""
+    reward_interval: int = 10
+    """Steps between validation evaluations for "val_acc_delta"."""
+    probe_size: int = 256
+    """Samples in the fixed held-out probe batch (taken from the validation split)."""
+    divergence_penalty: float = -1.0
+    """Reward of the step on which the loss becomes non-finite (the episode then ends)."""
+    eval_batch_size: int = 512
+    """Batch size of validation/test evaluation."""
+
+    # --- runtime ---------------------------------------------------------------------------
+    device: str = "auto"
+    """"auto" (CUDA when present), "cpu", "cuda" or "cuda:N"."""
+    show_progress: bool = True
+    """Show a progress bar while teachers are trained on first use."""
+
+    # ---------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Type- and range-check every field; raise `ConfigError` on the first problem."""
+        hints = typing.get_type_hints(EnvConfig)
+        for f in dataclasses.fields(self):
+            _check_type(f.name, getattr(self, f.name), hints[f.name])
+        if not isinstance(self.teachers, list) or not self.teachers:
+            raise ConfigError("teachers: expected a non-empty list of teacher specs, got "
+                              f"{self.teachers!r}")
+        for spec in self.teachers:
+            if not isinstance(spec, str) or not spec.split("=", 1)[0]:
+                raise ConfigError(f"teachers: each entry must be 'arch' or 'arch=source', got {spec!r}")
+        positive = ["batch_size", "steps_per_action", "reward_interval", "probe_size",
+                    "eval_batch_size", "teacher_epochs"]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: expected an integer >= 1, got {getattr(self, name)!r}")
+        for name in ["kd_temperature", "action_temperature"]:
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name}: expected a number > 0, got {getattr(self, name)!r}")
+        for name in ["lr", "kd_alpha", "feat_beta", "weight_decay", "momentum", "lr_gamma"]:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: expected a number >= 0, got {getattr(self, name)!r}")
+        if not self.epochs > 0:
+            raise ConfigError(f"epochs: expected a number > 0, got {self.epochs!r}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"max_steps: expected an integer >= 1 or null, got {self.max_steps!r}")
+        if not 0.0 <= self.noisy_label_fraction <= 1.0:
+            raise ConfigError(f"noisy_label_fraction: expected a number in [0, 1], got "
+                              f"{self.noisy_label_fraction!r}")
+        _check_choice("granularity", self.granularity, ("teacher", "sample"))
+        _check_choice("action_transform", self.action_transform, ("softmax", "linear"))
+        _check_choice("lr_schedule", self.lr_schedule, ("multistep", "cosine", "constant"))
+        if any(not isinstance(m, (int, float)) or not 0 < m < 1 for m in self.lr_milestones):
+            raise ConfigError(f"lr_milestones: expected fractions in (0, 1), got {self.lr_milestones!r}")
+        if self.granularity == "sample" and self.steps_per_action != 1:
+            raise ConfigError("steps_per_action: sample granularity weights one batch per action, "
+                              f"so it must be 1, got {self.steps_per_action}")
+        if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
+            raise ConfigError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+
+    # --- (de)serialisation -----------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict) -> "EnvConfig":
+        """Build from a plain dict; unknown keys raise `ConfigError` listing the known ones."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"env config: expected a mapping of field names to values, got "
+                              f"{type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown EnvConfig field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**_coerce_floats(data))
+
+    @classmethod
+    def from_file(cls, path: Union[str, Path]) -> "EnvConfig":
+        """Load from a .json, .yaml or .yml file."""
+        return cls.from_dict(load_config_file(path))
+
+    def to_dict(self) -> dict:
+        """Plain, JSON-serialisable dict (a callable reward is written as its qualified name)."""
+        out = dataclasses.asdict(self)
+        if callable(self.reward):
+            out["reward"] = getattr(self.reward, "__qualname__", repr(self.reward))
+        return out
+
+    def replace(self, **overrides: Any) -> "EnvConfig":
+        """A copy with `overrides` applied (validated like `from_dict`)."""
+        merged = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        known = set(merged)
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigError(f"unknown EnvConfig field(s) {unknown}; known fields: {sorted(known)}")
+        merged.update(_coerce_floats(overrides))
+        return EnvConfig(**merged)
+
+    @classmethod
+    def field_docs(cls) -> dict:
+        """Field name -> its documentation string (parsed from this source file)."""
+        return _FIELD_DOCS
+
+
+def load_config_file(path: Union[str, Path]) -> dict:
+    """Read a JSON or YAML mapping from `path`; a clear `ConfigError` if it is missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist (expected a .json, .yaml or .yml file)")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        elif path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            raise ConfigError(f"config file {str(path)!r}: expected a .json, .yaml or .yml extension")
+    except (json.JSONDecodeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"config file {str(path)!r} is not valid: {exc}".splitlines()[0]) from None
+    except Exception as exc:  # yaml.YAMLError and friends
+        raise ConfigError(f"config file {str(path)!r} is not valid: {exc}".splitlines()[0]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r}: expected a mapping at top level, got "
+                          f"{type(data).__name__}")
+    return data
+
+
+def parse_overrides(pairs: list) -> dict:
+    """Parse CLI `KEY=VALUE` strings; values are read as YAML scalars/lists (`epochs=2`,
+    `teachers=[cnn,mlp]`, `device=cpu`)."""
+    import yaml
+
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ConfigError(f"override {pair!r}: expected KEY=VALUE")
+        key, value = pair.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value != "" else None
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+def _coerce_floats(data: dict) -> dict:
+    """YAML 1.1 reads `1e-4` as a string; accept such numerals for float fields."""
+    hints = typing.get_type_hints(EnvConfig)
+    out = dict(data)
+    for key, value in data.items():
+        tp = hints.get(key)
+        if isinstance(value, str) and (tp is float or tp == Optional[float]):
+            try:
+                out[key] = float(value)
+            except ValueError:
+                pass
+    return out
+
+
+def _check_choice(name: str, value: str, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}: expected one of {list(choices)}, got {value!r}")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _check_type(name: str, value: Any, tp: Any) -> None:
+    origin = typing.get_origin(tp)
+    if origin is Union or origin is types.UnionType:
+        args = typing.get_args(tp)
+        for arg in args:
+            try:
+                _check_type(name, value, arg)
+                return
+            except ConfigError:
+                continue
+        raise ConfigError(f"{name}: expected {' or '.join(_type_name(a) for a in args)}, got "
+                          f"{type(value).__name__} {value!r}")
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"{name}: expected null, got {value!r}")
+        return
+    if origin is not None and origin.__module__ == "collections.abc":  # Callable
+        if not callable(value):
+            raise ConfigError(f"{name}: expected a callable, got {value!r}")
+        return
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, tp)
+    if not ok:
+        raise ConfigError(f"{name}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _parse_field_docs() -> dict:
+    """Docstrings placed right after each field in the class body (shown by `--help` texts)."""
+    import ast
+    import inspect
+
+    try:
+        tree = ast.parse(inspect.getsource(EnvConfig))
+    except (OSError, TypeError):
+        return {}
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(
+                getattr(nxt, "value", None), ast.Constant) and isinstance(nxt.value.value, str):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+_FIELD_DOCS = _parse_field_docs()

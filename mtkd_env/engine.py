@@ -1,0 +1,263 @@
+"""The distillation engine: the one place where a multi-teacher KD iteration happens.
+
+The env, the agents, the baselines and the benchmarks all drive this class. One iteration:
+
+1. `prepare()` draws the next batch, runs the frozen teachers (no grad) and the student with its
+   projectors (with grad), and computes the per-sample quantities both the loss and the agent's
+   state need: KL (B, M), feature MSE (B, M), cosine (B, M), teacher CE (B, M), student CE (B,).
+2. The policy looks at those statistics and chooses weights.
+3. `apply(weights)` forms `CE + alpha * sum_m wL*KL + beta * sum_m wF*MSE` from the *same* forward,
+   backpropagates, steps the optimiser and the LR schedule.
+
+Keeping the student forward of step 1 for step 3 (as MTKD-RL's code does) means the state costs
+no extra forward pass.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import List, Optional
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from . import models
+from .config import EnvConfig, default_cache_dir
+from .data import DeviceLoader, build_dataset
+from .projectors import ProjectorBank
+from .teachers import Teacher, load_pool
+
+__all__ = ["DistillationEngine", "Batch", "resolve_device"]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} was requested but CUDA is not available; use device='cpu' or 'auto'")
+    return torch.device(name)
+
+
+@dataclass
+class Batch:
+    """Everything computed for one batch before the update. Shapes: B batch, M teachers, C classes."""
+
+    x: torch.Tensor                      # (B, ...) inputs
+    y: torch.Tensor                      # (B,) labels
+    index: torch.Tensor                  # (B,) dataset indices
+    teacher_logits: torch.Tensor         # (M, B, C), no grad
+    teacher_embeddings: List[torch.Tensor]  # M x (B, D_m), no grad
+    student_logits: torch.Tensor         # (B, C), with grad
+    student_ce: torch.Tensor             # (B,), with grad
+    kl: torch.Tensor                     # (B, M) T^2 KL(p_t^m || p_s), with grad
+    feat_mse: Optional[torch.Tensor]     # (B, M) with grad, None when feature KD is off
+    cos: torch.Tensor                    # (B, M) cosine(GAP(proj_m(F_s)), e_t^m), detached
+    teacher_ce: torch.Tensor             # (B, M) CE of teacher logits vs labels (T = 1)
+    teacher_entropy: torch.Tensor        # (B, M) entropy of softmax(teacher logits) (T = 1)
+    teacher_correct: torch.Tensor        # (B, M) float 0/1
+    student_correct: torch.Tensor        # (B,) float 0/1
+
+
+class DistillationEngine:
+    """Owns data, teachers, student, projectors, optimiser and LR schedule of one episode."""
+
+    def __init__(self, config: EnvConfig) -> None:
+        self.config = cfg = config
+        self.device = resolve_device(cfg.device)
+        splits = build_dataset(cfg.dataset, data_dir=cfg.data_dir, seed=cfg.data_seed, **cfg.dataset_kwargs)
+        self.num_classes = splits.num_classes
+        self.input_shape = splits.input_shape
+        self.teachers: List[Teacher] = load_pool(
+            cfg.teachers, splits, self.device, cfg.teacher_cache_dir or f"{default_cache_dir()}/teachers",
+            seed=cfg.teacher_seed, data_seed=cfg.data_seed, epochs=cfg.teacher_epochs,
+            noisy_fraction=cfg.noisy_label_fraction, show_progress=cfg.show_progress,
+            dataset_name=cfg.dataset)
+        self.num_teachers = len(self.teachers)
+        dev = self.device
+        self.val_x, self.val_y = splits.val_x.to(dev), splits.val_y.to(dev)
+        self.test_x, self.test_y = splits.test_x.to(dev), splits.test_y.to(dev)
+        self.probe_x, self.probe_y = self.val_x[:cfg.probe_size], self.val_y[:cfg.probe_size]
+        self.loader = DeviceLoader(splits.train_x.to(dev), splits.train_y.to(dev), cfg.batch_size,
+                                   splits.augment if cfg.augment else None)
+        with torch.no_grad():
+            outs = [t.model(self.val_x[:2]) for t in self.teachers]
+        self.teacher_feature_shapes = [tuple(o.feature_map.shape[1:]) for o in outs]
+        self.teacher_embedding_dims = [int(o.embedding.shape[1]) for o in outs]
+        if cfg.max_steps is not None:
+            self.total_iterations = cfg.max_steps * cfg.steps_per_action
+        else:
+            self.total_iterations = max(1, math.ceil(cfg.epochs * self.loader.batches_per_epoch))
+        self.total_steps = math.ceil(self.total_iterations / cfg.steps_per_action)
+        self.student: Optional[nn.Module] = None
+        self.projectors: Optional[ProjectorBank] = None
+        self.optimizer: Optional[torch.optim.Optimizer] = None
+        self.scheduler = None
+        self.iteration = 0
+        self.batch: Optional[Batch] = None
+        self._loader_state_before_batch: Optional[dict] = None
+
+    # --- episode lifecycle -----------------------------------------------------------------
+    def reset(self, seed: int) -> Batch:
+        """Fresh student, projectors, optimiser and data order, all from `seed`."""
+        cfg = self.config
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            self.student = models.build(cfg.student, num_classes=self.num_classes,
+                                        input_shape=self.input_shape).to(self.device).train()
+            self.projectors = None
+            if cfg.feature_kd:
+                with torch.no_grad():
+                    s_channels = self.student(self.val_x[:2]).feature_map.shape[1]
+                self.projectors = ProjectorBank(s_channels, self.teacher_feature_shapes).to(self.device).train()
+        params = list(self.student.parameters())
+        if self.projectors is not None:
+            params += list(self.projectors.parameters())
+        self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.loader.reset(seed + 1)
+        self.iteration = 0
+        self.batch = self.prepare()
+        return self.batch
+
+    def _lr_factor(self, iteration: int) -> float:
+        cfg, progress = self.config, iteration / self.total_iterations
+        if cfg.lr_schedule == "multistep":
+            return cfg.lr_gamma ** sum(progress >= m for m in cfg.lr_milestones)
+        if cfg.lr_schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return 1.0
+
+    @property
+    def lr(self) -> float:
+        return self.config.lr * self._lr_factor(self.iteration)
+
+    @property
+    def done(self) -> bool:
+        return self.iteration >= self.total_iterations
+
+    # --- one iteration ---------------------------------------------------------------------
+    def prepare(self) -> Batch:
+        """Draw the next batch; forward teachers (no grad) and student + projectors (grad)."""
+        cfg = self.config
+        self._loader_state_before_batch = self.loader.state_dict()
+        x, y, index = self.loader.next()
+        with torch.no_grad():
+            t_outs = [t.model(x) for t in self.teachers]
+            t_logits = torch.stack([o.logits for o in t_outs])                    # (M, B, C)
+            log_pt = F.log_softmax(t_logits / cfg.kd_temperature, dim=-1)
+            pt = log_pt.exp()
+            logp1 = F.log_softmax(t_logits, dim=-1)
+            teacher_entropy = -(logp1.exp() * logp1).sum(-1).T                   # (B, M)
+            teacher_ce = -logp1.gather(-1, y.expand(len(t_outs), -1)[..., None]).squeeze(-1).T
+            teacher_correct = (t_logits.argmax(-1) == y).T.float()
+        s_out = self.student(x)
+        log_ps = F.log_softmax(s_out.logits / cfg.kd_temperature, dim=-1)          # (B, C)
+        kl = cfg.kd_temperature ** 2 * (pt * (log_pt - log_ps)).sum(-1).T        # (B, M)
+        student_ce = F.cross_entropy(s_out.logits, y, reduction="none")
+        feat_mse = None
+        cos = torch.zeros_like(teacher_ce)
+        if self.projectors is not None:
+            projected = self.projectors(s_out.feature_map)
+            feat_mse = torch.stack([((p - o.feature_map) ** 2).flatten(1).mean(1)
+                                    for p, o in zip(projected, t_outs)], dim=1)  # (B, M)
+            with torch.no_grad():
+                cos = torch.stack([F.cosine_similarity(p.mean((2, 3)), o.embedding, dim=1)
+                                   for p, o in zip(projected, t_outs)], dim=1)
+        student_correct = (s_out.logits.detach().argmax(-1) == y).float()
+        return Batch(x, y, index, t_logits, [o.embedding for o in t_outs], s_out.logits, student_ce,
+                     kl, feat_mse, cos, teacher_ce, teacher_entropy, teacher_correct, student_correct)
+
+    def loss_terms(self, batch: Batch, w_logit: torch.Tensor, w_feat: torch.Tensor):
+        """Per-sample total loss (B,) and the batch-mean KD and feature terms.
+
+        `w_logit`, `w_feat`: (M,) or (B, M) weights; broadcast over the batch.
+        """
+        cfg = self.config
+        kd = (w_logit * batch.kl).sum(-1)
+        total = batch.student_ce + cfg.kd_alpha * kd
+        feat = torch.zeros_like(kd)
+        if batch.feat_mse is not None:
+            feat = (w_feat * batch.feat_mse).sum(-1)
+            total = total + cfg.feat_beta * feat
+        return total, kd.mean(), feat.mean()
+
+    def apply(self, w_logit: torch.Tensor, w_feat: torch.Tensor) -> dict:
+        """Update the student on the prepared batch with the given weights, then prepare the next.
+
+        Returns device tensors: per-sample loss (B,), mean loss, KD and feature terms.
+        """
+        batch = self.batch
+        total, kd, feat = self.loss_terms(batch, w_logit, w_feat)
+        loss = total.mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.iteration += 1
+        out = {"per_sample_loss": total.detach(), "loss": loss.detach(), "kd_loss": kd.detach(),
+               "feat_loss": feat.detach(), "student_ce": batch.student_ce.detach().mean(),
+               "student_acc": batch.student_correct.mean()}
+        self.batch = self.prepare()
+        return out
+
+    # --- measurements ----------------------------------------------------------------------
+    @torch.no_grad()
+    def correct_count(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Number of correct student predictions on (x, y), as a 0-d device tensor (no sync)."""
+        was_training = self.student.training
+        self.student.eval()
+        bs = self.config.eval_batch_size
+        correct = torch.zeros((), device=self.device)
+        for i in range(0, len(x), bs):
+            correct += (self.student(x[i:i + bs]).logits.argmax(1) == y[i:i + bs]).sum()
+        self.student.train(was_training)
+        return correct
+
+    def val_accuracy(self) -> torch.Tensor:
+        return self.correct_count(self.val_x, self.val_y) / len(self.val_y)
+
+    def test_accuracy(self) -> torch.Tensor:
+        return self.correct_count(self.test_x, self.test_y) / len(self.test_y)
+
+    @torch.no_grad()
+    def probe_loss(self) -> torch.Tensor:
+        """Student CE on the fixed probe batch, in eval mode, as a 0-d device tensor."""
+        was_training = self.student.training
+        self.student.eval()
+        loss = F.cross_entropy(self.student(self.probe_x).logits, self.probe_y)
+        self.student.train(was_training)
+        return loss
+
+    # --- checkpointing ---------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything needed to continue the episode bit-identically (the prepared batch is
+        recomputed from the loader state saved before it was drawn)."""
+        return {"student": self.student.state_dict(),
+                "projectors": None if self.projectors is None else self.projectors.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "iteration": self.iteration, "loader": self._loader_state_before_batch}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.student is None:
+            raise RuntimeError("call reset() before load_state_dict() so the modules exist")
+        self.student.load_state_dict(state["student"])
+        if self.projectors is not None:
+            self.projectors.load_state_dict(state["projectors"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.iteration = int(state["iteration"])
+        self.loader.load_state_dict(state["loader"])
+        self.batch = self.prepare()
+        # The saved BN running stats already include this batch's forward; in train mode BN
+        # normalises with batch statistics, so restoring the buffers after the forward makes the
+        # state identical to the one saved (parameters are untouched: the graph needs them).
+        modules = [(self.student, state["student"]), (self.projectors, state["projectors"])]
+        with torch.no_grad():
+            for module, saved in modules:
+                if module is not None:
+                    for name, buf in module.named_buffers():
+                        buf.copy_(saved[name])

@@ -1,0 +1,273 @@
+"""`MultiTeacherKDEnv`: multi-teacher knowledge distillation as a Gymnasium environment.
+
+One `step` = `steps_per_action` distillation iterations of the student with the chosen teacher
+weights; one episode = one student training run. See `EnvConfig` for every knob.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple, Union
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from . import observations as obsmod
+from .config import ConfigError, EnvConfig
+from .engine import DistillationEngine
+from .rewards import StepResult, make_reward
+
+__all__ = ["MultiTeacherKDEnv", "make_config"]
+
+
+def make_config(config: Union[EnvConfig, dict, str, None] = None, **overrides: Any) -> EnvConfig:
+    """An `EnvConfig` from a config object, a dict, a JSON/YAML path or nothing, plus overrides."""
+    if config is None:
+        base = EnvConfig()
+    elif isinstance(config, EnvConfig):
+        base = config
+    elif isinstance(config, dict):
+        base = EnvConfig.from_dict(config)
+    elif isinstance(config, str):
+        base = EnvConfig.from_file(config)
+    else:
+        raise ConfigError(f"config: expected EnvConfig, dict, a file path or None, got {type(config).__name__}")
+    return base.replace(**overrides) if overrides else base
+
+
+class MultiTeacherKDEnv(gym.Env):
+    """A student distils from M frozen teachers; the agent sets the teachers' weights.
+
+    Observation (`granularity="teacher"`): float32 vector of 5M + 4 batch statistics, named by
+    `feature_names` (per teacher CE, accuracy, KL teacher->student, feature cosine, entropy; then
+    student CE, accuracy, progress t/T, LR), clipped to finite bounds. Action: `Box(-1, 1, (M,))`,
+    or `(2M,)` with `separate_feature_weights` (logit weights first).
+
+    Observation (`granularity="sample"`): (B, F) per-sample state of the MTKD-RL paper, columns
+    described by `sample_layout`. Action: `Box(-1, 1, (B, M))` or `(B, 2M)`.
+
+    Actions become simplex weights by `action_transform`; the weights used are in `info`.
+    `step_weights(w_logit, w_feat)` applies explicit non-negative weights instead (for formula
+    baselines and agents that output weights).
+    """
+
+    metadata = {"render_modes": [], "render_fps": 1}
+
+    def __init__(self, config: Union[EnvConfig, dict, str, None] = None, render_mode: Optional[str] = None,
+                 **overrides: Any) -> None:
+        if render_mode is not None:
+            raise ValueError(f"render_mode: MultiTeacherKDEnv renders nothing; expected None, got {render_mode!r}")
+        self.render_mode = None
+        self.config = cfg = make_config(config, **overrides)
+        self.engine = DistillationEngine(cfg)
+        self.num_teachers = m = self.engine.num_teachers
+        self.batch_size = cfg.batch_size
+        self.teacher_names = [t.name for t in self.engine.teachers]
+        self.teacher_val_acc = np.array([t.val_acc for t in self.engine.teachers], dtype=np.float64)
+        self.reward_fn = make_reward(cfg.reward, cfg.granularity)
+        self.action_width = 2 * m if cfg.separate_feature_weights else m
+        if cfg.granularity == "teacher":
+            low, high = obsmod.teacher_bounds(m)
+            self.feature_names = obsmod.teacher_feature_names(self.teacher_names)
+            self.sample_layout = None
+            self.action_space = spaces.Box(-1.0, 1.0, (self.action_width,), dtype=np.float32)
+        else:
+            self.sample_layout = obsmod.sample_layout(self.engine.num_classes, self.engine.teacher_embedding_dims,
+                                                      cfg.sample_obs_embeddings, cfg.sample_obs_logits)
+            low, high = obsmod.sample_bounds(self.sample_layout, cfg.batch_size)
+            self.feature_names = None
+            self.action_space = spaces.Box(-1.0, 1.0, (cfg.batch_size, self.action_width), dtype=np.float32)
+        self.observation_space = spaces.Box(low, high, dtype=np.float32)
+        self.total_steps = self.engine.total_steps
+        self._obs_low, self._obs_high = low, high
+        self._t = 0
+        self._episode_seed: Optional[int] = None
+        self._probe_before: Optional[float] = None
+        self._last_val_acc: Optional[float] = None
+
+    # --- gymnasium API ---------------------------------------------------------------------
+    def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
+        super().reset(seed=seed)
+        self._episode_seed = int(self.np_random.integers(0, 2 ** 31 - 1))
+        self.engine.reset(self._episode_seed)
+        self._t = 0
+        pieces = [self._obs_tensor()]
+        if self.reward_fn.needs_probe:
+            pieces.append(self.engine.probe_loss()[None])
+        if self.reward_fn.needs_val:
+            pieces.append(self.engine.val_accuracy()[None])
+        host = torch.cat(pieces).cpu().numpy()
+        n = int(np.prod(self.observation_space.shape))
+        obs, rest = self._to_obs(host[:n]), host[n:]
+        if self.reward_fn.needs_probe:
+            self._probe_before, rest = float(rest[0]), rest[1:]
+        if self.reward_fn.needs_val:
+            self._last_val_acc = float(rest[0])
+        info = {"episode_seed": self._episode_seed, "teacher_names": list(self.teacher_names),
+                "teacher_val_acc": self.teacher_val_acc.copy(), "total_steps": self.total_steps}
+        return obs, info
+
+    def step(self, action: np.ndarray):
+        w_logit, w_feat = self.action_to_weights(action)
+        return self.step_weights(w_logit, w_feat)
+
+    # --- actions ---------------------------------------------------------------------------
+    @property
+    def _weight_shape(self) -> Tuple[int, ...]:
+        m = self.num_teachers
+        return (m,) if self.config.granularity == "teacher" else (self.batch_size, m)
+
+    def action_to_weights(self, action) -> Tuple[np.ndarray, np.ndarray]:
+        """Validate `action` and map it to (logit weights, feature weights) on the simplex."""
+        a = np.asarray(action, dtype=np.float64)
+        if a.shape != self.action_space.shape:
+            raise ValueError(f"action has shape {a.shape}; expected {self.action_space.shape} "
+                             f"({'(B, ' if self.config.granularity == 'sample' else '('}"
+                             f"{'2M' if self.config.separate_feature_weights else 'M'}) with M = {self.num_teachers})")
+        if not np.all(np.isfinite(a)):
+            raise ValueError("action contains NaN or inf; expected finite values in [-1, 1]")
+        a = np.clip(a, -1.0, 1.0)
+        m = self.num_teachers
+        logit_part = a[..., :m]
+        feat_part = a[..., m:] if self.config.separate_feature_weights else logit_part
+        return self._to_simplex(logit_part), self._to_simplex(feat_part)
+
+    def _to_simplex(self, a: np.ndarray) -> np.ndarray:
+        if self.config.action_transform == "softmax":
+            z = a / self.config.action_temperature
+            z = np.exp(z - z.max(-1, keepdims=True))
+            return (z / z.sum(-1, keepdims=True)).astype(np.float32)
+        shifted = a + 1.0
+        total = shifted.sum(-1, keepdims=True)
+        uniform = np.full_like(shifted, 1.0 / a.shape[-1])
+        return np.where(total > 0, shifted / np.where(total > 0, total, 1.0), uniform).astype(np.float32)
+
+    def weights_to_action(self, w_logit: np.ndarray, w_feat: Optional[np.ndarray] = None) -> np.ndarray:
+        """An action that maps back to these weights (exact for "linear"; for "softmax" exact up
+        to the clip of the log-ratio range to [-1, 1])."""
+        parts = [w_logit] + ([w_feat if w_feat is not None else w_logit]
+                             if self.config.separate_feature_weights else [])
+        out = []
+        for w in parts:
+            w = np.broadcast_to(np.asarray(w, dtype=np.float64), self._weight_shape)
+            if self.config.action_transform == "linear":
+                out.append(2.0 * w / np.maximum(w.max(-1, keepdims=True), 1e-12) - 1.0)
+            else:
+                logw = np.log(np.maximum(w, 1e-12)) * self.config.action_temperature
+                out.append(logw - logw.max(-1, keepdims=True) + 1.0)
+        return np.clip(np.concatenate(out, axis=-1), -1.0, 1.0).astype(np.float32)
+
+    # --- the step --------------------------------------------------------------------------
+    def step_weights(self, w_logit, w_feat=None):
+        """Run one env step with explicit non-negative weights, used as given (not renormalised).
+
+        `w_logit`, `w_feat`: (M,) in teacher granularity, (M,) or (B, M) in sample granularity;
+        `w_feat=None` reuses `w_logit`.
+        """
+        if self.engine.batch is None:
+            raise RuntimeError("call reset() before step()")
+        wl = self._check_weights("w_logit", w_logit)
+        wf = wl if w_feat is None else self._check_weights("w_feat", w_feat)
+        engine, cfg = self.engine, self.config
+        wl_t = torch.as_tensor(wl, device=engine.device)
+        wf_t = torch.as_tensor(wf, device=engine.device)
+        loss_sum = None
+        iterations = 0
+        for _ in range(cfg.steps_per_action):
+            out = engine.apply(wl_t, wf_t)
+            loss_sum = out["loss"] if loss_sum is None else loss_sum + out["loss"]
+            iterations += 1
+            if engine.done:
+                break
+        self._t += 1
+        terminated = engine.done
+        val_step = self.reward_fn.needs_val and (self._t % cfg.reward_interval == 0 or terminated)
+
+        # One device->host copy for the observation, the reward inputs and the info.
+        scalars = [loss_sum / iterations, out["kd_loss"], out["feat_loss"], out["student_ce"], out["student_acc"]]
+        if self.reward_fn.needs_probe:
+            scalars.append(engine.probe_loss())
+        if val_step:
+            scalars.append(engine.val_accuracy())
+        if terminated:
+            scalars += [engine.val_accuracy(), engine.test_accuracy()]
+        pieces = [self._obs_tensor(), out["per_sample_loss"].float(), torch.stack(scalars).float()]
+        host = torch.cat([p.flatten() for p in pieces]).cpu().numpy().astype(np.float64)
+        n_obs = int(np.prod(self.observation_space.shape))
+        obs = self._to_obs(host[:n_obs])
+        per_sample = host[n_obs:n_obs + self.batch_size]
+        vals = list(host[n_obs + self.batch_size:])
+        loss, kd_loss, feat_loss, student_ce, student_acc = (float(v) for v in vals[:5])
+        vals = vals[5:]
+        probe_after = float(vals.pop(0)) if self.reward_fn.needs_probe else None
+        val_acc = float(vals.pop(0)) if val_step else None
+
+        result = StepResult(step=self._t, loss=loss, per_sample_loss=per_sample, student_ce=student_ce,
+                            student_acc=student_acc, probe_loss_before=self._probe_before,
+                            probe_loss_after=probe_after, val_acc=val_acc, prev_val_acc=self._last_val_acc)
+        info = {"step": self._t, "iteration": engine.iteration, "epoch": engine.loader.epoch,
+                "weights_logit": np.asarray(wl, dtype=np.float32).copy(),
+                "weights_feat": np.asarray(wf, dtype=np.float32).copy(),
+                "loss": loss, "kd_loss": kd_loss, "feat_loss": feat_loss, "student_ce": student_ce,
+                "student_acc": student_acc, "lr": engine.lr, "diverged": False}
+        diverged = not np.isfinite(loss)
+        if diverged:
+            reward, terminated = float(cfg.divergence_penalty), True
+            info["diverged"] = True
+        else:
+            reward, extra = self.reward_fn(result)
+            info.update(extra)
+            if not np.isfinite(reward):
+                reward = float(cfg.divergence_penalty)
+        if val_acc is not None:
+            info["val_acc"] = val_acc
+            self._last_val_acc = val_acc
+        self._probe_before = probe_after
+        if terminated:
+            info["final_val_acc"], info["final_test_acc"] = float(vals[-2]), float(vals[-1])
+            info["episode_seed"] = self._episode_seed
+        return obs, float(reward), bool(terminated), False, info
+
+    def _check_weights(self, name: str, w) -> np.ndarray:
+        arr = np.asarray(w, dtype=np.float32)
+        shapes = [(self.num_teachers,)] + ([(self.batch_size, self.num_teachers)]
+                                           if self.config.granularity == "sample" else [])
+        if arr.shape not in shapes:
+            raise ValueError(f"{name} has shape {arr.shape}; expected one of {shapes} (M = {self.num_teachers})")
+        if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+            raise ValueError(f"{name} must be finite and non-negative, got {arr!r}")
+        return arr
+
+    # --- observations ----------------------------------------------------------------------
+    def _obs_tensor(self) -> torch.Tensor:
+        batch, cfg = self.engine.batch, self.config
+        if cfg.granularity == "teacher":
+            progress = min(1.0, self.engine.iteration / self.engine.total_iterations)
+            return obsmod.teacher_obs(batch, progress, self.engine.lr)
+        return obsmod.sample_obs(batch, cfg.sample_obs_embeddings, cfg.sample_obs_logits).flatten()
+
+    def _to_obs(self, flat: np.ndarray) -> np.ndarray:
+        obs = np.nan_to_num(flat.reshape(self.observation_space.shape), nan=0.0, posinf=obsmod.OBS_LIMIT,
+                            neginf=-obsmod.OBS_LIMIT)
+        return np.clip(obs, self._obs_low, self._obs_high).astype(np.float32)
+
+    # --- checkpointing ---------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Episode state: engine (student, projectors, optimiser, scheduler, data position) plus
+        the env's own counters and RNG."""
+        return {"engine": self.engine.state_dict(), "t": self._t, "episode_seed": self._episode_seed,
+                "probe_before": self._probe_before, "last_val_acc": self._last_val_acc,
+                "np_random": self.np_random.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.engine.student is None:
+            self.reset()
+        self.engine.load_state_dict(state["engine"])
+        self._t, self._episode_seed = int(state["t"]), state["episode_seed"]
+        self._probe_before, self._last_val_acc = state["probe_before"], state["last_val_acc"]
+        self.np_random.bit_generator.state = state["np_random"]
+
+    def current_observation(self) -> np.ndarray:
+        """The observation of the prepared batch (after `load_state_dict`, say)."""
+        return self._to_obs(self._obs_tensor().cpu().numpy().astype(np.float64))

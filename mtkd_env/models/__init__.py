@@ -1,0 +1,54 @@
+"""Model registry: every model returns `ModelOutput(logits, feature_map, embedding)`.
+
+`build(name, num_classes=..., input_shape=...)` constructs any registered architecture. The
+feature-KD contract follows RepDistiller/MTKD-RL: `feature_map` is the last conv stage after its
+ReLU (B, C_f, H_f, W_f) and `embedding` its global average pool (B, C_f).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, NamedTuple
+
+import torch
+from torch import nn
+
+__all__ = ["ModelOutput", "MODELS", "register", "build", "available"]
+
+
+class ModelOutput(NamedTuple):
+    logits: torch.Tensor       # (B, C)
+    feature_map: torch.Tensor  # (B, C_f, H_f, W_f)
+    embedding: torch.Tensor    # (B, C_f)
+
+
+MODELS: Dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str) -> Callable:
+    """Decorator adding a builder `f(num_classes, input_shape, **kw) -> nn.Module` under `name`."""
+
+    def deco(fn: Callable) -> Callable:
+        if name in MODELS:
+            raise ValueError(f"model {name!r} is registered twice")
+        MODELS[name] = fn
+        return fn
+
+    return deco
+
+
+def available() -> list:
+    _load_zoo()
+    return sorted(MODELS)
+
+
+def build(name: str, num_classes: int, input_shape: tuple = (3, 32, 32), **kwargs) -> nn.Module:
+    """Build architecture `name` for `num_classes` classes and inputs of shape (C, H, W)."""
+    _load_zoo()
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {sorted(MODELS)}")
+    return MODELS[name](num_classes=num_classes, input_shape=tuple(input_shape), **kwargs)
+
+
+def _load_zoo() -> None:
+    # Importing the zoo modules runs their @register decorators.
+    from . import small  # noqa: F401

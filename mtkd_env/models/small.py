@@ -1,0 +1,106 @@
+"""Small models for the embedded digits benchmark and for tests; any input shape (C, H, W)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from . import ModelOutput, register
+
+
+class MLP(nn.Module):
+    """Flatten -> hidden layers with ReLU -> linear. The last hidden vector is the (D, 1, 1) map."""
+
+    def __init__(self, num_classes: int, input_shape: tuple, hidden: tuple = (128, 64)) -> None:
+        super().__init__()
+        layers, width = [], math.prod(input_shape)
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
+            width = h
+        self.body = nn.Sequential(nn.Flatten(), *layers)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        h = self.body(x)
+        return ModelOutput(self.fc(h), h[:, :, None, None], h)
+
+
+class ConvNet(nn.Module):
+    """Conv-BN-ReLU stack; optional 2x2 max-pool after some stages; GAP -> linear."""
+
+    def __init__(self, num_classes: int, input_shape: tuple, widths: tuple = (16, 32),
+                 pool_after: tuple = ()) -> None:
+        super().__init__()
+        layers, c = [], input_shape[0]
+        for i, w in enumerate(widths):
+            layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+            if i in pool_after:
+                layers.append(nn.MaxPool2d(2))
+            c = w
+        self.body = nn.Sequential(*layers)
+        self.fc = nn.Linear(c, num_classes)
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        fmap = self.body(x)
+        emb = fmap.mean(dim=(2, 3))
+        return ModelOutput(self.fc(emb), fmap, emb)
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class TinyResNet(nn.Module):
+    """Stem conv + two residual stages (the second strided); GAP -> linear."""
+
+    def __init__(self, num_classes: int, input_shape: tuple, width: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(input_shape[0], width, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.layer1 = _BasicBlock(width, width, 1)
+        self.layer2 = _BasicBlock(width, 2 * width, 2)
+        self.fc = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        fmap = self.layer2(self.layer1(self.stem(x)))
+        emb = fmap.mean(dim=(2, 3))
+        return ModelOutput(self.fc(emb), fmap, emb)
+
+
+@register("mlp")
+def mlp(num_classes: int, input_shape: tuple, **kw) -> nn.Module:
+    """Two hidden layers (128, 64); feature map 64x1x1."""
+    return MLP(num_classes, input_shape, **kw)
+
+
+@register("cnn")
+def cnn(num_classes: int, input_shape: tuple, **kw) -> nn.Module:
+    """Three conv stages (32, 64, 64); feature map 64xHxW."""
+    return ConvNet(num_classes, input_shape, widths=(32, 64, 64), **kw)
+
+
+@register("tiny_resnet")
+def tiny_resnet(num_classes: int, input_shape: tuple, **kw) -> nn.Module:
+    """Two residual stages (16, 32); feature map 32x(H/2)x(W/2)."""
+    return TinyResNet(num_classes, input_shape, **kw)
+
+
+@register("tiny_cnn")
+def tiny_cnn(num_classes: int, input_shape: tuple, **kw) -> nn.Module:
+    """The default student: conv 8 -> pool -> conv 16; feature map 16x(H/2)x(W/2)."""
+    return ConvNet(num_classes, input_shape, widths=(8, 16), pool_after=(0,), **kw)

@@ -1,0 +1,93 @@
+"""Observation builders for the two granularities, with their spaces and feature names.
+
+Both return one flat float32 device tensor so that the env makes a single device->host copy.
+"""
+
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .engine import Batch
+
+__all__ = ["TEACHER_STATS", "STUDENT_STATS", "teacher_bounds", "teacher_obs", "teacher_feature_names",
+           "sample_layout", "sample_bounds", "sample_obs", "OBS_LIMIT"]
+
+TEACHER_STATS: Tuple[str, ...] = ("ce", "acc", "kl", "cos", "entropy")
+"""Per-teacher batch means: CE vs labels, accuracy, T^2 KL(teacher||student), cosine between the
+projected student embedding and the teacher embedding (0 without feature KD), entropy (T = 1)."""
+STUDENT_STATS: Tuple[str, ...] = ("ce", "acc", "progress", "lr")
+"""Student CE and accuracy on the batch (before the update), progress t/T, current LR."""
+
+OBS_LIMIT = 1.0e4
+"""Finite bound for unbounded raw quantities (losses, logits, embeddings); values are clipped."""
+
+_STAT_BOUNDS = {"ce": (0.0, 50.0), "acc": (0.0, 1.0), "kl": (0.0, 100.0), "cos": (-1.0, 1.0),
+                "entropy": (0.0, 20.0), "progress": (0.0, 1.0), "lr": (0.0, 10.0)}
+
+
+def teacher_feature_names(teacher_names: Sequence[str]) -> List[str]:
+    names = [f"teacher{m}[{n}]/{s}" for s in TEACHER_STATS for m, n in enumerate(teacher_names)]
+    return names + [f"student/{s}" for s in STUDENT_STATS]
+
+
+def teacher_bounds(num_teachers: int) -> Tuple[np.ndarray, np.ndarray]:
+    bounds = [_STAT_BOUNDS[s] for s in TEACHER_STATS for _ in range(num_teachers)]
+    bounds += [_STAT_BOUNDS[s] for s in STUDENT_STATS]
+    low, high = np.array(bounds, dtype=np.float32).T
+    return low, high
+
+
+def teacher_obs(batch: Batch, progress: float, lr: float) -> torch.Tensor:
+    """(5M + 4,) batch statistics, stat-major: all teachers' CE, then accuracy, KL, cos, entropy."""
+    per_teacher = torch.stack([batch.teacher_ce.mean(0), batch.teacher_correct.mean(0),
+                               batch.kl.detach().mean(0), batch.cos.mean(0),
+                               batch.teacher_entropy.mean(0)])               # (5, M)
+    student = torch.stack([batch.student_ce.detach().mean(), batch.student_correct.mean()])
+    tail = torch.tensor([progress, lr], dtype=student.dtype, device=student.device)
+    return torch.cat([per_teacher.flatten(), student, tail]).float()
+
+
+def sample_layout(num_classes: int, embedding_dims: Sequence[int], embeddings: bool,
+                  logits: bool) -> List[Tuple[int, str, slice]]:
+    """(teacher, quantity, column slice) for each block of a sample-granularity state row.
+
+    Per teacher, in the official code's order: cos, kl, ce, [embedding (D_m)], [logits (C)].
+    """
+    layout, col = [], 0
+    for m, dim in enumerate(embedding_dims):
+        blocks = [("cos", 1), ("kl", 1), ("ce", 1)]
+        if embeddings:
+            blocks.append(("embedding", dim))
+        if logits:
+            blocks.append(("logits", num_classes))
+        for name, width in blocks:
+            layout.append((m, name, slice(col, col + width)))
+            col += width
+    return layout
+
+
+def sample_bounds(layout, batch_size: int) -> Tuple[np.ndarray, np.ndarray]:
+    width = layout[-1][2].stop
+    low = np.full((width,), -OBS_LIMIT, dtype=np.float32)
+    high = np.full((width,), OBS_LIMIT, dtype=np.float32)
+    for _, name, cols in layout:
+        if name == "cos":
+            low[cols], high[cols] = -1.0, 1.0
+        elif name in ("kl", "ce"):
+            low[cols] = 0.0
+    return np.tile(low, (batch_size, 1)), np.tile(high, (batch_size, 1))
+
+
+def sample_obs(batch: Batch, embeddings: bool, logits: bool) -> torch.Tensor:
+    """(B, F) per-sample state: for each teacher [cos, kl, ce, embedding, logits]."""
+    cols = []
+    for m in range(batch.teacher_logits.shape[0]):
+        cols += [batch.cos[:, m:m + 1], batch.kl.detach()[:, m:m + 1], batch.teacher_ce[:, m:m + 1]]
+        if embeddings:
+            cols.append(batch.teacher_embeddings[m])
+        if logits:
+            cols.append(batch.teacher_logits[m])
+    return torch.cat(cols, dim=1).float()
