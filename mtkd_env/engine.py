@@ -15,6 +15,7 @@ no extra forward pass.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import List, Optional
@@ -235,11 +236,12 @@ class DistillationEngine:
     # --- checkpointing ---------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Everything needed to continue the episode bit-identically (the prepared batch is
-        recomputed from the loader state saved before it was drawn)."""
-        return {"student": self.student.state_dict(),
+        recomputed from the loader state saved before it was drawn). A deep copy: later steps
+        do not change it."""
+        return copy.deepcopy({"student": self.student.state_dict(),
                 "projectors": None if self.projectors is None else self.projectors.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "iteration": self.iteration, "loader": self._loader_state_before_batch}
+                "iteration": self.iteration, "loader": self._loader_state_before_batch})
 
     def load_state_dict(self, state: dict) -> None:
         if self.student is None:
@@ -251,13 +253,15 @@ class DistillationEngine:
         self.scheduler.load_state_dict(state["scheduler"])
         self.iteration = int(state["iteration"])
         self.loader.load_state_dict(state["loader"])
-        self.batch = self.prepare()
-        # The saved BN running stats already include this batch's forward; in train mode BN
-        # normalises with batch statistics, so restoring the buffers after the forward makes the
-        # state identical to the one saved (parameters are untouched: the graph needs them).
-        modules = [(self.student, state["student"]), (self.projectors, state["projectors"])]
-        with torch.no_grad():
-            for module, saved in modules:
-                if module is not None:
-                    for name, buf in module.named_buffers():
-                        buf.copy_(saved[name])
+        # The saved BN running stats already include the prepared batch's forward. Train-mode BN
+        # normalises with batch statistics, so re-running that forward without touching the
+        # running stats reproduces both the batch and the saved state exactly.
+        norms = [m for mod in (self.student, self.projectors) if mod is not None
+                 for m in mod.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        for m in norms:
+            m.track_running_stats = False
+        try:
+            self.batch = self.prepare()
+        finally:
+            for m in norms:
+                m.track_running_stats = True

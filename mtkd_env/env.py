@@ -225,7 +225,11 @@ class MultiTeacherKDEnv(gym.Env):
             self._last_val_acc = val_acc
         self._probe_before = probe_after
         if terminated:
-            info["final_val_acc"], info["final_test_acc"] = float(vals[-2]), float(vals[-1])
+            if engine.done:
+                final_val, final_test = vals[-2], vals[-1]
+            else:  # ended early by divergence: the final measurements were not in the copy above
+                final_val, final_test = engine.val_accuracy(), engine.test_accuracy()
+            info["final_val_acc"], info["final_test_acc"] = float(final_val), float(final_test)
             info["episode_seed"] = self._episode_seed
         return obs, float(reward), bool(terminated), False, info
 

@@ -1,0 +1,85 @@
+"""Wide ResNets for CIFAR (Zagoruyko & Komodakis; RepDistiller/MTKD-RL `wrn.py` conventions).
+
+`wrn_D_K`: depth D = 6n + 4, widen factor K, pre-activation blocks, stage widths 16K, 32K, 64K.
+Parameter counts at 100 classes: wrn_16_2 703,284, wrn_40_2 2,255,156, wrn_28_4 5,872,180. The
+feature map is the final BN + ReLU of the last stage: (B, 64K, 8, 8) at 32x32 input.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from . import ModelOutput, register
+
+
+class PreActBlock(nn.Module):
+    """BN-ReLU-conv3x3-BN-ReLU-conv3x3 with identity or 1x1-conv shortcut (taken after the first
+    BN-ReLU when the width changes, as in the reference WRN code)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, drop_rate: float = 0.0) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.drop_rate = drop_rate
+        self.shortcut = None if cin == cout else nn.Conv2d(cin, cout, 1, stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = F.relu(self.bn1(x))
+        out = F.relu(self.bn2(self.conv1(pre)))
+        if self.drop_rate > 0:
+            out = F.dropout(out, p=self.drop_rate, training=self.training)
+        out = self.conv2(out)
+        return out + (x if self.shortcut is None else self.shortcut(pre))
+
+
+class WideResNet(nn.Module):
+    """conv3x3 (16) + 3 stages of pre-activation blocks + BN-ReLU + GAP + linear."""
+
+    def __init__(self, depth: int, widen: int, num_classes: int, in_channels: int = 3,
+                 drop_rate: float = 0.0) -> None:
+        super().__init__()
+        if (depth - 4) % 6:
+            raise ValueError(f"WRN depth must be 6n + 4 (16, 22, 28, 40, ...), got {depth}")
+        n = (depth - 4) // 6
+        widths = [16, 16 * widen, 32 * widen, 64 * widen]
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        stages = []
+        for i in range(3):
+            blocks = [PreActBlock(widths[i] if j == 0 else widths[i + 1], widths[i + 1],
+                                  (1 if i == 0 else 2) if j == 0 else 1, drop_rate) for j in range(n)]
+            stages.append(nn.Sequential(*blocks))
+        self.block1, self.block2, self.block3 = stages
+        self.bn1 = nn.BatchNorm2d(widths[3])
+        self.fc = nn.Linear(widths[3], num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        out = self.block3(self.block2(self.block1(self.conv1(x))))
+        fmap = F.relu(self.bn1(out))  # (B, 64K, H/4, W/4)
+        emb = fmap.mean(dim=(2, 3))
+        return ModelOutput(self.fc(emb), fmap, emb)
+
+
+def _register_wrn(depth: int, widen: int) -> None:
+    def builder(num_classes: int, input_shape: tuple, **kw) -> nn.Module:
+        return WideResNet(depth, widen, num_classes, in_channels=input_shape[0], **kw)
+
+    builder.__doc__ = f"WRN-{depth}-{widen}; feature map {64 * widen}x(H/4)x(W/4)."
+    register(f"wrn_{depth}_{widen}")(builder)
+
+
+for _depth, _widen in ((16, 1), (16, 2), (16, 4), (28, 2), (28, 4), (40, 1), (40, 2)):
+    _register_wrn(_depth, _widen)
