@@ -134,6 +134,16 @@ class EnvConfig:
     """"auto" (CUDA when present), "cpu", "cuda" or "cuda:N"."""
     show_progress: bool = True
     """Show a progress bar while teachers are trained on first use."""
+    amp: str = "none"
+    """Mixed precision of the forward passes on CUDA: "none" or "bf16" (autocast; ignored on CPU)."""
+    channels_last: bool = False
+    """Run teachers, student and inputs in channels_last memory format (faster convs on GPUs)."""
+    compile: bool = False
+    """`torch.compile` the student and the teachers (first steps are slow while it compiles)."""
+    cache_teacher_outputs: bool = False
+    """Run the frozen teachers once over the training split and reuse their outputs (logits,
+    embeddings, feature maps) every epoch. Needs `augment=False`; costs N x (sum of teacher output
+    sizes) of device memory."""
 
     # ---------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -171,6 +181,10 @@ class EnvConfig:
         _check_choice("granularity", self.granularity, ("teacher", "sample"))
         _check_choice("action_transform", self.action_transform, ("softmax", "linear"))
         _check_choice("lr_schedule", self.lr_schedule, ("multistep", "cosine", "constant"))
+        _check_choice("amp", self.amp, ("none", "bf16"))
+        if self.cache_teacher_outputs and self.augment:
+            raise ConfigError("cache_teacher_outputs: teacher outputs can only be cached without augmentation; "
+                              "set augment=false or cache_teacher_outputs=false")
         if any(not isinstance(m, (int, float)) or not 0 < m < 1 for m in self.lr_milestones):
             raise ConfigError(f"lr_milestones: expected fractions in (0, 1), got {self.lr_milestones!r}")
         if self.granularity == "sample" and self.steps_per_action != 1:

@@ -91,6 +91,12 @@ class DistillationEngine:
         else:
             self.total_iterations = max(1, math.ceil(cfg.epochs * self.loader.batches_per_epoch))
         self.total_steps = math.ceil(self.total_iterations / cfg.steps_per_action)
+        self._amp = cfg.amp == "bf16" and self.device.type == "cuda"
+        self._memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self._teacher_forwards = [self._prepare_module(t.model) for t in self.teachers]
+        self._teacher_cache: Optional[List[torch.Tensor]] = None
+        if cfg.cache_teacher_outputs:
+            self._teacher_cache = self._run_teachers_over(self.loader.x)
         self.student: Optional[nn.Module] = None
         self.projectors: Optional[ProjectorBank] = None
         self.optimizer: Optional[torch.optim.Optimizer] = None
@@ -119,6 +125,8 @@ class DistillationEngine:
         self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self._student_forward = self._prepare_module(self.student)
+        self._projector_forward = None if self.projectors is None else self._prepare_module(self.projectors)
         self.loader.reset(seed + 1)
         self.iteration = 0
         self.batch = self.prepare()
@@ -141,35 +149,75 @@ class DistillationEngine:
         return self.iteration >= self.total_iterations
 
     # --- one iteration ---------------------------------------------------------------------
+    def _prepare_module(self, module: nn.Module):
+        """The callable used in the hot path: the module, optionally channels_last and compiled."""
+        if self.config.channels_last:
+            module.to(memory_format=torch.channels_last)
+        return torch.compile(module) if self.config.compile else module
+
+    def _autocast(self):
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self._amp)
+
+    def _format(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=self._memory_format) if x.dim() == 4 else x
+
+    @torch.no_grad()
+    def _run_teachers_over(self, x_all: torch.Tensor) -> List[torch.Tensor]:
+        """Teacher outputs for every training sample, flattened per teacher as
+        [logits (N, C), embedding (N, D_m), feature map (N, C_m*H_m*W_m)] -> one (N, F_m) tensor each."""
+        bs = self.config.eval_batch_size
+        chunks = [[] for _ in self.teachers]
+        for i in range(0, len(x_all), bs):
+            with self._autocast():
+                outs = [f(self._format(x_all[i:i + bs])) for f in self._teacher_forwards]
+            for m, o in enumerate(outs):
+                chunks[m].append(torch.cat([o.logits.float(), o.embedding.float(),
+                                            o.feature_map.float().flatten(1)], dim=1))
+        return [torch.cat(c) for c in chunks]
+
+    def _teacher_outputs(self, x: torch.Tensor, index: torch.Tensor) -> List[models.ModelOutput]:
+        if self._teacher_cache is None:
+            with torch.no_grad(), self._autocast():
+                return [f(x) for f in self._teacher_forwards]
+        outs, c = [], self.num_classes
+        for flat, shape, dim in zip(self._teacher_cache, self.teacher_feature_shapes, self.teacher_embedding_dims):
+            rows = flat[index]
+            outs.append(models.ModelOutput(rows[:, :c], rows[:, c + dim:].view(len(rows), *shape),
+                                           rows[:, c:c + dim]))
+        return outs
+
     def prepare(self) -> Batch:
         """Draw the next batch; forward teachers (no grad) and student + projectors (grad)."""
         cfg = self.config
         self._loader_state_before_batch = self.loader.state_dict()
         x, y, index = self.loader.next()
+        x = self._format(x)
+        t_outs = self._teacher_outputs(x, index)
         with torch.no_grad():
-            t_outs = [t.model(x) for t in self.teachers]
-            t_logits = torch.stack([o.logits for o in t_outs])                    # (M, B, C)
+            t_logits = torch.stack([o.logits for o in t_outs]).float()           # (M, B, C)
             log_pt = F.log_softmax(t_logits / cfg.kd_temperature, dim=-1)
             pt = log_pt.exp()
             logp1 = F.log_softmax(t_logits, dim=-1)
             teacher_entropy = -(logp1.exp() * logp1).sum(-1).T                   # (B, M)
             teacher_ce = -logp1.gather(-1, y.expand(len(t_outs), -1)[..., None]).squeeze(-1).T
             teacher_correct = (t_logits.argmax(-1) == y).T.float()
-        s_out = self.student(x)
-        log_ps = F.log_softmax(s_out.logits / cfg.kd_temperature, dim=-1)          # (B, C)
+        with self._autocast():
+            s_out = self._student_forward(x)
+            projected = None if self._projector_forward is None else self._projector_forward(s_out.feature_map)
+        s_logits = s_out.logits.float()
+        log_ps = F.log_softmax(s_logits / cfg.kd_temperature, dim=-1)            # (B, C)
         kl = cfg.kd_temperature ** 2 * (pt * (log_pt - log_ps)).sum(-1).T        # (B, M)
-        student_ce = F.cross_entropy(s_out.logits, y, reduction="none")
+        student_ce = F.cross_entropy(s_logits, y, reduction="none")
         feat_mse = None
         cos = torch.zeros_like(teacher_ce)
-        if self.projectors is not None:
-            projected = self.projectors(s_out.feature_map)
-            feat_mse = torch.stack([((p - o.feature_map) ** 2).flatten(1).mean(1)
+        if projected is not None:
+            feat_mse = torch.stack([((p.float() - o.feature_map.float()) ** 2).flatten(1).mean(1)
                                     for p, o in zip(projected, t_outs)], dim=1)  # (B, M)
             with torch.no_grad():
-                cos = torch.stack([F.cosine_similarity(p.mean((2, 3)), o.embedding, dim=1)
+                cos = torch.stack([F.cosine_similarity(p.float().mean((2, 3)), o.embedding.float(), dim=1)
                                    for p, o in zip(projected, t_outs)], dim=1)
-        student_correct = (s_out.logits.detach().argmax(-1) == y).float()
-        return Batch(x, y, index, t_logits, [o.embedding for o in t_outs], s_out.logits, student_ce,
+        student_correct = (s_logits.detach().argmax(-1) == y).float()
+        return Batch(x, y, index, t_logits, [o.embedding for o in t_outs], s_logits, student_ce,
                      kl, feat_mse, cos, teacher_ce, teacher_entropy, teacher_correct, student_correct)
 
     def loss_terms(self, batch: Batch, w_logit: torch.Tensor, w_feat: torch.Tensor):
@@ -214,7 +262,9 @@ class DistillationEngine:
         bs = self.config.eval_batch_size
         correct = torch.zeros((), device=self.device)
         for i in range(0, len(x), bs):
-            correct += (self.student(x[i:i + bs]).logits.argmax(1) == y[i:i + bs]).sum()
+            with self._autocast():
+                logits = self._student_forward(self._format(x[i:i + bs])).logits
+            correct += (logits.argmax(1) == y[i:i + bs]).sum()
         self.student.train(was_training)
         return correct
 
@@ -229,7 +279,9 @@ class DistillationEngine:
         """Student CE on the fixed probe batch, in eval mode, as a 0-d device tensor."""
         was_training = self.student.training
         self.student.eval()
-        loss = F.cross_entropy(self.student(self.probe_x).logits, self.probe_y)
+        with self._autocast():
+            logits = self._student_forward(self._format(self.probe_x)).logits
+        loss = F.cross_entropy(logits.float(), self.probe_y)
         self.student.train(was_training)
         return loss
 

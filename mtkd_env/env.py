@@ -79,6 +79,8 @@ class MultiTeacherKDEnv(gym.Env):
             self.feature_names = None
             self.action_space = spaces.Box(-1.0, 1.0, (cfg.batch_size, self.action_width), dtype=np.float32)
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
+        # Teacher granularity: progress and LR are known on the host and appended there.
+        self._obs_device_size = int(np.prod(self.observation_space.shape)) - (2 if cfg.granularity == "teacher" else 0)
         self.total_steps = self.engine.total_steps
         self._obs_low, self._obs_high = low, high
         self._t = 0
@@ -97,8 +99,8 @@ class MultiTeacherKDEnv(gym.Env):
             pieces.append(self.engine.probe_loss()[None])
         if self.reward_fn.needs_val:
             pieces.append(self.engine.val_accuracy()[None])
-        host = torch.cat(pieces).cpu().numpy()
-        n = int(np.prod(self.observation_space.shape))
+        host = torch.cat(pieces).cpu().numpy().astype(np.float64)
+        n = self._obs_device_size
         obs, rest = self._to_obs(host[:n]), host[n:]
         if self.reward_fn.needs_probe:
             self._probe_before, rest = float(rest[0]), rest[1:]
@@ -194,7 +196,7 @@ class MultiTeacherKDEnv(gym.Env):
             scalars += [engine.val_accuracy(), engine.test_accuracy()]
         pieces = [self._obs_tensor(), out["per_sample_loss"].float(), torch.stack(scalars).float()]
         host = torch.cat([p.flatten() for p in pieces]).cpu().numpy().astype(np.float64)
-        n_obs = int(np.prod(self.observation_space.shape))
+        n_obs = self._obs_device_size
         obs = self._to_obs(host[:n_obs])
         per_sample = host[n_obs:n_obs + self.batch_size]
         vals = list(host[n_obs + self.batch_size:])
@@ -247,11 +249,13 @@ class MultiTeacherKDEnv(gym.Env):
     def _obs_tensor(self) -> torch.Tensor:
         batch, cfg = self.engine.batch, self.config
         if cfg.granularity == "teacher":
-            progress = min(1.0, self.engine.iteration / self.engine.total_iterations)
-            return obsmod.teacher_obs(batch, progress, self.engine.lr)
+            return obsmod.teacher_obs(batch)
         return obsmod.sample_obs(batch, cfg.sample_obs_embeddings, cfg.sample_obs_logits).flatten()
 
     def _to_obs(self, flat: np.ndarray) -> np.ndarray:
+        if self.config.granularity == "teacher":
+            progress = min(1.0, self.engine.iteration / self.engine.total_iterations)
+            flat = np.concatenate([flat, [progress, self.engine.lr]])
         obs = np.nan_to_num(flat.reshape(self.observation_space.shape), nan=0.0, posinf=obsmod.OBS_LIMIT,
                             neginf=-obsmod.OBS_LIMIT)
         return np.clip(obs, self._obs_low, self._obs_high).astype(np.float32)

@@ -40,14 +40,14 @@ def teacher_bounds(num_teachers: int) -> Tuple[np.ndarray, np.ndarray]:
     return low, high
 
 
-def teacher_obs(batch: Batch, progress: float, lr: float) -> torch.Tensor:
-    """(5M + 4,) batch statistics, stat-major: all teachers' CE, then accuracy, KL, cos, entropy."""
+def teacher_obs(batch: Batch) -> torch.Tensor:
+    """(5M + 2,) device part of the observation, stat-major: all teachers' CE, then accuracy, KL,
+    cos, entropy; then student CE and accuracy. Progress and LR are host values the env appends."""
     per_teacher = torch.stack([batch.teacher_ce.mean(0), batch.teacher_correct.mean(0),
                                batch.kl.detach().mean(0), batch.cos.mean(0),
                                batch.teacher_entropy.mean(0)])               # (5, M)
     student = torch.stack([batch.student_ce.detach().mean(), batch.student_correct.mean()])
-    tail = torch.tensor([progress, lr], dtype=student.dtype, device=student.device)
-    return torch.cat([per_teacher.flatten(), student, tail]).float()
+    return torch.cat([per_teacher.flatten(), student]).float()
 
 
 def sample_layout(num_classes: int, embedding_dims: Sequence[int], embeddings: bool,
