@@ -24,9 +24,10 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from . import models
-from .config import EnvConfig, default_cache_dir
+from . import distributed, models
+from .config import ConfigError, EnvConfig, default_cache_dir
 from .data import DeviceLoader, build_dataset
+from .distributed import DistContext
 from .projectors import ProjectorBank
 from .teachers import Teacher, load_pool
 
@@ -64,9 +65,10 @@ class Batch:
 class DistillationEngine:
     """Owns data, teachers, student, projectors, optimiser and LR schedule of one episode."""
 
-    def __init__(self, config: EnvConfig) -> None:
+    def __init__(self, config: EnvConfig, dist_ctx: Optional[DistContext] = None) -> None:
         self.config = cfg = config
-        self.device = resolve_device(cfg.device)
+        self.dist = dist_ctx or distributed.context()
+        self.device = distributed.device_for(self.dist, resolve_device(cfg.device))
         splits = build_dataset(cfg.dataset, data_dir=cfg.data_dir, seed=cfg.data_seed, **cfg.dataset_kwargs)
         self.num_classes = splits.num_classes
         self.input_shape = splits.input_shape
@@ -74,16 +76,26 @@ class DistillationEngine:
             cfg.teachers, splits, self.device, cfg.teacher_cache_dir or f"{default_cache_dir()}/teachers",
             seed=cfg.teacher_seed, data_seed=cfg.data_seed, epochs=cfg.teacher_epochs,
             noisy_fraction=cfg.noisy_label_fraction, show_progress=cfg.show_progress,
-            dataset_name=cfg.dataset)
+            dataset_name=cfg.dataset, dataset_kwargs=cfg.dataset_kwargs, data_dir=cfg.data_dir)
         self.num_teachers = len(self.teachers)
         dev = self.device
-        self.val_x, self.val_y = splits.val_x.to(dev), splits.val_y.to(dev)
-        self.test_x, self.test_y = splits.test_x.to(dev), splits.test_y.to(dev)
-        self.probe_x, self.probe_y = self.val_x[:cfg.probe_size], self.val_y[:cfg.probe_size]
-        self.loader = DeviceLoader(splits.train_x.to(dev), splits.train_y.to(dev), cfg.batch_size,
-                                   splits.augment if cfg.augment else None)
+        # Eval splits: device tensors for in-memory datasets (val_x etc. set), or streamed from
+        # disk (val_x etc. None; evaluation iterates `val_set.batches`).
+        self.val_set, self.test_set = splits.eval_set("val", dev), splits.eval_set("test", dev)
+        self.val_x, self.val_y = self.val_set.x, self.val_set.y
+        self.test_x, self.test_y = self.test_set.x, self.test_set.y
+        self.probe_x, self.probe_y = self.val_set.head(cfg.probe_size)
+        self._shape_probe = self.val_set.head(2)[0]
+        if self.dist.enabled:
+            self.loader: DeviceLoader = splits.train_loader(cfg.batch_size, cfg.augment, dev, rank=self.dist.rank,
+                                                            world_size=self.dist.world_size)
+        else:
+            self.loader = splits.train_loader(cfg.batch_size, cfg.augment, dev)
+        if cfg.cache_teacher_outputs and not isinstance(self.loader, DeviceLoader):
+            raise ConfigError(f"cache_teacher_outputs: needs an in-memory dataset; {cfg.dataset!r} is streamed "
+                              f"from disk")
         with torch.no_grad():
-            outs = [t.model(self.val_x[:2]) for t in self.teachers]
+            outs = [t.model(self._shape_probe) for t in self.teachers]
         self.teacher_feature_shapes = [tuple(o.feature_map.shape[1:]) for o in outs]
         self.teacher_embedding_dims = [int(o.embedding.shape[1]) for o in outs]
         if cfg.max_steps is not None:
@@ -117,7 +129,7 @@ class DistillationEngine:
             self.projectors = None
             if cfg.feature_kd:
                 with torch.no_grad():
-                    s_channels = self.student(self.val_x[:2]).feature_map.shape[1]
+                    s_channels = self.student(self._shape_probe).feature_map.shape[1]
                 self.projectors = ProjectorBank(s_channels, self.teacher_feature_shapes).to(self.device).train()
         params = list(self.student.parameters())
         if self.projectors is not None:
@@ -125,8 +137,9 @@ class DistillationEngine:
         self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        self._student_forward = self._prepare_module(self.student)
-        self._projector_forward = None if self.projectors is None else self._prepare_module(self.projectors)
+        self._student_forward = self._prepare_module(self.student, trained=True)
+        self._projector_forward = (None if self.projectors is None
+                                   else self._prepare_module(self.projectors, trained=True))
         self.loader.reset(seed + 1)
         self.iteration = 0
         self.batch = self.prepare()
@@ -149,10 +162,17 @@ class DistillationEngine:
         return self.iteration >= self.total_iterations
 
     # --- one iteration ---------------------------------------------------------------------
-    def _prepare_module(self, module: nn.Module):
-        """The callable used in the hot path: the module, optionally channels_last and compiled."""
+    def _prepare_module(self, module: nn.Module, trained: bool = False):
+        """The callable used in the hot path: the module in channels_last if asked, then (trained
+        modules under torch.distributed) wrapped in DDP so gradients are averaged over ranks, then
+        compiled if asked."""
         if self.config.channels_last:
             module.to(memory_format=torch.channels_last)
+        if trained and self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            module = DistributedDataParallel(module, device_ids=ids)
         return torch.compile(module) if self.config.compile else module
 
     def _autocast(self):
@@ -269,10 +289,19 @@ class DistillationEngine:
         return correct
 
     def val_accuracy(self) -> torch.Tensor:
-        return self.correct_count(self.val_x, self.val_y) / len(self.val_y)
+        return self.split_accuracy(self.val_set)
 
     def test_accuracy(self) -> torch.Tensor:
-        return self.correct_count(self.test_x, self.test_y) / len(self.test_y)
+        return self.split_accuracy(self.test_set)
+
+    def split_accuracy(self, eval_set) -> torch.Tensor:
+        """Student accuracy over an eval set (in device memory or streamed), a 0-d device tensor."""
+        if eval_set.x is not None:
+            return self.correct_count(eval_set.x, eval_set.y) / len(eval_set)
+        correct = torch.zeros((), device=self.device)
+        for x, y in eval_set.batches(self.config.eval_batch_size):
+            correct += self.correct_count(x, y)
+        return correct / len(eval_set)
 
     @torch.no_grad()
     def probe_loss(self) -> torch.Tensor:

@@ -61,6 +61,7 @@ class MultiTeacherKDEnv(gym.Env):
         self.render_mode = None
         self.config = cfg = make_config(config, **overrides)
         self.engine = DistillationEngine(cfg)
+        self.dist = self.engine.dist
         self.num_teachers = m = self.engine.num_teachers
         self.batch_size = cfg.batch_size
         self.teacher_names = [t.name for t in self.engine.teachers]
@@ -94,18 +95,16 @@ class MultiTeacherKDEnv(gym.Env):
         self._episode_seed = int(self.np_random.integers(0, 2 ** 31 - 1))
         self.engine.reset(self._episode_seed)
         self._t = 0
-        pieces = [self._obs_tensor()]
+        scalars = []
         if self.reward_fn.needs_probe:
-            pieces.append(self.engine.probe_loss()[None])
+            scalars.append(self.engine.probe_loss())
         if self.reward_fn.needs_val:
-            pieces.append(self.engine.val_accuracy()[None])
-        host = torch.cat(pieces).cpu().numpy().astype(np.float64)
-        n = self._obs_device_size
-        obs, rest = self._to_obs(host[:n]), host[n:]
+            scalars.append(self.engine.val_accuracy())
+        obs, _, rest = self._gather_to_host(None, scalars)
         if self.reward_fn.needs_probe:
-            self._probe_before, rest = float(rest[0]), rest[1:]
+            self._probe_before, rest = rest[0], rest[1:]
         if self.reward_fn.needs_val:
-            self._last_val_acc = float(rest[0])
+            self._last_val_acc = rest[0]
         info = {"episode_seed": self._episode_seed, "teacher_names": list(self.teacher_names),
                 "teacher_val_acc": self.teacher_val_acc.copy(), "total_steps": self.total_steps}
         return obs, info
@@ -172,8 +171,13 @@ class MultiTeacherKDEnv(gym.Env):
         wl = self._check_weights("w_logit", w_logit)
         wf = wl if w_feat is None else self._check_weights("w_feat", w_feat)
         engine, cfg = self.engine, self.config
-        wl_t = torch.as_tensor(wl, device=engine.device)
-        wf_t = torch.as_tensor(wf, device=engine.device)
+        if self.dist.enabled:  # one agent, one decision: every rank applies rank 0's weights
+            wl = self.dist.broadcast_array(wl, engine.device).astype(np.float32)
+            wf = self.dist.broadcast_array(wf, engine.device).astype(np.float32)
+        wl_t, wf_t = torch.as_tensor(wl, device=engine.device), torch.as_tensor(wf, device=engine.device)
+        if wl_t.dim() == 2 and self.dist.enabled:  # per-sample weights: this rank's rows
+            rows = slice(self.dist.rank * engine.loader.local_batch, (self.dist.rank + 1) * engine.loader.local_batch)
+            wl_t, wf_t = wl_t[rows], wf_t[rows]
         loss_sum = None
         iterations = 0
         for _ in range(cfg.steps_per_action):
@@ -194,12 +198,7 @@ class MultiTeacherKDEnv(gym.Env):
             scalars.append(engine.val_accuracy())
         if terminated:
             scalars += [engine.val_accuracy(), engine.test_accuracy()]
-        pieces = [self._obs_tensor(), out["per_sample_loss"].float(), torch.stack(scalars).float()]
-        host = torch.cat([p.flatten() for p in pieces]).cpu().numpy().astype(np.float64)
-        n_obs = self._obs_device_size
-        obs = self._to_obs(host[:n_obs])
-        per_sample = host[n_obs:n_obs + self.batch_size]
-        vals = list(host[n_obs + self.batch_size:])
+        obs, per_sample, vals = self._gather_to_host(out["per_sample_loss"], scalars)
         loss, kd_loss, feat_loss, student_ce, student_acc = (float(v) for v in vals[:5])
         vals = vals[5:]
         probe_after = float(vals.pop(0)) if self.reward_fn.needs_probe else None
@@ -247,10 +246,36 @@ class MultiTeacherKDEnv(gym.Env):
 
     # --- observations ----------------------------------------------------------------------
     def _obs_tensor(self) -> torch.Tensor:
+        """This rank's observation part: (5M + 2,) batch means, or (b, F) per-sample rows."""
         batch, cfg = self.engine.batch, self.config
         if cfg.granularity == "teacher":
             return obsmod.teacher_obs(batch)
-        return obsmod.sample_obs(batch, cfg.sample_obs_embeddings, cfg.sample_obs_logits).flatten()
+        return obsmod.sample_obs(batch, cfg.sample_obs_embeddings, cfg.sample_obs_logits)
+
+    def _gather_to_host(self, per_sample: Optional[torch.Tensor], scalars: list):
+        """The step's single device->host copy: observation, per-sample loss (B,) and scalars.
+
+        Under torch.distributed, batch means and scalars are averaged over ranks (equal shards) and
+        per-sample rows are gathered, so every rank returns the same global values."""
+        obs = self._obs_tensor()
+        if self.config.granularity == "teacher":
+            means = torch.cat([obs, *(s.float().reshape(1) for s in scalars)])
+            rows = None if per_sample is None else per_sample.float()[:, None]
+        else:
+            means = torch.stack(scalars).float() if scalars else obs.new_zeros(0)
+            rows = obs if per_sample is None else torch.cat([obs, per_sample.float()[:, None]], dim=1)
+        means = self.dist.mean(means)
+        if rows is not None:
+            rows = self.dist.gather_rows(rows)
+        host = torch.cat([means] + ([] if rows is None else [rows.flatten()])).cpu().numpy().astype(np.float64)
+        if self.config.granularity == "teacher":
+            n = self._obs_device_size
+            obs_flat, vals = host[:n], host[n:n + len(scalars)]
+            per = host[n + len(scalars):] if per_sample is not None else None
+        else:
+            vals, table = host[:len(scalars)], host[len(scalars):].reshape(self.batch_size, -1)
+            obs_flat, per = (table[:, :-1], table[:, -1]) if per_sample is not None else (table, None)
+        return self._to_obs(obs_flat.reshape(-1)), per, [float(v) for v in vals]
 
     def _to_obs(self, flat: np.ndarray) -> np.ndarray:
         if self.config.granularity == "teacher":
@@ -278,4 +303,4 @@ class MultiTeacherKDEnv(gym.Env):
 
     def current_observation(self) -> np.ndarray:
         """The observation of the prepared batch (after `load_state_dict`, say)."""
-        return self._to_obs(self._obs_tensor().cpu().numpy().astype(np.float64))
+        return self._gather_to_host(None, [])[0]

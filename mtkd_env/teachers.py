@@ -1,32 +1,47 @@
-"""Teacher pool: parse specs, load checkpoints, and train-and-cache teachers of embedded datasets.
+"""Teacher pool: parse specs, load checkpoints, train teachers (on first use or from the CLI).
 
-A spec is `arch` (cached checkpoint; trained on first use for embedded datasets), `arch=noisy`
-(embedded datasets: trained on systematically corrupted labels, a deliberately unreliable
-teacher), `arch=random` (untrained weights) or `arch=/path/to/checkpoint.pt`.
+A spec is one of
+
+- `arch`: a cached checkpoint. Embedded datasets (digits, synthetic) train it on first use; any
+  other dataset needs it trained beforehand with `python -m mtkd_env.teachers train` (a missing
+  one is an error that prints that exact command; a multi-hour training never starts silently).
+- `arch=noisy`: embedded datasets only: trained on systematically corrupted labels.
+- `arch=random`: untrained, seeded weights (benchmarks and tests).
+- `arch=pretrained` / `arch=pretrained:NAME`: torchvision ImageNet models only: torchvision's
+  IMAGENET1K_V1 weights (the MTKD-RL ImageNet pool) or weights NAME, read from the torch hub cache.
+- `arch=/path/to/checkpoint.pt`: this project's checkpoints, RepDistiller/mdistiller files
+  (state dict under "model") or bare state dicts; always read with `weights_only=True`.
+
+`python -m mtkd_env.teachers train|list` is the teacher CLI (`mtkd_env.teacher_cli`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
 from . import models
-from .data import DatasetSplits
+from .data import DATASETS, DatasetSplits
 
 __all__ = ["TeacherSpec", "parse_spec", "Teacher", "load_pool", "train_model", "evaluate_accuracy",
-           "EMBEDDED_DATASETS", "save_checkpoint", "load_checkpoint", "CheckpointError"]
+           "evaluate_split", "EMBEDDED_DATASETS", "save_checkpoint", "load_checkpoint", "read_checkpoint_meta",
+           "CheckpointError", "TeacherTraining", "trained_path", "train_command", "split_key"]
 
 EMBEDDED_DATASETS = ("digits", "synthetic")
 """Datasets small enough that a missing teacher is trained on first use."""
+
+_LOADING_ONLY_KWARGS = ("download", "num_workers")
+"""Dataset options that change how data is read, not which samples form which split."""
 
 
 class CheckpointError(ValueError):
@@ -36,7 +51,7 @@ class CheckpointError(ValueError):
 @dataclass(frozen=True)
 class TeacherSpec:
     arch: str
-    source: str  # "cache" | "noisy" | "random" | a file path
+    source: str  # "cache" | "noisy" | "random" | "pretrained[:NAME]" | a file path
 
     def __str__(self) -> str:
         return self.arch if self.source == "cache" else f"{self.arch}={self.source}"
@@ -56,19 +71,66 @@ class Teacher:
 
 
 def recipe(epochs: int, noisy_fraction: float) -> dict:
-    """The on-first-use training recipe; every entry is part of the cache key."""
+    """The on-first-use training recipe of embedded datasets; every entry is part of the cache key."""
     return {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 64,
             "epochs": epochs, "schedule": "cosine", "label_noise": noisy_fraction, "noise_kind": "shift+1"}
 
 
-def cache_path(cache_dir: str, dataset: str, arch: str, seed: int, data_seed: int, rec: dict) -> Path:
-    key = json.dumps({"dataset": dataset, "arch": arch, "seed": seed, "data_seed": data_seed,
-                      "recipe": rec}, sort_keys=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+def cache_path(cache_dir: str, dataset: str, arch: str, seed: int, data_seed: int, rec: dict,
+               dataset_kwargs: Optional[dict] = None) -> Path:
+    """On-first-use cache file of an embedded-dataset teacher. Non-empty `dataset_kwargs` (e.g.
+    synthetic shape/classes) are part of the key; empty ones keep the original key."""
+    key = {"dataset": dataset, "arch": arch, "seed": seed, "data_seed": data_seed, "recipe": rec}
+    if dataset_kwargs:
+        key["dataset_kwargs"] = dataset_kwargs
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     tag = "noisy" if rec["label_noise"] > 0 else "clean"
     return Path(cache_dir) / f"{dataset}__{arch}__{tag}__seed{seed}__{digest}.pt"
 
 
+def split_key(dataset: str, data_seed: int, dataset_kwargs: Optional[dict]) -> dict:
+    """What fixes the samples of each split: dataset, data_seed and its split options with their
+    defaults filled in (so that `n_val: 5000` and the default are the same key)."""
+    kwargs = dict(dataset_kwargs or {})
+    if dataset in DATASETS:
+        params = inspect.signature(DATASETS[dataset]).parameters
+        defaults = {k: p.default for k, p in params.items()
+                    if k not in ("data_dir", "seed") and p.default is not inspect.Parameter.empty}
+        kwargs = {**defaults, **kwargs}
+    kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items() if k not in _LOADING_ONLY_KWARGS}
+    return {"dataset": dataset, "data_seed": data_seed, "dataset_kwargs": kwargs}
+
+
+def trained_path(cache_dir: str, dataset: str, arch: str, seed: int, data_seed: int,
+                 dataset_kwargs: Optional[dict] = None) -> Path:
+    """Cache file of a teacher trained by `python -m mtkd_env.teachers train`: one per dataset split,
+    arch and seed (training again with another recipe replaces it)."""
+    key = json.dumps(split_key(dataset, data_seed, dataset_kwargs), sort_keys=True, default=str)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
+    return Path(cache_dir) / f"{dataset}__{arch}__trained__seed{seed}__{digest}.pt"
+
+
+def train_command(dataset: str, arch: str, seed: int, data_seed: int, dataset_kwargs: Optional[dict],
+                  data_dir: Optional[str], cache_dir: Optional[str]) -> str:
+    """The exact `teachers train` command that produces `trained_path(...)` for these settings."""
+    import shlex
+
+    parts = ["python -m mtkd_env.teachers train", f"--dataset {shlex.quote(dataset)}", f"--arch {shlex.quote(arch)}"]
+    if data_dir:
+        parts.append(f"--data-dir {shlex.quote(str(data_dir))}")
+    if seed:
+        parts.append(f"--seed {seed}")
+    if data_seed:
+        parts.append(f"--data-seed {data_seed}")
+    if dataset_kwargs:
+        pairs = [shlex.quote(f"{k}={json.dumps(v).replace(' ', '')}") for k, v in dataset_kwargs.items()]
+        parts.append("--dataset-kwargs " + " ".join(pairs))
+    if cache_dir:
+        parts.append(f"--cache-dir {shlex.quote(str(cache_dir))}")
+    return " ".join(parts)
+
+
+# --- evaluation -----------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
     """Top-1 accuracy of `model` on (x, y) in eval mode; restores the previous mode."""
@@ -81,6 +143,20 @@ def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_
     return float(correct) / max(1, len(x))
 
 
+@torch.no_grad()
+def evaluate_split(model: nn.Module, eval_set, batch_size: int = 512) -> float:
+    """Top-1 accuracy over an eval set (`TensorEvalSet` or a streamed one), in eval mode."""
+    if getattr(eval_set, "x", None) is not None:
+        return evaluate_accuracy(model, eval_set.x, eval_set.y, batch_size)
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for x, y in eval_set.batches(batch_size):
+        correct += int((model(x).logits.argmax(1) == y).sum())
+    model.train(was_training)
+    return correct / max(1, len(eval_set))
+
+
 def corrupt_labels(y: torch.Tensor, num_classes: int, fraction: float, seed: int) -> torch.Tensor:
     """Shift a seeded `fraction` of labels to the next class: a systematic, confident error."""
     g = torch.Generator().manual_seed(seed + 7919)
@@ -88,40 +164,94 @@ def corrupt_labels(y: torch.Tensor, num_classes: int, fraction: float, seed: int
     return torch.where(flip, (y + 1) % num_classes, y)
 
 
+# --- training -------------------------------------------------------------------------------
+class TeacherTraining:
+    """Supervised SGD training of one model by recipe, one epoch per `run_epoch()`; resumable.
+
+    Recipe keys: lr, momentum, weight_decay, batch_size, epochs, schedule ("cosine": per iteration
+    over the run; "multistep": x`gamma` at the epochs in `milestones`), optional nesterov (default
+    True), gamma, milestones, augment (default True), label_noise (embedded data only).
+    Data order and augmentation come from the loader seeded with `seed`.
+    """
+
+    def __init__(self, model: nn.Module, splits, rec: dict, seed: int, device: torch.device) -> None:
+        self.model, self.rec, self.device = model.to(device).train(), rec, device
+        labels = None
+        if rec.get("label_noise", 0) > 0:
+            labels = corrupt_labels(splits.train_y, splits.num_classes, rec["label_noise"], seed)
+        self.loader = splits.train_loader(rec["batch_size"], rec.get("augment", True), device, labels=labels)
+        self.loader.reset(seed)
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=rec["lr"], momentum=rec["momentum"],
+                                         weight_decay=rec["weight_decay"], nesterov=rec.get("nesterov", True))
+        steps = self.loader.batches_per_epoch
+        if rec["schedule"] == "cosine":
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, rec["epochs"] * steps)
+        elif rec["schedule"] == "multistep":
+            milestones, gamma = list(rec["milestones"]), rec["gamma"]
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, lambda it: gamma ** sum(it // steps >= m for m in milestones))
+        else:
+            raise ValueError(f"recipe schedule: expected 'cosine' or 'multistep', got {rec['schedule']!r}")
+        self.epoch = 0
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def run_epoch(self, on_batch: Optional[Callable[[float], None]] = None) -> dict:
+        """One pass over the training split; returns the mean loss and training accuracy."""
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device)
+        seen = 0
+        for _ in range(self.loader.batches_per_epoch):
+            x, y, _ = self.loader.next()
+            logits = self.model(x).logits
+            loss = F.cross_entropy(logits, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += len(y)
+            if on_batch is not None:
+                on_batch(len(y))
+        self.epoch += 1
+        return {"train_loss": float(loss_sum) / seen, "train_acc": float(correct) / seen}
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "loader": self.loader.state_dict(),
+                "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])  # a LambdaLR keeps its own lambda
+        self.loader.load_state_dict(state["loader"])
+        self.epoch = int(state["epoch"])
+
+
 def train_model(model: nn.Module, splits: DatasetSplits, rec: dict, seed: int, device: torch.device,
                 show_progress: bool = True, desc: str = "teacher") -> nn.Module:
-    """Train `model` on the training split with recipe `rec` (SGD, cosine LR, seeded order)."""
+    """Train `model` for `rec["epochs"]` epochs (the on-first-use path of embedded datasets)."""
     from tqdm.auto import tqdm
 
-    x, y = splits.train_x.to(device), splits.train_y.to(device)
-    if rec["label_noise"] > 0:
-        y = corrupt_labels(splits.train_y, splits.num_classes, rec["label_noise"], seed).to(device)
-    model.to(device).train()
-    opt = torch.optim.SGD(model.parameters(), lr=rec["lr"], momentum=rec["momentum"],
-                          weight_decay=rec["weight_decay"], nesterov=True)
-    steps_per_epoch = max(1, len(x) // rec["batch_size"])
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, rec["epochs"] * steps_per_epoch)
-    g = torch.Generator().manual_seed(seed)
+    run = TeacherTraining(model, splits, rec, seed, device)
     for _ in tqdm(range(rec["epochs"]), desc=f"training {desc}", disable=not show_progress, leave=False):
-        perm = torch.randperm(len(x), generator=g).to(device)
-        for b in range(steps_per_epoch):
-            idx = perm[b * rec["batch_size"]:(b + 1) * rec["batch_size"]]
-            xb = x[idx] if splits.augment is None else splits.augment(x[idx], g)
-            loss = F.cross_entropy(model(xb).logits, y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+        run.run_epoch()
     return model.eval()
 
 
-def save_checkpoint(path: Path, model: nn.Module, meta: dict) -> None:
-    """Write atomically: a crash never leaves a half-written checkpoint behind."""
+# --- checkpoints ----------------------------------------------------------------------------
+def atomic_torch_save(obj, path: Path) -> None:
+    """Write atomically: a crash never leaves a half-written file behind."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(fd)
     try:
-        torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "meta": meta}, tmp)
+        torch.save(obj, tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -129,30 +259,46 @@ def save_checkpoint(path: Path, model: nn.Module, meta: dict) -> None:
         raise
 
 
-def load_checkpoint(path: Path, model: nn.Module, expect: dict) -> dict:
-    """Load `path` into `model` (weights_only). `expect` holds arch/dataset/num_classes to match.
+def save_checkpoint(path: Path, model: nn.Module, meta: dict) -> None:
+    """`{"state_dict", "meta"}`, written atomically."""
+    atomic_torch_save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "meta": meta}, path)
 
-    Accepts this project's format (`{"state_dict", "meta"}`) and RepDistiller/mdistiller files
-    (state dict under `"model"`, or a bare state dict).
-    """
+
+def _read(path: Path):
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"teacher checkpoint {str(path)!r} does not exist")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"teacher checkpoint {str(path)!r} could not be read as a weights-only "
                               f"torch file: {str(exc).splitlines()[0]}") from None
-    meta = {}
-    if isinstance(blob, dict) and "state_dict" in blob:
-        state, meta = blob["state_dict"], dict(blob.get("meta") or {})
-    elif isinstance(blob, dict) and "model" in blob and isinstance(blob["model"], dict):
-        state = blob["model"]
-    elif isinstance(blob, dict):
-        state = blob
-    else:
-        raise CheckpointError(f"teacher checkpoint {str(path)!r}: expected a state dict, got "
-                              f"{type(blob).__name__}")
+
+
+def _unpack(path: Path, blob) -> tuple:
+    """(state dict, meta) of this project's, RepDistiller/mdistiller's or bare-state-dict files."""
+    if isinstance(blob, dict) and "state_dict" in blob and isinstance(blob["state_dict"], dict):
+        return blob["state_dict"], dict(blob.get("meta") or {})
+    if isinstance(blob, dict) and "model" in blob and isinstance(blob["model"], dict):
+        meta = {k: blob[k] for k in ("epoch", "best_acc", "accuracy") if k in blob}
+        return blob["model"], meta
+    if isinstance(blob, dict) and blob and all(isinstance(v, torch.Tensor) for v in blob.values()):
+        return blob, {}
+    raise CheckpointError(f"teacher checkpoint {str(path)!r}: expected a state dict (bare, under 'state_dict' "
+                          f"or under 'model'), got {type(blob).__name__}"
+                          + (f" with keys {sorted(blob)[:6]}" if isinstance(blob, dict) else ""))
+
+
+def read_checkpoint_meta(path: Path) -> dict:
+    """The metadata of a checkpoint (empty for foreign formats)."""
+    return _unpack(Path(path), _read(path))[1]
+
+
+def load_checkpoint(path: Path, model: nn.Module, expect: dict) -> dict:
+    """Load `path` into `model` (weights_only). `expect` holds arch/dataset/num_classes to match;
+    a mismatch raises `CheckpointError` naming both sides."""
+    path = Path(path)
+    state, meta = _unpack(path, _read(path))
     for key in ("arch", "dataset", "num_classes"):
         if key in meta and key in expect and meta[key] != expect[key]:
             raise CheckpointError(f"teacher checkpoint {str(path)!r} was saved for {key}={meta[key]!r} "
@@ -161,53 +307,91 @@ def load_checkpoint(path: Path, model: nn.Module, expect: dict) -> dict:
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise CheckpointError(f"teacher checkpoint {str(path)!r} does not fit arch "
-                              f"{expect.get('arch')!r} with {expect.get('num_classes')} classes: "
-                              f"{str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else exc}"
-                              ) from None
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0]
+        raise CheckpointError(f"teacher checkpoint {str(path)!r} does not fit arch {expect.get('arch')!r} with "
+                              f"{expect.get('num_classes')} classes: {detail[:300]}") from None
     return meta
 
 
-def load_pool(specs: List[str], splits: DatasetSplits, device: torch.device, cache_dir: str, seed: int,
+# --- the pool -------------------------------------------------------------------------------
+def _seeded_build(arch: str, splits, seed: int, **kw) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return models.build(arch, num_classes=splits.num_classes, input_shape=splits.input_shape, **kw)
+
+
+def load_pool(specs: List[str], splits, device: torch.device, cache_dir: str, seed: int,
               data_seed: int, epochs: int, noisy_fraction: float, show_progress: bool = True,
-              dataset_name: Optional[str] = None) -> List[Teacher]:
-    """Build every teacher of `specs`: frozen, eval mode, on `device`, with its val accuracy."""
+              dataset_name: Optional[str] = None, dataset_kwargs: Optional[dict] = None,
+              data_dir: Optional[str] = None) -> List[Teacher]:
+    """Build every teacher of `specs`: frozen, eval mode, on `device`, with its val accuracy.
+
+    `splits` is a `DatasetSplits` or a `StreamingSplits`; `dataset_kwargs`/`data_dir` are the
+    dataset's options (part of the cache key, and of the `teachers train` command printed when a
+    checkpoint is missing).
+    """
     dataset = dataset_name or splits.name
+    embedded = dataset in EMBEDDED_DATASETS
+    val_set = splits.eval_set("val", device)
     pool = []
     for i, raw in enumerate(specs):
         spec = parse_spec(raw)
-        model = models.build(spec.arch, num_classes=splits.num_classes, input_shape=splits.input_shape)
+        if spec.arch not in models.available():
+            raise CheckpointError(f"teacher {raw!r}: unknown architecture {spec.arch!r}; known: {models.available()}")
         expect = {"arch": spec.arch, "dataset": dataset, "num_classes": splits.num_classes}
         meta: dict = dict(expect)
         if spec.source == "random":
-            g_state = torch.random.get_rng_state()
-            torch.manual_seed(seed * 1000 + i)  # seeded init, then restore global RNG
-            model = models.build(spec.arch, num_classes=splits.num_classes, input_shape=splits.input_shape)
-            torch.random.set_rng_state(g_state)
+            model = _seeded_build(spec.arch, splits, seed * 1000 + i)
             meta["source"] = "random"
-        elif spec.source in ("cache", "noisy"):
+        elif spec.source == "pretrained" or spec.source.startswith("pretrained:"):
+            from .models.imagenet import TORCHVISION_MODELS, WeightsNotFoundError
+
+            if spec.arch not in TORCHVISION_MODELS:
+                raise CheckpointError(f"teacher {raw!r}: '=pretrained' needs a torchvision model "
+                                      f"({sorted(TORCHVISION_MODELS)}), got {spec.arch!r}")
+            weights = spec.source.partition(":")[2] or "IMAGENET1K_V1"
+            try:
+                model = _seeded_build(spec.arch, splits, seed, weights=weights)
+            except (WeightsNotFoundError, ValueError) as exc:
+                raise CheckpointError(f"teacher {raw!r}: {exc}") from None
+            meta.update(source=spec.source, weights=weights)
+        elif spec.source in ("cache", "noisy") and embedded:
             rec = recipe(epochs, noisy_fraction if spec.source == "noisy" else 0.0)
-            path = cache_path(cache_dir, dataset, spec.arch, seed, data_seed, rec)
+            path = cache_path(cache_dir, dataset, spec.arch, seed, data_seed, rec, dataset_kwargs)
+            model = _seeded_build(spec.arch, splits, seed)
             if path.is_file():
                 meta = load_checkpoint(path, model, expect)
-            elif dataset in EMBEDDED_DATASETS:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed)
-                    model = models.build(spec.arch, num_classes=splits.num_classes,
-                                         input_shape=splits.input_shape)
-                    train_model(model, splits, rec, seed, device, show_progress, desc=str(spec))
-                meta.update(recipe=rec, seed=seed, data_seed=data_seed, source=spec.source,
-                            val_acc=evaluate_accuracy(model, splits.val_x.to(device), splits.val_y.to(device)))
-                save_checkpoint(path, model, meta)
             else:
-                raise CheckpointError(
-                    f"no cached teacher {spec.arch!r} for dataset {dataset!r} in {cache_dir!r}; train it "
-                    f"with: python -m mtkd_env.teachers train --dataset {dataset} --arch {spec.arch}")
+                train_model(model, splits, rec, seed, device, show_progress, desc=str(spec))
+                meta.update(recipe=rec, seed=seed, data_seed=data_seed, source=spec.source,
+                            val_acc=evaluate_split(model, val_set))
+                save_checkpoint(path, model, meta)
+        elif spec.source == "noisy":
+            raise CheckpointError(f"teacher {raw!r}: '=noisy' teachers exist only for the embedded datasets "
+                                  f"{list(EMBEDDED_DATASETS)}, not {dataset!r}")
+        elif spec.source == "cache":
+            path = trained_path(cache_dir, dataset, spec.arch, seed, data_seed, dataset_kwargs)
+            if not path.is_file():
+                cmd = train_command(dataset, spec.arch, seed, data_seed, dataset_kwargs, data_dir, cache_dir)
+                raise CheckpointError(f"no trained teacher {spec.arch!r} for dataset {dataset!r} in {cache_dir!r} "
+                                      f"(expected {path.name}); train it with: {cmd}")
+            model = _seeded_build(spec.arch, splits, seed)
+            meta = load_checkpoint(path, model, expect)
         else:
+            model = _seeded_build(spec.arch, splits, seed)
             meta = {**expect, **load_checkpoint(Path(spec.source), model, expect), "source": spec.source}
         for p in model.parameters():
             p.requires_grad_(False)
         model = model.to(device).eval()
-        val_acc = evaluate_accuracy(model, splits.val_x.to(device), splits.val_y.to(device))
+        val_acc = evaluate_split(model, val_set)
         pool.append(Teacher(str(spec), model, val_acc, meta))
     return pool
+
+
+if __name__ == "__main__":
+    import sys
+
+    from mtkd_env.teacher_cli import main
+
+    sys.exit(main())

@@ -27,7 +27,9 @@ class PreActBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.drop_rate = drop_rate
-        self.shortcut = None if cin == cout else nn.Conv2d(cin, cout, 1, stride, bias=False)
+        # Key names (convShortcut, block1.layer.N) follow the reference code so that its
+        # checkpoint files load unchanged.
+        self.convShortcut = None if cin == cout else nn.Conv2d(cin, cout, 1, stride, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = F.relu(self.bn1(x))
@@ -35,7 +37,19 @@ class PreActBlock(nn.Module):
         if self.drop_rate > 0:
             out = F.dropout(out, p=self.drop_rate, training=self.training)
         out = self.conv2(out)
-        return out + (x if self.shortcut is None else self.shortcut(pre))
+        return out + (x if self.convShortcut is None else self.convShortcut(pre))
+
+
+class NetworkBlock(nn.Module):
+    """n pre-activation blocks; the first changes width and stride."""
+
+    def __init__(self, n: int, cin: int, cout: int, stride: int, drop_rate: float) -> None:
+        super().__init__()
+        self.layer = nn.Sequential(*[PreActBlock(cin if j == 0 else cout, cout, stride if j == 0 else 1, drop_rate)
+                                     for j in range(n)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
 
 
 class WideResNet(nn.Module):
@@ -49,12 +63,8 @@ class WideResNet(nn.Module):
         n = (depth - 4) // 6
         widths = [16, 16 * widen, 32 * widen, 64 * widen]
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
-        stages = []
-        for i in range(3):
-            blocks = [PreActBlock(widths[i] if j == 0 else widths[i + 1], widths[i + 1],
-                                  (1 if i == 0 else 2) if j == 0 else 1, drop_rate) for j in range(n)]
-            stages.append(nn.Sequential(*blocks))
-        self.block1, self.block2, self.block3 = stages
+        self.block1, self.block2, self.block3 = [NetworkBlock(n, widths[i], widths[i + 1], 1 if i == 0 else 2, drop_rate)
+                                                 for i in range(3)]
         self.bn1 = nn.BatchNorm2d(widths[3])
         self.fc = nn.Linear(widths[3], num_classes)
         for m in self.modules():

@@ -64,7 +64,7 @@ class MobileNetV2(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         last = int(1280 * width_mult) if width_mult > 1.0 else 1280
         self.conv2 = _conv_bn_relu(cin, last, 1, 1)
-        self.classifier = nn.Linear(last, num_classes)
+        self.classifier = nn.Sequential(nn.Linear(last, num_classes))  # Sequential: reference key names
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))

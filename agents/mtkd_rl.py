@@ -1,0 +1,473 @@
+"""The MTKD-RL agent (Yang et al., AAAI 2025) in two variants that share state features and network.
+
+State (per sample i, per teacher m, in the official code's order; `env.sample_layout`):
+`[cos_im, kl_im, ce_im, e_t^m_i (D_m), z_t^m_i (C)]`, concatenated over teachers: (B, F).
+
+Network (`PolicyTrans`): `h = ReLU(W1 s)` (no bias, hidden 128), two heads with a softmax over
+teachers, `piL, piF` (B, M), mixed with the priors
+`qCE = (1 - softmax_m(ce)) / (M - 1)`, `qKL = softmax_m(kl)`, `qCOS = softmax_m(cos)`:
+`wL = (piL + qCE + qKL) / 3`, `wF = (piF + qCE + qCOS) / 3`, or with learned mixing factors
+(`dynamic`): `wL = softmax(a) . (piL, qCE, qKL)`, `wF = softmax(b) . (piF, qCE, qCOS)`, a, b
+initialised to ones. With M = 1 the priors are all ones (the official formula is 0/0 there).
+
+Variants:
+
+* ``mtkd-rl`` ("code") -- what the official code does: deterministic weights; reward = the
+  "paper" per-sample reward; every `agent_step` steps and at the end of every student epoch,
+  one SGD step (lr 0.1) per buffered batch on the reward-weighted BCE of the weights against 1
+  (`-(1/BM) sum_im r_i [log wL_im + log wF_im]`); equal weights until the first update. That
+  update pushes the weights toward uniform (see `shared/reference/mtkd-rl-method.md`, section 4).
+* ``mtkd-rl-pg`` ("pg") -- what the paper describes: the same network gives the mean of a
+  Dirichlet policy per sample, `a ~ Dir(kappa * w)` for logit and feature weights (kappa a
+  learned precision); actions are sampled while training and the update is REINFORCE with the
+  batch-mean reward as baseline, `-(1/B) sum_i (r_i - mean r) [log p(aL_i) + log p(aF_i)]`.
+  Evaluation uses the mean `w`.
+
+Both follow SB3's model interface (`learn`, `predict`, `save`, `load`, `get_env`, `logger`) and
+call SB3 callbacks, so the run, checkpoint and evaluation code treats every algorithm alike.
+Each env step is a safe point: `callback.on_rollout_start()` fires before it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from mtkd_env.config import ConfigError
+
+__all__ = ["MTKDRLConfig", "StateLayout", "PolicyTrans", "MTKDRL", "VARIANTS", "ENV_OVERRIDES",
+           "weights_to_linear_action"]
+
+VARIANTS: Tuple[str, ...] = ("code", "pg")
+ENV_OVERRIDES = {"granularity": "sample", "separate_feature_weights": True, "action_transform": "linear"}
+"""The env the agents need: per-sample state (B, F), separate logit/feature weights, and an
+exactly invertible action transform so `predict`'s simplex weights are the weights applied."""
+
+
+@dataclass
+class MTKDRLConfig:
+    """Hyperparameters of the MTKD-RL agents (defaults: the official code)."""
+
+    hidden_size: int = 128
+    """Width of the shared hidden layer."""
+    dynamic: bool = False
+    """Learn the mixing factors of network output and priors (official `--dynamic`)."""
+    agent_step: int = 1000
+    """Update the agent after this many buffered env steps (official `--agent-step`)."""
+    update_at_epoch_end: bool = True
+    """Also update at the end of every student epoch (and episode), as the official code."""
+    lr: float = 0.1
+    """SGD learning rate of the agent."""
+    momentum: float = 0.0
+    """SGD momentum of the agent (official: none)."""
+    warmup: bool = True
+    """Use fixed warm-up weights until the first update (official: epoch 0)."""
+    warmup_weight: str = "uniform"
+    """Warm-up weights: "uniform" = 1/M each (our spec, the AVER scale) or "ones" = 1 each (the
+    official code's epoch 0, M times the KD scale of later epochs)."""
+    concentration: float = 30.0
+    """pg: initial Dirichlet precision kappa (larger = less exploration)."""
+    learn_concentration: bool = True
+    """pg: learn kappa with the policy gradient."""
+    min_weight: float = 1e-4
+    """pg: floor of the Dirichlet mean, so every concentration stays positive."""
+
+    def validate(self) -> None:
+        if self.hidden_size < 1:
+            raise ConfigError(f"hyperparameter hidden_size: expected an integer >= 1, got {self.hidden_size}")
+        if self.agent_step < 1:
+            raise ConfigError(f"hyperparameter agent_step: expected an integer >= 1, got {self.agent_step}")
+        if not self.lr > 0:
+            raise ConfigError(f"hyperparameter lr: expected a number > 0, got {self.lr}")
+        if self.momentum < 0:
+            raise ConfigError(f"hyperparameter momentum: expected a number >= 0, got {self.momentum}")
+        if self.warmup_weight not in ("uniform", "ones"):
+            raise ConfigError(f"hyperparameter warmup_weight: expected 'uniform' or 'ones', got {self.warmup_weight!r}")
+        if not self.concentration > 0:
+            raise ConfigError(f"hyperparameter concentration: expected a number > 0, got {self.concentration}")
+        if not 0 < self.min_weight < 1:
+            raise ConfigError(f"hyperparameter min_weight: expected a number in (0, 1), got {self.min_weight}")
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    """Where each teacher's cos, kl and ce sit in a state row of width `width`."""
+
+    num_teachers: int
+    width: int
+    cos: Tuple[int, ...]
+    kl: Tuple[int, ...]
+    ce: Tuple[int, ...]
+
+    @classmethod
+    def from_env_layout(cls, layout: Sequence[Tuple[int, str, slice]]) -> "StateLayout":
+        """From `MultiTeacherKDEnv.sample_layout`: (teacher, quantity, column slice) blocks."""
+        cols: Dict[str, Dict[int, int]] = {"cos": {}, "kl": {}, "ce": {}}
+        for m, name, sl in layout:
+            if name in cols:
+                cols[name][m] = sl.start
+        m = len(cols["ce"])
+        if m == 0 or any(len(c) != m for c in cols.values()):
+            raise ValueError("sample layout must give cos, kl and ce columns for every teacher")
+        width = max(sl.stop for _, _, sl in layout)
+        return cls(m, width, *(tuple(cols[k][i] for i in range(m)) for k in ("cos", "kl", "ce")))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StateLayout":
+        return cls(int(data["num_teachers"]), int(data["width"]), tuple(data["cos"]), tuple(data["kl"]),
+                   tuple(data["ce"]))
+
+
+def priors(ce: torch.Tensor, kl: torch.Tensor, cos: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    """The official prior weights, each (B, M) on the simplex: low-CE, large-KL, high-cos teachers.
+    M = 1 gives ones (the official `(1 - softmax(ce)) / (M - 1)` is 0/0 there)."""
+    m = ce.shape[-1]
+    if m == 1:
+        one = torch.ones_like(ce)
+        return one, one, one
+    q_ce = (1.0 - F.softmax(ce, dim=-1)) / (m - 1)
+    return q_ce, F.softmax(kl, dim=-1), F.softmax(cos, dim=-1)
+
+
+class PolicyTrans(nn.Module):
+    """The official agent network plus prior mixing: state (B, F) -> (wL, wF), each (B, M)."""
+
+    def __init__(self, layout: StateLayout, hidden_size: int = 128, dynamic: bool = False,
+                 concentration: Optional[float] = None, learn_concentration: bool = True) -> None:
+        super().__init__()
+        m = layout.num_teachers
+        self.layout = layout
+        self.embed = nn.Linear(layout.width, hidden_size, bias=False)
+        self.logit_head = nn.Linear(hidden_size, m)
+        self.feature_head = nn.Linear(hidden_size, m)
+        self.dynamic = dynamic
+        if dynamic:
+            self.logit_mix = nn.Parameter(torch.ones(3))
+            self.feature_mix = nn.Parameter(torch.ones(3))
+        for name in ("cos", "kl", "ce"):
+            self.register_buffer(f"{name}_idx", torch.tensor(getattr(layout, name), dtype=torch.long),
+                                 persistent=False)
+        self.log_concentration: Optional[nn.Parameter] = None
+        if concentration is not None:
+            self.log_concentration = nn.Parameter(torch.tensor(float(np.log(concentration))),
+                                                  requires_grad=learn_concentration)
+
+    def mixing(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Mixing factors (3,) for (network, CE prior, gap prior) of the logit and feature weights."""
+        if self.dynamic:
+            return F.softmax(self.logit_mix, dim=0), F.softmax(self.feature_mix, dim=0)
+        third = torch.full((3,), 1.0 / 3.0, device=self.embed.weight.device)
+        return third, third
+
+    def forward(self, state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """`state` (B, F) -> logit weights (B, M) and feature weights (B, M), rows on the simplex."""
+        h = F.relu(self.embed(state))
+        pi_l = F.softmax(self.logit_head(h), dim=-1)
+        pi_f = F.softmax(self.feature_head(h), dim=-1)
+        q_ce, q_kl, q_cos = priors(state[:, self.ce_idx], state[:, self.kl_idx], state[:, self.cos_idx])
+        mix_l, mix_f = self.mixing()
+        w_l = mix_l[0] * pi_l + mix_l[1] * q_ce + mix_l[2] * q_kl
+        w_f = mix_f[0] * pi_f + mix_f[1] * q_ce + mix_f[2] * q_cos
+        return w_l, w_f
+
+    @property
+    def concentration(self) -> torch.Tensor:
+        if self.log_concentration is None:
+            raise RuntimeError("this network has no Dirichlet precision (variant 'code')")
+        return self.log_concentration.exp()
+
+    def distributions(self, state: torch.Tensor, min_weight: float = 1e-4):
+        """pg: Dirichlet policies over logit and feature weights, each with mean ~= (wL, wF)."""
+        w_l, w_f = self(state)
+        kappa = self.concentration
+        dist = torch.distributions.Dirichlet
+        return (dist(kappa * w_l.clamp_min(min_weight)), dist(kappa * w_f.clamp_min(min_weight))), (w_l, w_f)
+
+
+def weights_to_linear_action(w_logit: np.ndarray, w_feat: np.ndarray) -> np.ndarray:
+    """The env action (B, 2M) whose "linear" transform gives back exactly these (B, M) weights."""
+    parts = []
+    for w in (w_logit, w_feat):
+        w = np.asarray(w, dtype=np.float64)
+        parts.append(2.0 * w / np.maximum(w.max(-1, keepdims=True), 1e-12) - 1.0)
+    return np.clip(np.concatenate(parts, axis=-1), -1.0, 1.0).astype(np.float32)
+
+
+def _sample_simplex(dist: torch.distributions.Dirichlet, floor: float = 1e-6) -> torch.Tensor:
+    # float32 Dirichlet draws can underflow to exact zeros, whose log-density is -inf.
+    a = dist.sample().clamp_min(floor)
+    return a / a.sum(-1, keepdim=True)
+
+
+class MTKDRL:
+    """The MTKD-RL agent on a `MultiTeacherKDEnv` with sample granularity.
+
+    `env` may be None for a model used only to `predict` (loaded) or to `update` hand-built
+    batches (tests); then `layout` must be given.
+    """
+
+    def __init__(self, env: Any = None, variant: str = "code", config: Optional[MTKDRLConfig] = None,
+                 seed: int = 0, device: Union[str, torch.device] = "cpu", layout: Optional[StateLayout] = None) -> None:
+        if variant not in VARIANTS:
+            raise ConfigError(f"MTKD-RL variant: expected one of {list(VARIANTS)}, got {variant!r}")
+        self.variant = variant
+        self.config = config = config or MTKDRLConfig()
+        config.validate()
+        self.env = env
+        if env is not None:
+            if env.config.granularity != "sample":
+                raise ConfigError("MTKD-RL needs the per-sample state: env granularity must be 'sample', got "
+                                  f"{env.config.granularity!r}")
+            layout = StateLayout.from_env_layout(env.sample_layout)
+        if layout is None:
+            raise ValueError("MTKDRL needs an env or a StateLayout")
+        self.layout = layout
+        self.num_teachers = layout.num_teachers
+        self.seed = seed
+        self.device = torch.device(device)
+        from stable_baselines3.common.utils import set_random_seed
+
+        set_random_seed(seed)  # as SB3 models do: python, numpy and torch global RNGs
+        self.net = PolicyTrans(layout, config.hidden_size, config.dynamic,
+                               config.concentration if variant == "pg" else None,
+                               config.learn_concentration).to(self.device)
+        self.optimizer = torch.optim.SGD([p for p in self.net.parameters() if p.requires_grad], lr=config.lr,
+                                         momentum=config.momentum)
+        self.num_timesteps = 0
+        self._n_updates = 0          # agent SGD steps
+        self._n_rounds = 0           # update events (the warm-up ends at the first)
+        self._episode_num = 0
+        self._steps_since_update = 0
+        self._buffer: List[Dict[str, torch.Tensor]] = []
+        self._last_obs: Optional[np.ndarray] = None
+        self._batch_epoch = 0
+        self._reset_seed: Optional[int] = seed
+        self._logger = None
+
+    # --- SB3-style plumbing -----------------------------------------------------------------
+    def get_env(self) -> Any:
+        return self.env
+
+    @property
+    def logger(self):
+        if self._logger is None:
+            from stable_baselines3.common.logger import configure
+
+            self._logger = configure(None, [""])  # records are dropped until a logger is set
+        return self._logger
+
+    def set_logger(self, logger) -> None:
+        self._logger = logger
+
+    @property
+    def warming_up(self) -> bool:
+        return self.config.warmup and self._n_rounds == 0
+
+    def _warmup_weights(self) -> np.ndarray:
+        value = 1.0 if self.config.warmup_weight == "ones" else 1.0 / self.num_teachers
+        return np.full(self.num_teachers, value, dtype=np.float32)
+
+    # --- acting -----------------------------------------------------------------------------
+    def weights(self, obs: np.ndarray, deterministic: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+        """Simplex weights (wL, wF), each (B, M), for a state (B, F): the mean or a Dirichlet sample."""
+        state = torch.as_tensor(np.asarray(obs), dtype=torch.float32, device=self.device)
+        with torch.no_grad():
+            if deterministic or self.variant == "code":
+                w_l, w_f = self.net(state)
+            else:
+                (d_l, d_f), _ = self.net.distributions(state, self.config.min_weight)
+                w_l, w_f = _sample_simplex(d_l), _sample_simplex(d_f)
+        return w_l.cpu().numpy(), w_f.cpu().numpy()
+
+    def predict(self, observation: np.ndarray, state: Optional[Any] = None, episode_start: Optional[np.ndarray] = None,
+                deterministic: bool = True):
+        """Env action (B, 2M) for a state (B, F), or (N, B, 2M) for (N, B, F). While the agent is
+        still in its warm-up (no update yet) the action gives uniform weights."""
+        obs = np.asarray(observation, dtype=np.float32)
+        batched = obs.ndim == 3
+        rows = obs if batched else obs[None]
+        if rows.shape[-1] != self.layout.width:
+            raise ValueError(f"observation has {rows.shape[-1]} features per sample; this agent expects "
+                             f"{self.layout.width} (its teacher pool and dataset)")
+        actions = []
+        for row in rows:
+            if self.warming_up:
+                w = np.full((row.shape[0], self.num_teachers), 1.0 / self.num_teachers, dtype=np.float32)
+                w_l = w_f = w
+            else:
+                w_l, w_f = self.weights(row, deterministic)
+            actions.append(weights_to_linear_action(w_l, w_f))
+        out = np.stack(actions)
+        return (out if batched else out[0]), state
+
+    # --- learning ---------------------------------------------------------------------------
+    def _init_callback(self, callback):
+        from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ConvertCallback
+
+        if isinstance(callback, list):
+            callback = CallbackList(callback)
+        elif callback is None:
+            callback = CallbackList([])
+        elif not isinstance(callback, BaseCallback):
+            callback = ConvertCallback(callback)
+        callback.init_callback(self)
+        return callback
+
+    def learn(self, total_timesteps: int, callback: Any = None, log_interval: int = 1,
+              reset_num_timesteps: bool = True, progress_bar: bool = False) -> "MTKDRL":
+        """Run `total_timesteps` env steps (distillation iterations), updating the agent as configured."""
+        env = self.env
+        if env is None:
+            raise RuntimeError("this MTKDRL model has no env; pass one to the constructor or to load()")
+        if reset_num_timesteps:
+            self.num_timesteps, self._episode_num = 0, 0
+        else:
+            total_timesteps += self.num_timesteps
+        callback = self._init_callback(callback)
+        if reset_num_timesteps or self._last_obs is None:
+            self._last_obs, _ = env.reset(seed=self._reset_seed)
+            self._reset_seed = None  # as SB3's VecEnv.seed: only the first reset is seeded
+            self._batch_epoch = env.engine.loader.epoch
+        callback.on_training_start(locals(), globals())
+        while self.num_timesteps < total_timesteps:
+            callback.on_rollout_start()
+            obs = self._last_obs
+            sampled = None
+            if self.warming_up:
+                w_l = w_f = self._warmup_weights()
+            else:
+                w_l, w_f = self.weights(obs, deterministic=self.variant == "code")
+                sampled = (w_l, w_f) if self.variant == "pg" else None
+            new_obs, reward, terminated, truncated, info = env.step_weights(w_l, w_f)
+            self.num_timesteps += 1
+            reward_vector = info.get("reward_vector")
+            if reward_vector is None:  # a scalar reward (not "paper"): every sample shares it
+                reward_vector = np.full(obs.shape[0], reward, dtype=np.float32)
+            item = {"state": torch.as_tensor(obs), "reward": torch.as_tensor(np.asarray(reward_vector, np.float32))}
+            if self.variant == "code" or sampled is not None:
+                if sampled is not None:
+                    item["a_logit"], item["a_feat"] = torch.as_tensor(sampled[0]), torch.as_tensor(sampled[1])
+                self._buffer.append(item)
+            done = bool(terminated or truncated)
+            rewards, dones, infos = np.array([reward]), np.array([done]), [info]
+            callback.update_locals(locals())
+            if not callback.on_step():
+                break
+            epoch_end = done or env.engine.loader.epoch != self._batch_epoch
+            self._steps_since_update += 1
+            if self._steps_since_update >= self.config.agent_step or (self.config.update_at_epoch_end and epoch_end):
+                self._train_round()
+            if done:
+                self._episode_num += 1
+                new_obs, _ = env.reset()
+            self._last_obs = new_obs
+            self._batch_epoch = env.engine.loader.epoch
+        callback.on_training_end()
+        return self
+
+    def _train_round(self) -> None:
+        stats = self.update(self._buffer) if self._buffer else {}
+        self._buffer = []
+        self._steps_since_update = 0
+        self._n_rounds += 1
+        for key, value in stats.items():
+            self.logger.record(f"agent/{key}", value)
+        self.logger.record("agent/n_updates", self._n_updates)
+
+    def update(self, batches: Sequence[Dict[str, torch.Tensor]]) -> Dict[str, float]:
+        """One optimiser step per buffered batch, in order (as the official `train_agent`).
+
+        Each batch: "state" (B, F), "reward" (B,); pg also "a_logit", "a_feat" (B, M) sampled weights.
+        """
+        self.net.train()
+        losses = []
+        for batch in batches:
+            state = batch["state"].to(self.device, torch.float32)
+            reward = batch["reward"].to(self.device, torch.float32)
+            if self.variant == "code":
+                w_l, w_f = self.net(state)
+                weight = reward[:, None].expand_as(w_l)
+                ones = torch.ones_like(w_l)
+                # Mixtures can exceed 1 by a rounding error; BCE rejects inputs outside [0, 1].
+                loss = (F.binary_cross_entropy(w_l.clamp(0.0, 1.0), ones, weight=weight)
+                        + F.binary_cross_entropy(w_f.clamp(0.0, 1.0), ones, weight=weight))
+            else:
+                (d_l, d_f), _ = self.net.distributions(state, self.config.min_weight)
+                log_prob = d_l.log_prob(batch["a_logit"].to(self.device)) + d_f.log_prob(batch["a_feat"].to(self.device))
+                advantage = reward - reward.mean()
+                loss = -(advantage * log_prob).mean()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self._n_updates += 1
+            losses.append(float(loss.detach()))
+        stats = {"loss": float(np.mean(losses))}
+        mix_l, mix_f = self.net.mixing()
+        if self.net.dynamic:
+            stats.update({f"mix_logit_{i}": float(v) for i, v in enumerate(mix_l.detach())})
+            stats.update({f"mix_feat_{i}": float(v) for i, v in enumerate(mix_f.detach())})
+        if self.variant == "pg":
+            stats["concentration"] = float(self.net.concentration.detach())
+        return stats
+
+    # --- persistence ------------------------------------------------------------------------
+    def _meta(self) -> dict:
+        return {"variant": self.variant, "config": dataclasses.asdict(self.config), "layout": self.layout.to_dict(),
+                "n_rounds": self._n_rounds}
+
+    def save(self, path: Union[str, Path], meta: Optional[dict] = None) -> None:
+        """Write a zip with `mtkd_meta.json` (variant, config, layout + `meta`) and `agent.pth`."""
+        from .modelfile import META_NAME, atomic_path
+        import json
+
+        full = dict(meta or {})
+        full["agent"] = self._meta()
+        buf = io.BytesIO()
+        torch.save({k: v.cpu() for k, v in self.net.state_dict().items()}, buf)
+        with atomic_path(path) as tmp:
+            with zipfile.ZipFile(tmp, "w") as archive:
+                archive.writestr(META_NAME, json.dumps(full, indent=1, sort_keys=True))
+                archive.writestr("agent.pth", buf.getvalue())
+
+    @classmethod
+    def load(cls, path: Union[str, Path], env: Any = None, device: Union[str, torch.device] = "cpu") -> "MTKDRL":
+        """Rebuild a saved agent (weights read with `weights_only=True`)."""
+        from .modelfile import read_meta, read_torch_member
+
+        meta = read_meta(path)["agent"]
+        config = MTKDRLConfig(**meta["config"])
+        model = cls(env, meta["variant"], config, device=device, layout=StateLayout.from_dict(meta["layout"]))
+        model.net.load_state_dict(read_torch_member(path, "agent.pth"))
+        model._n_rounds = int(meta.get("n_rounds", 1))
+        return model
+
+    def training_state(self) -> dict:
+        """Everything (but the env and global RNGs) needed to continue `learn` bit-identically."""
+        return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "buffer": [dict(b) for b in self._buffer], "num_timesteps": self.num_timesteps,
+                "n_updates": self._n_updates, "n_rounds": self._n_rounds, "episode_num": self._episode_num,
+                "steps_since_update": self._steps_since_update, "batch_epoch": self._batch_epoch,
+                "reset_seed": self._reset_seed,
+                "last_obs": None if self._last_obs is None else torch.as_tensor(self._last_obs)}
+
+    def load_training_state(self, state: dict) -> None:
+        self.net.load_state_dict(state["net"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self._buffer = [dict(b) for b in state["buffer"]]
+        self.num_timesteps = int(state["num_timesteps"])
+        self._n_updates, self._n_rounds = int(state["n_updates"]), int(state["n_rounds"])
+        self._episode_num, self._steps_since_update = int(state["episode_num"]), int(state["steps_since_update"])
+        self._batch_epoch, self._reset_seed = int(state["batch_epoch"]), state["reset_seed"]
+        self._last_obs = None if state["last_obs"] is None else state["last_obs"].numpy()

@@ -1,0 +1,259 @@
+"""Stable-Baselines3 algorithms (PPO, A2C, SAC, TD3) on `MultiTeacherKDEnv`, with resumable state.
+
+The env is wrapped as rl-zoo3 does: `Monitor` -> `DummyVecEnv` -> optional `VecNormalize`
+(`normalize` hyperparameter). `training_state()` captures what SB3's own `save` leaves out and a
+bit-identical continuation needs: the env episode (student, optimiser, data position, RNG),
+Monitor and VecNormalize accumulators, `_last_obs`, counters, the replay buffer and action noise.
+Checkpoints are taken at rollout boundaries (`on_rollout_start`), where the rollout buffer is
+empty, so nothing half-collected has to be saved.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from mtkd_env import EnvConfig
+from mtkd_env.config import ConfigError
+
+from .hyperparams import sb3_kwargs
+from .modelfile import add_meta, atomic_path, read_meta
+from .policy import Policy, interface_overrides
+
+__all__ = ["SB3_CLASSES", "SB3Agent", "SB3Policy", "load_sb3_policy"]
+
+
+def _classes() -> Dict[str, type]:
+    from stable_baselines3 import A2C, PPO, SAC, TD3
+
+    return {"ppo": PPO, "a2c": A2C, "sac": SAC, "td3": TD3}
+
+
+SB3_CLASSES = _classes
+
+
+def _t(x: Optional[np.ndarray]) -> Optional[torch.Tensor]:
+    return None if x is None else torch.from_numpy(np.array(x, copy=True))
+
+
+def _n(x: Optional[torch.Tensor]) -> Optional[np.ndarray]:
+    return None if x is None else x.numpy().copy()
+
+
+def _rms_state(rms) -> dict:
+    return {"mean": _t(np.asarray(rms.mean)), "var": _t(np.asarray(rms.var)), "count": float(rms.count)}
+
+
+def _load_rms(rms, state: dict) -> None:
+    rms.mean = _n(state["mean"]) if np.ndim(rms.mean) else np.float64(state["mean"].item())
+    rms.var = _n(state["var"]) if np.ndim(rms.var) else np.float64(state["var"].item())
+    rms.count = state["count"]
+
+
+class SB3Agent:
+    """An SB3 model and its wrapped `MultiTeacherKDEnv`, built from plain hyperparameters."""
+
+    def __init__(self, algo: str, env_config: EnvConfig, hyperparams: dict, seed: int, device: str) -> None:
+        from stable_baselines3.common.monitor import Monitor
+        from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+        from mtkd_env.env import MultiTeacherKDEnv
+
+        if env_config.granularity != "teacher":
+            raise ConfigError(f"--algo {algo}: SB3 algorithms act on the flat teacher-granularity env, got "
+                              f"granularity={env_config.granularity!r} (use mtkd-rl or mtkd-rl-pg for per-sample weights)")
+        self.algo = algo
+        self.hyperparams = dict(hyperparams)
+        self.env = MultiTeacherKDEnv(env_config)
+        self.monitor = Monitor(self.env)
+        venv = DummyVecEnv([lambda: self.monitor])
+        self.vecnorm: Optional[VecNormalize] = None
+        normalize = hyperparams.get("normalize", False)
+        if normalize:
+            kwargs = {} if normalize is True else dict(normalize)
+            kwargs.setdefault("gamma", hyperparams.get("gamma", 0.99))
+            self.vecnorm = venv = VecNormalize(venv, **kwargs)
+        self.venv = venv
+        cls = SB3_CLASSES()[algo]
+        try:
+            self.model = cls(hyperparams.get("policy", "MlpPolicy"), venv, seed=seed, device=device, verbose=0,
+                             **sb3_kwargs(hyperparams, int(np.prod(self.env.action_space.shape))))
+        except (TypeError, ValueError, AssertionError, KeyError) as exc:
+            raise ConfigError(f"{algo} could not be built with these hyperparameters: "
+                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+    # --- training ----------------------------------------------------------------------------
+    @property
+    def num_timesteps(self) -> int:
+        return self.model.num_timesteps
+
+    def learn(self, total_timesteps: int, callback: Any, reset_num_timesteps: bool) -> None:
+        self.model.learn(total_timesteps, callback=callback, log_interval=1, reset_num_timesteps=reset_num_timesteps)
+
+    def raw_reward(self, locals_: dict) -> float:
+        """The env's reward of the last step (VecNormalize hands SB3 a scaled one)."""
+        if self.vecnorm is not None:
+            return float(self.vecnorm.get_original_reward()[0])
+        return float(locals_["rewards"][0])
+
+    # --- resumable state ---------------------------------------------------------------------
+    def training_state(self) -> dict:
+        m = self.model
+        _, torch_vars = m._get_torch_save_params()
+        from stable_baselines3.common.save_util import recursive_getattr
+
+        state: Dict[str, Any] = {
+            "params": m.get_parameters(),
+            "torch_vars": {name: recursive_getattr(m, name).detach().clone() for name in torch_vars},
+            "num_timesteps": m.num_timesteps, "n_updates": m._n_updates, "episode_num": m._episode_num,
+            "progress_remaining": m._current_progress_remaining,
+            "last_obs": _t(m._last_obs), "last_episode_starts": _t(m._last_episode_starts),
+            "last_original_obs": _t(getattr(m, "_last_original_obs", None)),
+            "ep_info_buffer": [dict(e) for e in (m.ep_info_buffer or [])],
+            "ep_success_buffer": list(m.ep_success_buffer or []),
+            "env": self.env.state_dict(),
+            "monitor": {"rewards": list(self.monitor.rewards), "needs_reset": self.monitor.needs_reset,
+                        "episode_returns": list(self.monitor.episode_returns),
+                        "episode_lengths": list(self.monitor.episode_lengths),
+                        "episode_times": list(self.monitor.episode_times), "total_steps": self.monitor.total_steps},
+            "vecnorm": None, "replay_buffer": None, "action_noise": None,
+        }
+        if self.vecnorm is not None:
+            v = self.vecnorm
+            state["vecnorm"] = {"obs_rms": _rms_state(v.obs_rms), "ret_rms": _rms_state(v.ret_rms),
+                                "returns": _t(v.returns), "old_obs": _t(getattr(v, "old_obs", None)),
+                                "old_reward": _t(v.old_reward)}
+        rb = getattr(m, "replay_buffer", None)
+        if rb is not None:
+            n = rb.buffer_size if rb.full else rb.pos
+            fields = ["observations", "actions", "rewards", "dones", "timeouts"]
+            if not rb.optimize_memory_usage:
+                fields.append("next_observations")
+            state["replay_buffer"] = {"pos": rb.pos, "full": rb.full, **{f: _t(getattr(rb, f)[:n]) for f in fields}}
+        noise = getattr(m, "action_noise", None)
+        if noise is not None and hasattr(noise, "noise_prev"):
+            state["action_noise"] = _t(noise.noise_prev)
+        return state
+
+    def load_training_state(self, state: dict) -> None:
+        m = self.model
+        m.set_parameters(state["params"], exact_match=True, device=m.device)
+        from stable_baselines3.common.save_util import recursive_getattr
+
+        with torch.no_grad():
+            for name, value in state["torch_vars"].items():
+                recursive_getattr(m, name).copy_(value)
+        m.num_timesteps, m._n_updates = int(state["num_timesteps"]), int(state["n_updates"])
+        m._episode_num, m._current_progress_remaining = int(state["episode_num"]), float(state["progress_remaining"])
+        m._last_obs, m._last_episode_starts = _n(state["last_obs"]), _n(state["last_episode_starts"])
+        if state["last_original_obs"] is not None:
+            m._last_original_obs = _n(state["last_original_obs"])
+        from collections import deque
+
+        m.ep_info_buffer = deque(state["ep_info_buffer"], maxlen=m._stats_window_size)
+        m.ep_success_buffer = deque(state["ep_success_buffer"], maxlen=m._stats_window_size)
+        self.env.load_state_dict(state["env"])
+        mon = state["monitor"]
+        self.monitor.rewards, self.monitor.needs_reset = list(mon["rewards"]), bool(mon["needs_reset"])
+        self.monitor.episode_returns, self.monitor.episode_lengths = list(mon["episode_returns"]), list(mon["episode_lengths"])
+        self.monitor.episode_times, self.monitor.total_steps = list(mon["episode_times"]), int(mon["total_steps"])
+        if state["vecnorm"] is not None:
+            v, vs = self.vecnorm, state["vecnorm"]
+            _load_rms(v.obs_rms, vs["obs_rms"])
+            _load_rms(v.ret_rms, vs["ret_rms"])
+            v.returns, v.old_reward = _n(vs["returns"]), _n(vs["old_reward"])
+            if vs["old_obs"] is not None:
+                v.old_obs = _n(vs["old_obs"])
+        if state["replay_buffer"] is not None:
+            rb, rs = m.replay_buffer, state["replay_buffer"]
+            for key, value in rs.items():
+                if key in ("pos", "full"):
+                    continue
+                getattr(rb, key)[:len(value)] = value.numpy()
+            rb.pos, rb.full = int(rs["pos"]), bool(rs["full"])
+        if state["action_noise"] is not None:
+            m.action_noise.noise_prev = _n(state["action_noise"])
+
+    # --- model file --------------------------------------------------------------------------
+    def policy_meta(self) -> dict:
+        """What `SB3Policy` needs besides the weights: spaces, hyperparameters, obs normalisation."""
+        meta = {"env_overrides": interface_overrides(self.env.config),
+                "observation_space": _box_meta(self.env.observation_space),
+                "action_space": _box_meta(self.env.action_space), "obs_norm": None}
+        v = self.vecnorm
+        if v is not None and v.norm_obs:
+            meta["obs_norm"] = {"mean": np.asarray(v.obs_rms.mean).tolist(), "var": np.asarray(v.obs_rms.var).tolist(),
+                                "clip_obs": float(v.clip_obs), "epsilon": float(v.epsilon)}
+        return meta
+
+    def save_model(self, path: Path, meta: dict) -> None:
+        with atomic_path(path) as tmp:
+            self.model.save(tmp)  # the temp name has a suffix, so SB3 does not append ".zip"
+            add_meta(tmp, {**meta, **self.policy_meta()})
+
+
+def _box_meta(space: spaces.Box) -> dict:
+    return {"low": space.low.tolist(), "high": space.high.tolist(), "dtype": str(space.dtype)}
+
+
+def _box(meta: dict) -> spaces.Box:
+    return spaces.Box(np.array(meta["low"], dtype=meta["dtype"]), np.array(meta["high"], dtype=meta["dtype"]),
+                      dtype=meta["dtype"])
+
+
+class _SpacesOnly(gym.Env):
+    """A stand-in env that only carries spaces, to rebuild a saved model for inference."""
+
+    def __init__(self, observation_space: spaces.Box, action_space: spaces.Box) -> None:
+        self.observation_space, self.action_space = observation_space, action_space
+
+    def reset(self, *, seed=None, options=None):  # pragma: no cover - never stepped
+        raise RuntimeError("inference-only env")
+
+    def step(self, action):  # pragma: no cover - never stepped
+        raise RuntimeError("inference-only env")
+
+
+class SB3Policy(Policy):
+    """A saved SB3 model with the observation normalisation of its training run applied in `predict`."""
+
+    def __init__(self, model: Any, meta: dict) -> None:
+        super().__init__(meta["algo"], meta["env_overrides"], meta)
+        self.model = model
+        norm = meta.get("obs_norm")
+        self._norm: Optional[Tuple[np.ndarray, np.ndarray, float]] = None
+        if norm:
+            self._norm = (np.array(norm["mean"], dtype=np.float64),
+                          np.sqrt(np.array(norm["var"], dtype=np.float64) + norm["epsilon"]), float(norm["clip_obs"]))
+
+    def normalize(self, obs: np.ndarray) -> np.ndarray:
+        """VecNormalize's transform with the statistics frozen at the end of training."""
+        if self._norm is None:
+            return np.asarray(obs, dtype=np.float32)
+        mean, std, clip = self._norm
+        return np.clip((np.asarray(obs) - mean) / std, -clip, clip).astype(np.float32)
+
+    def predict(self, obs, state=None, episode_start=None, deterministic: bool = True):
+        return self.model.predict(self.normalize(obs), state=state, episode_start=episode_start,
+                                  deterministic=deterministic)
+
+
+def load_sb3_policy(path: Path, meta: Optional[dict] = None, device: str = "cpu") -> SB3Policy:
+    """Rebuild the model from its metadata and load its weights without unpickling."""
+    meta = meta or read_meta(path)
+    algo = meta["algo"]
+    hp = dict(meta["hyperparams"])
+    env = _SpacesOnly(_box(meta["observation_space"]), _box(meta["action_space"]))
+    kwargs = sb3_kwargs(hp, int(np.prod(env.action_space.shape)))
+    if "buffer_size" in inspect.signature(SB3_CLASSES()[algo].__init__).parameters:
+        kwargs["buffer_size"] = 1  # inference only: no replay memory
+        kwargs.pop("learning_starts", None)
+    model = SB3_CLASSES()[algo](hp.get("policy", "MlpPolicy"), env, device=device, verbose=0, **kwargs)
+    model.set_parameters(str(path), exact_match=True, device=device)
+    return SB3Policy(model, meta)

@@ -1,0 +1,180 @@
+"""Formula baselines as policies bound to a `MultiTeacherKDEnv`, usable wherever an agent is.
+
+A policy reads the env's prepared batch (`env.engine.batch`), computes weights with its function
+from `baselines.weights`, and either
+
+- `act()` -> (w_logit, w_feat) numpy weights for `env.step_weights` (exact; what
+  `baselines.compare` uses), or
+- `predict(obs, deterministic=True)` -> (action, state), the SB3 interface: the action is
+  `env.weights_to_action(w_logit, w_feat)`, exact under `action_transform="linear"` and up to the
+  transform's clip for "softmax" (a one-hot weight becomes about 0.96 / 0.02 / 0.02 at
+  `action_temperature` 0.5).
+
+Like an agent, each policy has `.algo` and `.env_overrides` (EnvConfig fields its env needs on top of
+the user's config): per-sample methods (EBKD, CA-MKD) need `granularity="sample"`, and no-kd sets
+`kd_alpha = feat_beta = 0` so that the loss is CE alone whatever the action. Feature weights equal
+the logit weights for every formula (CA-MKD's separate feature confidences need the teachers'
+classifier heads, which the engine does not expose).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar, Dict, Optional, Tuple, Type
+
+import numpy as np
+import torch
+
+from . import weights as W
+
+__all__ = ["FormulaPolicy", "POLICIES", "register_policy", "make_policy", "policy_names"]
+
+POLICIES: Dict[str, Type["FormulaPolicy"]] = {}
+
+
+def register_policy(name: str) -> Callable[[type], type]:
+    def deco(cls: type) -> type:
+        cls.algo = name
+        POLICIES[name] = cls
+        return cls
+
+    return deco
+
+
+def policy_names() -> list:
+    return sorted(POLICIES)
+
+
+def make_policy(name: str, env=None, *, seed: int = 0, **options: Any) -> "FormulaPolicy":
+    """Build formula policy `name` (optionally bound to `env`); `options` go to its weight function
+    (e.g. `normalization="reference"`, `cap=0.5`, `concentration=0.3`)."""
+    if name not in POLICIES:
+        raise ValueError(f"unknown formula policy {name!r}; known formula policies: {policy_names()}")
+    return POLICIES[name](env, seed=seed, **options)
+
+
+class FormulaPolicy:
+    """Base class: subclasses set `weight_fn`, `per_sample` and may add function arguments."""
+
+    algo: ClassVar[str] = ""
+    weight_fn: ClassVar[Callable[..., torch.Tensor]]
+    per_sample: ClassVar[bool] = False
+    """True: weights differ per sample, so the env must use `granularity="sample"`."""
+    options_allowed: ClassVar[Tuple[str, ...]] = ()
+
+    def __init__(self, env=None, *, seed: int = 0, **options: Any) -> None:
+        unknown = sorted(set(options) - set(self.options_allowed))
+        if unknown:
+            raise ValueError(f"policy {self.algo!r}: unknown option(s) {unknown}; expected "
+                             f"{list(self.options_allowed) or 'none'}")
+        self.options = options
+        self.env = None
+        self.reset(seed)
+        if env is not None:
+            self.bind(env)
+
+    # --- agent interface -------------------------------------------------------------------
+    @property
+    def env_overrides(self) -> Dict[str, Any]:
+        """EnvConfig fields this policy's env needs on top of the user's config."""
+        return {"granularity": "sample"} if self.per_sample else {}
+
+    def bind(self, env) -> "FormulaPolicy":
+        """Attach to `env`; per-sample policies refuse a teacher-granularity env."""
+        for key, value in self.env_overrides.items():
+            if getattr(env.config, key) != value:
+                raise ValueError(f"policy {self.algo!r} needs an env with {key}={value!r} (got "
+                                 f"{getattr(env.config, key)!r}); build it from "
+                                 f"config.replace(**policy.env_overrides)")
+        self.env = env
+        return self
+
+    def reset(self, seed: int) -> None:
+        """Re-seed per-episode randomness (only `random` has any)."""
+        self.seed = int(seed)
+
+    def predict(self, obs: np.ndarray, state: Any = None, episode_start: Any = None,
+                deterministic: bool = True) -> Tuple[np.ndarray, Any]:
+        """SB3-style: the action for the env's prepared batch (which `obs` describes)."""
+        w_logit, w_feat = self.act()
+        return self.env.weights_to_action(w_logit, w_feat), state
+
+    # --- weights ---------------------------------------------------------------------------
+    def function_kwargs(self) -> Dict[str, Any]:
+        """Keyword arguments of `weight_fn` beyond the three tensors."""
+        return dict(self.options)
+
+    def batch_weights(self, batch) -> torch.Tensor:
+        """(B, M) weights for a `mtkd_env.engine.Batch`."""
+        return type(self).weight_fn(batch.teacher_logits, batch.y, batch.student_logits.detach(),
+                                    **self.function_kwargs())
+
+    def act(self) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """(w_logit, w_feat) for `env.step_weights`: (B, M) for per-sample policies, else (M,);
+        w_feat is None (= the logit weights)."""
+        if self.env is None:
+            raise RuntimeError(f"policy {self.algo!r} is not bound to an env; call bind(env) first")
+        if self.env.engine.batch is None:
+            raise RuntimeError("the env has no prepared batch; call env.reset() first")
+        w = self.batch_weights(self.env.engine.batch)
+        w = w if self.per_sample else w[0]
+        return w.cpu().numpy(), None
+
+
+@register_policy("aver")
+class Aver(FormulaPolicy):
+    weight_fn = staticmethod(W.aver)
+
+
+@register_policy("no-kd")
+class NoKD(FormulaPolicy):
+    weight_fn = staticmethod(W.no_kd)
+
+    @property
+    def env_overrides(self) -> Dict[str, Any]:
+        # Zero coefficients make the loss CE alone for any action, so `predict` stays meaningful.
+        return {"kd_alpha": 0.0, "feat_beta": 0.0}
+
+
+@register_policy("best")
+class Best(FormulaPolicy):
+    weight_fn = staticmethod(W.best)
+
+    def function_kwargs(self) -> Dict[str, Any]:
+        return {"val_acc": self.env.teacher_val_acc}
+
+
+@register_policy("random")
+class Random(FormulaPolicy):
+    weight_fn = staticmethod(W.random)
+    options_allowed = ("concentration",)
+
+    def reset(self, seed: int) -> None:
+        super().reset(seed)
+        # A stream of its own (not the env's), so the draws do not depend on env internals.
+        self.rng = np.random.default_rng([int(seed), 0x5EED])
+
+    def function_kwargs(self) -> Dict[str, Any]:
+        return {**self.options, "rng": self.rng}
+
+
+@register_policy("ebkd")
+class EBKD(FormulaPolicy):
+    weight_fn = staticmethod(W.ebkd)
+    per_sample = True
+    options_allowed = ("normalization",)
+
+
+@register_policy("ca-mkd")
+class CAMKD(FormulaPolicy):
+    weight_fn = staticmethod(W.ca_mkd)
+    per_sample = True
+    options_allowed = ("normalization",)
+
+
+@register_policy("aekd")
+class AEKD(FormulaPolicy):
+    weight_fn = staticmethod(W.aekd)
+    options_allowed = ("cap", "normalize_gradients")
+
+    def function_kwargs(self) -> Dict[str, Any]:
+        return {"temperature": self.env.config.kd_temperature, **self.options}

@@ -1,0 +1,210 @@
+"""Overhead of one env step against a hand-written equal-weight KD iteration (the floor).
+
+    python -m benchmarks.step_overhead [--config digits|paper-cifar] [--batch 64 128] [--device auto]
+                                       [--amp none|bf16] [--channels-last] [--json FILE]
+
+In one process, on one device, with the same teachers, student architecture and device-resident
+batches, it times
+  (a) the floor: teachers forward (no grad), student forward/backward with logit + feature KD at
+      equal weights, optimiser step — written by hand, no env;
+  (b) `env.step` at teacher granularity (equal-weight action; reward "neg_loss", which measures
+      nothing extra);
+  (c) `env.step` at sample granularity with the MTKD-RL agent's forward choosing per-sample weights.
+It prints median ms/step, steps/s, peak GPU memory and the ratios b/a and c/a; `--json` writes them
+with top-level keys `ratio_b_a` and `ratio_c_a` (for the largest batch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from typing import Callable, Dict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mtkd_env import EnvConfig
+from mtkd_env import models
+from mtkd_env.env import MultiTeacherKDEnv
+from mtkd_env.projectors import ProjectorBank
+
+PAPER_TEACHERS = ["RegNetY_400MF=random", "RegNetX_400MF=random", "resnet32x4=random", "wrn_28_4=random"]
+
+CONFIGS: Dict[str, dict] = {
+    "digits": {},
+    "paper-cifar": {"dataset": "synthetic", "teachers": PAPER_TEACHERS, "student": "ShuffleV2",
+                    "dataset_kwargs": {"shape": [3, 32, 32], "num_classes": 100, "n_val": 256, "n_test": 256}},
+    "tiny": {"dataset": "synthetic", "teachers": ["mlp=random", "cnn=random"], "student": "tiny_cnn",
+             "dataset_kwargs": {"shape": [1, 8, 8], "num_classes": 4, "n_val": 32, "n_test": 32}},
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step: Callable[[], None], device: torch.device, warmup: int, blocks: int, per_block: int) -> dict:
+    """Median milliseconds per step over `blocks` blocks of `per_block` steps (sync at block ends only,
+    so asynchronous GPU execution is not serialised for the floor)."""
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(blocks):
+        t0 = time.perf_counter()
+        for _ in range(per_block):
+            step()
+        _sync(device)
+        times.append((time.perf_counter() - t0) * 1000.0 / per_block)
+    ms = statistics.median(times)
+    peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else float("nan")
+    return {"ms_per_step": ms, "steps_per_s": 1000.0 / ms, "peak_mem_mb": peak}
+
+
+def floor_step_fn(env: MultiTeacherKDEnv, seed: int) -> Callable[[], None]:
+    """The hand-written equal-weight multi-teacher KD iteration the env is measured against."""
+    eng, cfg = env.engine, env.config
+    teachers = [t.model for t in eng.teachers]
+    torch.manual_seed(seed)
+    student = models.build(cfg.student, num_classes=eng.num_classes, input_shape=eng.input_shape).to(eng.device)
+    with torch.no_grad():
+        s_channels = student(eng.val_x[:2]).feature_map.shape[1]
+    projectors = ProjectorBank(s_channels, eng.teacher_feature_shapes).to(eng.device)
+    if cfg.channels_last:
+        for module in (student, *teachers):
+            module.to(memory_format=torch.channels_last)
+    params = list(student.parameters()) + list(projectors.parameters())
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+    loader = eng.loader
+    loader.reset(seed)
+    temp, m = cfg.kd_temperature, len(teachers)
+    amp = cfg.amp == "bf16" and eng.device.type == "cuda"
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+    def step() -> None:
+        x, y, _ = loader.next()
+        x = x.contiguous(memory_format=fmt)
+        with torch.autocast(eng.device.type, dtype=torch.bfloat16, enabled=amp):
+            with torch.no_grad():
+                t_outs = [t(x) for t in teachers]
+            s_out = student(x)
+            proj = projectors(s_out.feature_map)
+        log_ps = F.log_softmax(s_out.logits.float() / temp, dim=-1)
+        loss = F.cross_entropy(s_out.logits.float(), y)
+        for o, p in zip(t_outs, proj):
+            log_pt = F.log_softmax(o.logits.float() / temp, dim=-1)
+            kd = temp ** 2 * (log_pt.exp() * (log_pt - log_ps)).sum(-1).mean()
+            mse = ((p.float() - o.feature_map.float()) ** 2).mean()
+            loss = loss + cfg.kd_alpha * kd / m + cfg.feat_beta * mse / m
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def env_step_fn(env: MultiTeacherKDEnv, seed: int) -> Callable[[], None]:
+    action = np.zeros(env.action_space.shape, dtype=np.float32)  # softmax(0) = equal weights
+    env.reset(seed=seed)
+
+    def step() -> None:
+        _, _, terminated, _, _ = env.step(action)
+        if terminated:
+            env.reset()
+
+    return step
+
+
+def agent_step_fn(env: MultiTeacherKDEnv, seed: int) -> Callable[[], None]:
+    """Sample granularity: the MTKD-RL agent maps the (B, F) state to per-sample weights."""
+    from agents.mtkd_rl import benchmark_policy
+
+    policy = benchmark_policy(env, seed=seed)
+    obs, _ = env.reset(seed=seed)
+    state = {"obs": obs}
+
+    def step() -> None:
+        action = policy(state["obs"])
+        state["obs"], _, terminated, _, _ = env.step(action)
+        if terminated:
+            state["obs"], _ = env.reset()
+
+    return step
+
+
+def run(config: str, batch: int, device: str, amp: str, channels_last: bool, warmup: int, blocks: int,
+        per_block: int, cache_dir: str | None) -> dict:
+    base = dict(CONFIGS[config], batch_size=batch, device=device, amp=amp, channels_last=channels_last,
+                reward="neg_loss", show_progress=False, epochs=1000.0)
+    if cache_dir:
+        base["teacher_cache_dir"] = cache_dir
+    if base.get("dataset") == "synthetic":
+        base["dataset_kwargs"] = dict(base["dataset_kwargs"], n_train=batch * 32)
+    cfg = EnvConfig(**base)
+    env_b = MultiTeacherKDEnv(cfg)
+    dev = env_b.engine.device
+    results = {}
+    floor = floor_step_fn(env_b, seed=0)
+    results["a_floor"] = time_steps(floor, dev, warmup, blocks, per_block)
+    del floor
+    results["b_env_teacher"] = time_steps(env_step_fn(env_b, 0), dev, warmup, blocks, per_block)
+    env_b.engine.student = env_b.engine.projectors = env_b.engine.optimizer = env_b.engine.batch = None
+    env_c = MultiTeacherKDEnv(cfg.replace(granularity="sample", separate_feature_weights=True,
+                                          action_transform="linear", reward="paper"))
+    results["c_env_sample_agent"] = time_steps(agent_step_fn(env_c, 0), dev, warmup, blocks, per_block)
+    a = results["a_floor"]
+    for key in ("b_env_teacher", "c_env_sample_agent"):
+        results[key]["ratio_to_floor"] = results[key]["ms_per_step"] / a["ms_per_step"]
+        if dev.type == "cuda":
+            results[key]["mem_ratio_to_floor"] = results[key]["peak_mem_mb"] / a["peak_mem_mb"]
+    return {"config": config, "batch": batch, "device": str(dev),
+            "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+            "torch": torch.__version__, "amp": amp, "channels_last": channels_last,
+            "threads": torch.get_num_threads(), "results": results}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.step_overhead", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="digits")
+    parser.add_argument("--batch", type=int, nargs="+", default=[64])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--amp", choices=["none", "bf16"], default="none")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--blocks", type=int, default=7)
+    parser.add_argument("--per-block", type=int, default=30)
+    parser.add_argument("--teacher-cache-dir", default=None)
+    parser.add_argument("--json", default=None, help="write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    runs = []
+    print(f"{'config':12s} {'batch':>5s} {'mode':22s} {'ms/step':>9s} {'steps/s':>9s} {'peak MB':>9s} {'ratio':>7s}")
+    for batch in args.batch:
+        out = run(args.config, batch, args.device, args.amp, args.channels_last, args.warmup, args.blocks,
+                  args.per_block, args.teacher_cache_dir)
+        runs.append(out)
+        for mode, r in out["results"].items():
+            print(f"{args.config:12s} {batch:5d} {mode:22s} {r['ms_per_step']:9.3f} {r['steps_per_s']:9.1f} "
+                  f"{r['peak_mem_mb']:9.1f} {r.get('ratio_to_floor', 1.0):7.3f}")
+    last = runs[-1]["results"]
+    summary = {"ratio_b_a": last["b_env_teacher"]["ratio_to_floor"],
+               "ratio_c_a": last["c_env_sample_agent"]["ratio_to_floor"],
+               "mem_ratio_b_a": last["b_env_teacher"].get("mem_ratio_to_floor"),
+               "mem_ratio_c_a": last["c_env_sample_agent"].get("mem_ratio_to_floor"),
+               "device": runs[-1]["device"], "device_name": runs[-1]["device_name"], "runs": runs}
+    print(f"device {summary['device_name']}  b/a {summary['ratio_b_a']:.3f}  c/a {summary['ratio_c_a']:.3f}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(summary, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

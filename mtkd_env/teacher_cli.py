@@ -1,0 +1,276 @@
+"""`python -m mtkd_env.teachers train|list`: train teachers into the cache, list cached teachers.
+
+    python -m mtkd_env.teachers train --dataset cifar100 --data-dir ~/data --arch resnet32x4
+    python -m mtkd_env.teachers list
+
+`train` defaults to the standard CIFAR teacher recipe of RepDistiller/MTKD-RL (`train_baseline.py`):
+240 epochs, SGD lr 0.05 (momentum 0.9, no Nesterov), x0.1 at epochs 150/180/210, weight decay 5e-4,
+batch 64, random crop + flip. It writes a resume file after every epoch (an interrupted run
+continues from there when started again) and, at the end, a checkpoint with its metadata (arch,
+dataset, classes, split, accuracies, recipe) at the path that the EnvConfig spec `"arch"` reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+__all__ = ["TeacherTrainConfig", "train_teacher", "list_teachers", "main"]
+
+
+@dataclass
+class TeacherTrainConfig:
+    """One teacher training run; every field is the CLI flag of the same name (`_` -> `-`)."""
+
+    dataset: str
+    """Dataset name (cifar100, imagefolder, digits, synthetic)."""
+    arch: str
+    """Architecture name from `mtkd_env.models` (e.g. resnet32x4, wrn_28_4, RegNetY_400MF)."""
+    data_dir: Optional[str] = None
+    """Root folder of on-disk datasets."""
+    dataset_kwargs: dict = field(default_factory=dict)
+    """Dataset options as KEY=VALUE (e.g. n_val=0 to train on all 50k CIFAR-100 images)."""
+    epochs: int = 240
+    """Training epochs."""
+    lr: float = 0.05
+    """Initial learning rate (RepDistiller uses 0.01 for MobileNet/ShuffleNet teachers)."""
+    milestones: List[int] = field(default_factory=lambda: [150, 180, 210])
+    """Epochs at which the learning rate is multiplied by `gamma`."""
+    gamma: float = 0.1
+    """Learning-rate decay factor at each milestone."""
+    weight_decay: float = 5e-4
+    """SGD weight decay."""
+    momentum: float = 0.9
+    """SGD momentum."""
+    nesterov: bool = False
+    """Nesterov momentum (off in the reference teacher recipe)."""
+    batch_size: int = 64
+    """Training batch size (the last partial batch of an epoch is dropped)."""
+    augment: bool = True
+    """The dataset's standard training augmentation."""
+    seed: int = 0
+    """Seed of initialisation, data order and augmentation (EnvConfig.teacher_seed)."""
+    data_seed: int = 0
+    """Seed of the train/val split (EnvConfig.data_seed)."""
+    device: str = "auto"
+    """"auto", "cpu", "cuda" or "cuda:N"."""
+    cache_dir: Optional[str] = None
+    """Teacher cache (EnvConfig.teacher_cache_dir); default `default_cache_dir()/teachers`."""
+    out: Optional[str] = None
+    """Write the checkpoint here instead of the cache (use it as "arch=/path" in EnvConfig)."""
+    resume: bool = True
+    """Continue from this run's resume file if one exists."""
+    eval_every: int = 1
+    """Epochs between validation evaluations (the last epoch is always evaluated)."""
+    eval_batch_size: int = 512
+    """Batch size of evaluation."""
+    show_progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        from .config import ConfigError
+
+        for name in ("epochs", "batch_size", "eval_every", "eval_batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"{name}: expected an integer >= 1, got {getattr(self, name)!r}")
+        for name in ("lr", "gamma", "weight_decay", "momentum"):
+            if not isinstance(getattr(self, name), (int, float)) or getattr(self, name) < 0:
+                raise ConfigError(f"{name}: expected a number >= 0, got {getattr(self, name)!r}")
+        if any(not isinstance(m, int) or not 0 < m < self.epochs for m in self.milestones):
+            raise ConfigError(f"milestones: expected epochs in (0, {self.epochs}), got {self.milestones!r}")
+        if not isinstance(self.dataset_kwargs, dict):
+            raise ConfigError(f"dataset_kwargs: expected a mapping, got {self.dataset_kwargs!r}")
+
+    def recipe(self) -> dict:
+        return {"optimizer": "sgd", "lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay,
+                "batch_size": self.batch_size, "epochs": self.epochs, "schedule": "multistep",
+                "milestones": list(self.milestones), "gamma": self.gamma, "nesterov": self.nesterov,
+                "augment": self.augment, "label_noise": 0.0}
+
+
+def _cache_dir(cache_dir: Optional[str]) -> Path:
+    from .config import default_cache_dir
+
+    return Path(cache_dir or f"{default_cache_dir()}/teachers")
+
+
+def _resume_path(out: Path) -> Path:
+    return out.parent / (out.name + ".resume")
+
+
+def train_teacher(cfg: TeacherTrainConfig, log=print) -> Path:
+    """Train (or resume) one teacher as configured; returns the checkpoint path."""
+    from tqdm.auto import tqdm
+
+    from . import models
+    from .data import build_dataset
+    from .engine import resolve_device
+    from .teachers import (CheckpointError, TeacherTraining, atomic_torch_save, evaluate_split, save_checkpoint,
+                           split_key, trained_path)
+
+    splits = build_dataset(cfg.dataset, data_dir=cfg.data_dir, seed=cfg.data_seed, **cfg.dataset_kwargs)
+    device = resolve_device(cfg.device)
+    cache = _cache_dir(cfg.cache_dir)
+    out = Path(cfg.out) if cfg.out else trained_path(str(cache), cfg.dataset, cfg.arch, cfg.seed, cfg.data_seed,
+                                                     cfg.dataset_kwargs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = models.build(cfg.arch, num_classes=splits.num_classes, input_shape=splits.input_shape)
+    rec = cfg.recipe()
+    run_key = {"arch": cfg.arch, "seed": cfg.seed, "recipe": rec,
+               "split": split_key(cfg.dataset, cfg.data_seed, cfg.dataset_kwargs)}
+    run = TeacherTraining(model, splits, rec, cfg.seed, device)
+    history: list = []
+    resume_file = _resume_path(out)
+    if cfg.resume and resume_file.is_file():
+        try:
+            saved = torch.load(resume_file, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(f"resume file {str(resume_file)!r} is unreadable ({str(exc).splitlines()[0]}); "
+                                  f"delete it or pass --no-resume") from None
+        if json.loads(saved["run_key"]) != json.loads(json.dumps(run_key, default=str)):
+            raise CheckpointError(f"resume file {str(resume_file)!r} belongs to a different run "
+                                  f"({saved['run_key']} vs {json.dumps(run_key, default=str)}); delete it or pass "
+                                  f"--no-resume")
+        run.load_state_dict(saved["training"])
+        history = list(saved["history"])
+        log(f"resuming {cfg.arch} on {cfg.dataset} from epoch {run.epoch}/{cfg.epochs}")
+    val_set = splits.eval_set("val", device)
+    steps = run.loader.batches_per_epoch
+    start = time.time()
+    with tqdm(total=cfg.epochs * steps, initial=run.epoch * steps, desc=f"teacher {cfg.arch}",
+              disable=not cfg.show_progress, unit="it") as bar:
+        while run.epoch < cfg.epochs:
+            stats = run.run_epoch(on_batch=lambda _: bar.update(1))
+            entry = {"epoch": run.epoch, "lr": run.lr, **stats}
+            if run.epoch % cfg.eval_every == 0 or run.epoch == cfg.epochs:
+                entry["val_acc"] = evaluate_split(model, val_set, cfg.eval_batch_size)
+            history.append(entry)
+            bar.set_postfix(epoch=run.epoch, loss=f"{stats['train_loss']:.3f}",
+                            val=f"{entry['val_acc']:.4f}" if "val_acc" in entry else "-")
+            if run.epoch < cfg.epochs:
+                atomic_torch_save({"run_key": json.dumps(run_key, default=str), "training": run.state_dict(),
+                                   "history": history}, resume_file)
+    test_acc = evaluate_split(model, splits.eval_set("test", device), cfg.eval_batch_size)
+    meta = {"arch": cfg.arch, "dataset": cfg.dataset, "num_classes": splits.num_classes,
+            "input_shape": list(splits.input_shape), "val_acc": history[-1]["val_acc"], "test_acc": test_acc,
+            "recipe": rec, "seed": cfg.seed, "data_seed": cfg.data_seed,
+            "dataset_kwargs": json.loads(json.dumps(cfg.dataset_kwargs, default=str)),
+            "split": json.loads(json.dumps(run_key["split"], default=str)), "epochs_trained": run.epoch,
+            "history": history, "source": "teachers train", "train_seconds_last_session": time.time() - start}
+    save_checkpoint(out, model, meta)
+    if resume_file.exists():
+        resume_file.unlink()
+    log(f"{cfg.arch} on {cfg.dataset}: val acc {meta['val_acc']:.4f}, test acc {test_acc:.4f} -> {out}")
+    return out
+
+
+def list_teachers(cache_dir: Optional[str] = None, log=print) -> List[dict]:
+    """Print and return the cached teachers (and unfinished runs) of `cache_dir`."""
+    from .teachers import CheckpointError, read_checkpoint_meta
+
+    cache = _cache_dir(cache_dir)
+    rows = []
+    for path in sorted(cache.glob("*.pt")) if cache.is_dir() else []:
+        try:
+            meta = read_checkpoint_meta(path)
+        except CheckpointError as exc:
+            meta = {"error": str(exc)}
+        rows.append({"file": path.name, **meta})
+    partial = sorted(cache.glob("*.pt.resume")) if cache.is_dir() else []
+    if not rows and not partial:
+        log(f"no cached teachers in {str(cache)!r}")
+        return rows
+    log(f"teachers in {cache}:")
+    log(f"{'dataset':<12} {'arch':<18} {'classes':>7} {'epochs':>6} {'val acc':>8} {'test acc':>8}  "
+        f"{'source':<14} file")
+    for r in rows:
+        recipe = r.get("recipe") or {}
+        fmt = lambda v: f"{v:.4f}" if isinstance(v, (int, float)) else "-"  # noqa: E731
+        log(f"{str(r.get('dataset', '?')):<12} {str(r.get('arch', '?')):<18} {str(r.get('num_classes', '?')):>7} "
+            f"{str(r.get('epochs_trained', recipe.get('epochs', '?'))):>6} {fmt(r.get('val_acc')):>8} "
+            f"{fmt(r.get('test_acc')):>8}  {str(r.get('source', r.get('error', '?')))[:14]:<14} {r['file']}")
+    for p in partial:
+        try:
+            saved = torch.load(p, map_location="cpu", weights_only=True)
+            done, total = saved["training"]["epoch"], json.loads(saved["run_key"])["recipe"]["epochs"]
+            log(f"unfinished run: {p.name} (epoch {done}/{total}; run the same train command to resume)")
+        except Exception:
+            log(f"unfinished run: {p.name} (unreadable)")
+    return rows
+
+
+# --- argparse wiring: one flag per TeacherTrainConfig field ----------------------------------
+def _add_train_flags(parser: argparse.ArgumentParser) -> None:
+    docs = _field_docs()
+    hints = typing.get_type_hints(TeacherTrainConfig)
+    for f in dataclasses.fields(TeacherTrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        tp, help_ = hints[f.name], docs.get(f.name, "")
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        default = None if required else (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+        if not required:
+            help_ += f" (default: {default})"
+        if tp is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_)
+        elif f.name == "dataset_kwargs":
+            parser.add_argument(flag, nargs="*", action="extend", default=[], metavar="KEY=VALUE", help=help_)
+        elif f.name == "milestones":
+            parser.add_argument(flag, nargs="*", type=int, default=default, metavar="EPOCH", help=help_)
+        else:
+            base = {Optional[str]: str}.get(tp, tp)
+            parser.add_argument(flag, type=base, default=default, required=required, help=help_)
+
+
+def _field_docs() -> dict:
+    import ast
+    import inspect
+
+    body = ast.parse(inspect.getsource(TeacherTrainConfig)).body[0].body
+    return {n.target.id: " ".join(d.value.value.split()) for n, d in zip(body, body[1:])
+            if isinstance(n, ast.AnnAssign) and isinstance(d, ast.Expr) and isinstance(d.value, ast.Constant)}
+
+
+def main(argv: Optional[list] = None) -> int:
+    from .config import ConfigError, parse_overrides
+    from .teachers import CheckpointError
+
+    parser = argparse.ArgumentParser(prog="python -m mtkd_env.teachers", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train one teacher into the cache (resumable)")
+    _add_train_flags(train)
+    lister = sub.add_parser("list", help="show cached teachers with their accuracy")
+    lister.add_argument("--cache-dir", default=None, help="teacher cache (default: default_cache_dir()/teachers)")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        list_teachers(args.cache_dir)
+        return 0
+    from .engine import resolve_device
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TeacherTrainConfig)}
+    try:
+        values["dataset_kwargs"] = parse_overrides(values["dataset_kwargs"])
+        cfg = TeacherTrainConfig(**values)
+        try:
+            resolve_device(cfg.device)
+        except RuntimeError as exc:  # CUDA asked for but absent: bad input, not a crash
+            raise ConfigError(str(exc)) from None
+        train_teacher(cfg)
+    except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
