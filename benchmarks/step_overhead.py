@@ -124,14 +124,15 @@ def env_step_fn(env: MultiTeacherKDEnv, seed: int) -> Callable[[], None]:
 
 def agent_step_fn(env: MultiTeacherKDEnv, seed: int) -> Callable[[], None]:
     """Sample granularity: the MTKD-RL agent maps the (B, F) state to per-sample weights."""
-    from agents.mtkd_rl import benchmark_policy
+    from agents.mtkd_rl import MTKDRL, MTKDRLConfig
 
-    policy = benchmark_policy(env, seed=seed)
+    # No warm-up: time the network forward (state to device, MLP + priors, weights back).
+    agent = MTKDRL(env, variant="code", config=MTKDRLConfig(warmup=False), seed=seed, device=env.engine.device)
     obs, _ = env.reset(seed=seed)
     state = {"obs": obs}
 
     def step() -> None:
-        action = policy(state["obs"])
+        action = agent.predict(state["obs"], deterministic=True)[0]
         state["obs"], _, terminated, _, _ = env.step(action)
         if terminated:
             state["obs"], _ = env.reset()

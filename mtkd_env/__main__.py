@@ -26,15 +26,18 @@ def main(argv=None) -> int:
 
     from tqdm.auto import tqdm
 
+    from .distributed import init_from_env
     from .env import MultiTeacherKDEnv
 
+    ctx = init_from_env(cfg.device)  # under torchrun: one distillation over all ranks
     env = MultiTeacherKDEnv(cfg)
     obs, info = env.reset(seed=args.seed)
-    print("teachers (val acc): " + ", ".join(f"{n} {a:.3f}" for n, a in zip(info["teacher_names"],
+    say = print if ctx.is_main else (lambda *a, **k: None)  # only rank 0 reports
+    say("teachers (val acc): " + ", ".join(f"{n} {a:.3f}" for n, a in zip(info["teacher_names"],
                                                                          info["teacher_val_acc"])))
     equal = np.full(env.num_teachers, 1.0 / env.num_teachers, dtype=np.float32)
     total = 0.0
-    with tqdm(total=env.total_steps, desc="AVER episode") as bar:
+    with tqdm(total=env.total_steps, desc="AVER episode", disable=not ctx.is_main) as bar:
         while True:
             obs, reward, terminated, truncated, info = env.step_weights(equal)
             total += reward
@@ -42,8 +45,8 @@ def main(argv=None) -> int:
             bar.set_postfix(loss=f"{info['loss']:.3f}", acc=f"{info['student_acc']:.3f}")
             if terminated or truncated:
                 break
-    print(f"steps {info['step']}  return {total:.4f}  final val acc {info['final_val_acc']:.4f}  "
-          f"final test acc {info['final_test_acc']:.4f}")
+    say(f"steps {info['step']}  return {total:.4f}  final val acc {info['final_val_acc']:.4f}  "
+          f"final test acc {info['final_test_acc']:.4f}  (world size {ctx.world_size}, device {env.engine.device})")
     return 0
 
 

@@ -33,10 +33,12 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    active: bool = False
+    """A process group is initialised (also with one process, e.g. a 1-GPU torchrun smoke run)."""
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return self.active
 
     @property
     def is_main(self) -> bool:
@@ -69,24 +71,24 @@ class DistContext:
 
 def init_from_env(device: str = "auto") -> DistContext:
     """Join the process group `torchrun` describes (RANK/WORLD_SIZE/LOCAL_RANK); NCCL on GPUs,
-    gloo on CPU. Without those variables (or with WORLD_SIZE=1), a single-process context."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    gloo on CPU. Without those variables, a single-process context and no group."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return DistContext()
+    world = int(os.environ["WORLD_SIZE"])
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and device != "cpu"
     if not dist.is_initialized():
         if use_cuda:
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return DistContext(rank=rank, world_size=world, local_rank=local_rank)
+    return DistContext(rank=rank, world_size=world, local_rank=local_rank, active=True)
 
 
 def context() -> DistContext:
     """The current process's context (single-process unless a group is initialised)."""
     if dist.is_available() and dist.is_initialized():
         return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(),
-                           local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+                           local_rank=int(os.environ.get("LOCAL_RANK", "0")), active=True)
     return DistContext()
 
 
