@@ -17,6 +17,7 @@ with top-level keys `ratio_b_a` and `ratio_c_a` (for the largest batch).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -156,7 +157,10 @@ def run(config: str, batch: int, device: str, amp: str, channels_last: bool, war
     results["a_floor"] = time_steps(floor, dev, warmup, blocks, per_block)
     del floor
     results["b_env_teacher"] = time_steps(env_step_fn(env_b, 0), dev, warmup, blocks, per_block)
-    env_b.engine.student = env_b.engine.projectors = env_b.engine.optimizer = env_b.engine.batch = None
+    del env_b  # (c) gets the same resident set as (a) and (b): one teacher pool, one copy of the data
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
     env_c = MultiTeacherKDEnv(cfg.replace(granularity="sample", separate_feature_weights=True,
                                           action_transform="linear", reward="paper"))
     results["c_env_sample_agent"] = time_steps(agent_step_fn(env_c, 0), dev, warmup, blocks, per_block)

@@ -282,8 +282,8 @@ class DistillationEngine:
         bs = self.config.eval_batch_size
         correct = torch.zeros((), device=self.device)
         for i in range(0, len(x), bs):
-            with self._autocast():
-                logits = self._student_forward(self._format(x[i:i + bs])).logits
+            with self._autocast():  # the bare module: a DDP forward here would re-broadcast BN buffers in place
+                logits = self.student(self._format(x[i:i + bs])).logits
             correct += (logits.argmax(1) == y[i:i + bs]).sum()
         self.student.train(was_training)
         return correct
@@ -309,7 +309,7 @@ class DistillationEngine:
         was_training = self.student.training
         self.student.eval()
         with self._autocast():
-            logits = self._student_forward(self._format(self.probe_x)).logits
+            logits = self.student(self._format(self.probe_x)).logits
         loss = F.cross_entropy(logits.float(), self.probe_y)
         self.student.train(was_training)
         return loss

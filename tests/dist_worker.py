@@ -36,9 +36,22 @@ def run(granularity: str, cache: str, steps: int = 5):
     return np.stack(trajectory), np.array(rewards), env.engine.student
 
 
+def run_batchnorm(cache: str, steps: int = 3):
+    """A BN student with feature KD and the probe reward: evaluation forwards between the step's
+    forward and its backward must not disturb DDP's buffers."""
+    cfg = config("teacher", cache).replace(student="tiny_cnn", feature_kd=True, reward="probe_loss_drop")
+    env = MultiTeacherKDEnv(cfg)
+    obs, _ = env.reset(seed=1)
+    trajectory = [obs]
+    for _ in range(steps):
+        trajectory.append(env.step(np.zeros(2, np.float32))[0])
+    return np.stack(trajectory)
+
+
 def main(out: str, cache: str) -> None:
     torch.set_num_threads(1)
     ctx = init_from_env("cpu")
+    np.save(Path(out) / f"bn_obs_rank{ctx.rank}.npy", run_batchnorm(cache))
     for granularity in ("teacher", "sample"):
         obs, rewards, student = run(granularity, cache)
         np.save(Path(out) / f"{granularity}_obs_rank{ctx.rank}.npy", obs)

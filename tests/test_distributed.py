@@ -41,3 +41,9 @@ def test_two_ranks_match_one_process(two_rank_run, teacher_cache, granularity):
     two = torch.load(two_rank_run / f"{granularity}_student.pt", weights_only=True)
     for name, value in student.state_dict().items():
         torch.testing.assert_close(two[name], value, rtol=1e-4, atol=1e-5)
+
+
+def test_batchnorm_student_with_probe_reward_runs_on_two_ranks(two_rank_run):
+    obs0 = np.load(two_rank_run / "bn_obs_rank0.npy")
+    np.testing.assert_array_equal(obs0, np.load(two_rank_run / "bn_obs_rank1.npy"))
+    assert np.all(np.isfinite(obs0))

@@ -113,3 +113,18 @@ def test_loader_benchmark_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr
     data = json.loads(out.read_text())
     assert data["device_loader_images_per_s"] > 0 and data["dataloader_images_per_s"] > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_nccl_single_gpu_torchrun_with_batchnorm_student(teacher_cache):
+    """DDP on CUDA re-broadcasts BN buffers on every wrapped forward; evaluation forwards between a
+    step's forward and its backward must not go through the wrapper (an in-place version error)."""
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
+                           "-m", "mtkd_env", "--env", "device=cuda", "dataset=synthetic", "student=tiny_cnn",
+                           "teachers=[cnn=random,tiny_resnet=random]", "max_steps=4", "batch_size=32",
+                           "show_progress=false", f"teacher_cache_dir={teacher_cache}",
+                           "dataset_kwargs={shape: [3, 16, 16], num_classes: 10, n_train: 256}"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "world size 1, device cuda" in proc.stdout
