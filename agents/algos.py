@@ -7,19 +7,17 @@ interface to the run (`learn`, `num_timesteps`, `training_state`/`load_training_
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict
 
-import numpy as np
+import torch
 
 from mtkd_env import EnvConfig
 from mtkd_env.config import ConfigError
 
 from .hyperparams import validate_dataclass, validate_sb3
 from .mtkd_rl import ENV_OVERRIDES, MTKDRL, MTKDRLConfig
-from .modelfile import read_meta
 from .policy import Policy
 from .sb3_agent import SB3_CLASSES, SB3Agent, load_sb3_policy
 
@@ -47,6 +45,8 @@ class MTKDAgent:
         self.hyperparams = dict(hyperparams)
         config = MTKDRLConfig(**{k: v for k, v in hyperparams.items() if k != "n_timesteps"})
         self.env = MultiTeacherKDEnv(env_config)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = MTKDRL(self.env, variant, config, seed=seed, device=device)
 
     @property

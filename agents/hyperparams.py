@@ -21,7 +21,7 @@ from mtkd_env import ENV_ID
 from mtkd_env.config import ConfigError, load_config_file
 
 __all__ = ["HYPERPARAMS_DIR", "default_hyperparams", "load_hyperparams_file", "resolve_hyperparams",
-           "validate_sb3", "sb3_kwargs", "validate_dataclass", "ACTIVATIONS"]
+           "validate_sb3", "sb3_kwargs", "validate_dataclass", "activations"]
 
 HYPERPARAMS_DIR = Path(__file__).resolve().parent / "hyperparams"
 
@@ -38,15 +38,12 @@ _NORMALIZE_KEYS = {"norm_obs": bool, "norm_reward": bool, "clip_obs": float, "cl
 NOISE_TYPES = ("normal", "ornstein-uhlenbeck")
 
 
-def _activations() -> Dict[str, Any]:
+def activations() -> Dict[str, Any]:
+    """Activation names accepted in `policy_kwargs.activation_fn` (no string evaluation, unlike rl-zoo3)."""
     from torch import nn
 
     return {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU,
             "silu": nn.SiLU}
-
-
-ACTIVATIONS: Callable[[], Dict[str, Any]] = _activations
-"""Activation names accepted in `policy_kwargs.activation_fn` (no string evaluation, unlike rl-zoo3)."""
 
 
 def _section(data: dict, source: str) -> dict:
@@ -176,8 +173,8 @@ def validate_sb3(algo_name: str, cls: type, hp: dict) -> dict:
     if "noise_type" in out and out["noise_type"] not in NOISE_TYPES:
         raise ConfigError(f"hyperparameter noise_type: expected one of {list(NOISE_TYPES)}, got {out['noise_type']!r}")
     pk = out.get("policy_kwargs") or {}
-    if "activation_fn" in pk and pk["activation_fn"] not in ACTIVATIONS():
-        raise ConfigError(f"hyperparameter policy_kwargs.activation_fn: expected one of {sorted(ACTIVATIONS())}, "
+    if "activation_fn" in pk and pk["activation_fn"] not in activations():
+        raise ConfigError(f"hyperparameter policy_kwargs.activation_fn: expected one of {sorted(activations())}, "
                           f"got {pk['activation_fn']!r}")
     return out
 
@@ -206,7 +203,7 @@ def sb3_kwargs(hp: dict, num_actions: int) -> dict:
         kwargs["train_freq"] = tuple(kwargs["train_freq"])
     pk = dict(hp.get("policy_kwargs") or {})
     if "activation_fn" in pk:
-        pk["activation_fn"] = ACTIVATIONS()[pk["activation_fn"]]
+        pk["activation_fn"] = activations()[pk["activation_fn"]]
     if pk:
         kwargs["policy_kwargs"] = pk
     if hp.get("noise_type"):

@@ -263,9 +263,9 @@ class MTKDRL:
     @property
     def logger(self):
         if self._logger is None:
-            from stable_baselines3.common.logger import configure
+            from stable_baselines3.common.logger import Logger
 
-            self._logger = configure(None, [""])  # records are dropped until a logger is set
+            self._logger = Logger(folder=None, output_formats=[])  # records are dropped until a logger is set
         return self._logger
 
     def set_logger(self, logger) -> None:
@@ -361,10 +361,6 @@ class MTKDRL:
                     item["a_logit"], item["a_feat"] = torch.as_tensor(sampled[0]), torch.as_tensor(sampled[1])
                 self._buffer.append(item)
             done = bool(terminated or truncated)
-            rewards, dones, infos = np.array([reward]), np.array([done]), [info]
-            callback.update_locals(locals())
-            if not callback.on_step():
-                break
             epoch_end = done or env.engine.loader.epoch != self._batch_epoch
             self._steps_since_update += 1
             if self._steps_since_update >= self.config.agent_step or (self.config.update_at_epoch_end and epoch_end):
@@ -374,6 +370,12 @@ class MTKDRL:
                 new_obs, _ = env.reset()
             self._last_obs = new_obs
             self._batch_epoch = env.engine.loader.epoch
+            # The step's bookkeeping is complete, so a callback that stops training leaves a
+            # consistent state behind.
+            rewards, dones, infos = np.array([reward]), np.array([done]), [info]
+            callback.update_locals(locals())
+            if not callback.on_step():
+                break
         callback.on_training_end()
         return self
 

@@ -45,8 +45,10 @@ class Policy:
     @property
     def env_config(self) -> EnvConfig:
         """The env config the agent was trained on (a callable reward is replaced by the default)."""
+        from mtkd_env.rewards import REWARDS
+
         data = dict(self.meta["env_config"])
-        if data.get("reward") is not None and "." in str(data["reward"]):
+        if data.get("reward") is not None and data["reward"] not in REWARDS:  # a callable's saved name
             data["reward"] = None
         return EnvConfig.from_dict(data)
 

@@ -378,7 +378,7 @@ class Run:
         resumed = self._rng_to_restore is not None
         self._start_logging(resumed)
         if resumed:
-            pass  # restore_rng(self._rng_to_restore)
+            restore_rng(self._rng_to_restore)
         remaining = self.settings.total_timesteps - self.agent.num_timesteps
         self._t0 = time.time()
         self._install_handlers()
@@ -389,6 +389,8 @@ class Run:
             if self.logger.name_to_value:
                 self.logger.dump(self.agent.num_timesteps)
             self.save_checkpoint()
+            if self.stop_signal is not None:  # arrived after the last safe point: skip the evaluation
+                raise TrainingInterrupted(self.run_dir, self.agent.num_timesteps, self.stop_signal)
         except BaseException:  # TrainingInterrupted, a second Ctrl-C, or an error: close the logs
             self._finish(interrupted=True)
             raise

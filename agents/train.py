@@ -99,6 +99,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except api.TrainingInterrupted as exc:
         print(str(exc), file=sys.stderr)
         return 128 + exc.signum
+    except KeyboardInterrupt:  # a second Ctrl-C, or one during the final evaluation
+        print(f"aborted; the last checkpoint in {run.run_dir} resumes with: python -m agents.train --resume "
+              f"{run.run_dir}", file=sys.stderr)
+        return 130
     summary = json.loads((run_dir / SUMMARY_NAME).read_text())
     print(format_summary(summary))
     return 0

@@ -177,24 +177,38 @@ def _stack(series: List[List[float]]) -> np.ndarray:
 
 
 def plot_curves(curves: Dict[str, List[dict]], path: str, title: str = "") -> None:
-    """Validation accuracy vs env step, mean ± std over seeds, one line per policy.
+    """Validation accuracy vs env step, mean ± std over seeds, one line per policy; the right panel
+    zooms into the second half of training, where the policies separate.
 
     `curves[policy]` is a list (one per seed) of {"curve_steps": [...], "curve_val_acc": [...]}.
     """
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    last = 0
     for name, runs in curves.items():
         longest = max(runs, key=lambda r: len(r["curve_steps"]))
         steps = np.asarray(longest["curve_steps"])
+        last = max(last, int(steps[-1]))
         acc = 100 * _stack([r["curve_val_acc"] for r in runs])
         mean, std = np.nanmean(acc, 0), np.nan_to_num(np.nanstd(acc, 0))
-        line, = ax.plot(steps, mean, label=f"{name} (n={len(runs)})")
-        ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.15)
-    ax.set_xlabel("env step (distillation iteration)")
-    ax.set_ylabel("validation accuracy % (mean ± std over seeds)")
-    ax.set_title(title or "Validation accuracy during distillation")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+        for ax in axes:
+            line, = ax.plot(steps, mean, label=f"{name} (n={len(runs)})")
+            ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.12)
+    zoom = axes[1]
+    zoom.set_xlim(last / 2, last)
+    shown = [ln.get_ydata()[np.asarray(ln.get_xdata()) >= last / 2] for ln in zoom.get_lines()]
+    values = np.concatenate([v for v in shown if len(v)]) if shown else np.array([])
+    if values.size and np.isfinite(values).any():
+        lo, hi = np.nanmin(values), np.nanmax(values)
+        pad = max(0.5, 0.15 * (hi - lo))
+        zoom.set_ylim(lo - pad, hi + pad)
+    axes[0].set_title(title or "Validation accuracy during distillation", fontsize=10)
+    zoom.set_title("second half (zoom)", fontsize=10)
+    for ax in axes:
+        ax.set_xlabel("env step (distillation iteration)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("validation accuracy % (mean ± std over seeds)")
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

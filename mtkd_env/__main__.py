@@ -30,7 +30,11 @@ def main(argv=None) -> int:
     from .env import MultiTeacherKDEnv
 
     ctx = init_from_env(cfg.device)  # under torchrun: one distillation over all ranks
-    env = MultiTeacherKDEnv(cfg)
+    try:
+        env = MultiTeacherKDEnv(cfg)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:  # ConfigError, CheckpointError, missing data
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
     obs, info = env.reset(seed=args.seed)
     say = print if ctx.is_main else (lambda *a, **k: None)  # only rank 0 reports
     say("teachers (val acc): " + ", ".join(f"{n} {a:.3f}" for n, a in zip(info["teacher_names"],

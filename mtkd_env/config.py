@@ -42,7 +42,8 @@ class EnvConfig:
 
     # --- data -------------------------------------------------------------------------------
     dataset: str = "digits"
-    """Dataset name from `mtkd_env.data.DATASETS` (e.g. "digits", "synthetic")."""
+    """Dataset name from `mtkd_env.data.DATASETS`: "digits" (embedded), "synthetic" (generated),
+    "cifar100" (torchvision layout under `data_dir`), "imagefolder" (train/val class folders)."""
     data_dir: Optional[str] = None
     """Root folder of on-disk datasets; unused by the embedded ones."""
     dataset_kwargs: dict = field(default_factory=dict)

@@ -176,14 +176,19 @@ class StreamingLoader:
     The order of epoch e is a permutation drawn from (seed, e); each sample's augmentation is drawn
     from a per-position seed of the same generator. So the batches are a pure function of the seed
     (whatever `num_workers`), and `state_dict()` is just (seed, epoch, position). The last partial
-    batch of each epoch is dropped.
+    batch of each epoch is dropped. Under torch.distributed, as `DeviceLoader`: `batch_size` is the
+    global batch and rank r of W gets rows [r*B/W, (r+1)*B/W) of each one.
     """
 
     def __init__(self, samples: ImageSamples, batch_size: int, device: torch.device, augment: bool,
-                 num_workers: int = 0) -> None:
+                 num_workers: int = 0, rank: int = 0, world_size: int = 1) -> None:
         if batch_size > len(samples):
             raise ValueError(f"batch_size {batch_size} is larger than the training split ({len(samples)} samples)")
+        if batch_size % world_size:
+            raise ValueError(f"batch_size {batch_size} (the global batch) must be divisible by the world size "
+                             f"{world_size}")
         self.samples, self.batch_size, self.device = samples, batch_size, torch.device(device)
+        self.rank, self.world_size, self.local_batch = rank, world_size, batch_size // world_size
         self.augment, self.num_workers = augment, num_workers
         self.batches_per_epoch = len(samples) // batch_size
         self.seed, self.epoch, self.position = 0, 0, 0
@@ -201,18 +206,21 @@ class StreamingLoader:
         perm = torch.randperm(len(self.samples), generator=g)
         seeds = torch.randint(0, 2 ** 62, (len(self.samples),), generator=g)
         end = self.batches_per_epoch * self.batch_size
-        idx = perm[self.position:end].tolist()
+        # This rank's rows of every remaining global batch.
+        rows = torch.arange(self.position, end).view(-1, self.batch_size)
+        rows = rows[:, self.rank * self.local_batch:(self.rank + 1) * self.local_batch].flatten()
+        idx = perm[rows].tolist()
         if not self.augment:
             return idx
-        return list(zip(idx, seeds[self.position:end].tolist()))
+        return list(zip(idx, seeds[rows].tolist()))
 
     def next(self):
-        """Return `(x (B, 3, S, S), y (B,), idx (B,))` on the device for the next batch."""
+        """Return `(x (b, 3, S, S), y (b,), idx (b,))` on the device, b = batch_size / world_size."""
         if self._started and self.position + self.batch_size > self.batches_per_epoch * self.batch_size:
             self.epoch, self.position, self._iter = self.epoch + 1, 0, None
         self._started = True
         if self._iter is None:
-            loader = torch.utils.data.DataLoader(self.samples, batch_size=self.batch_size, sampler=self._items(),
+            loader = torch.utils.data.DataLoader(self.samples, batch_size=self.local_batch, sampler=self._items(),
                                                  num_workers=self.num_workers,
                                                  pin_memory=self.device.type == "cuda")
             self._iter = iter(loader)
@@ -271,10 +279,10 @@ class StreamingSplits:
     augment = None  # augmentation happens in the workers, not on the device
 
     def train_loader(self, batch_size: int, augment: bool, device: torch.device,
-                     labels: Optional[torch.Tensor] = None) -> StreamingLoader:
+                     labels: Optional[torch.Tensor] = None, rank: int = 0, world_size: int = 1) -> StreamingLoader:
         if labels is not None:
             raise ValueError(f"{self.name}: replacing training labels (noisy teachers) needs an in-memory dataset")
-        return StreamingLoader(self.train, batch_size, device, augment, self.num_workers)
+        return StreamingLoader(self.train, batch_size, device, augment, self.num_workers, rank, world_size)
 
     def eval_set(self, split: str, device: torch.device) -> StreamEvalSet:
         if split not in ("val", "test"):

@@ -128,8 +128,9 @@ class DistillationEngine:
                                         input_shape=self.input_shape).to(self.device).train()
             self.projectors = None
             if cfg.feature_kd:
-                with torch.no_grad():
-                    s_channels = self.student(self._shape_probe).feature_map.shape[1]
+                with torch.no_grad():  # eval mode: the shape probe must not touch BN statistics
+                    s_channels = self.student.eval()(self._shape_probe).feature_map.shape[1]
+                self.student.train()
                 self.projectors = ProjectorBank(s_channels, self.teacher_feature_shapes).to(self.device).train()
         params = list(self.student.parameters())
         if self.projectors is not None:

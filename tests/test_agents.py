@@ -16,6 +16,7 @@ from mtkd_env.env import MultiTeacherKDEnv
 
 from agents import api
 from agents.hyperparams import default_hyperparams
+from agents.run import Run
 from agents.tracking import read_metrics
 
 # Small rollouts/warm-ups so every algorithm updates several times within 160 steps (20 episodes).
@@ -135,3 +136,18 @@ def test_rl_zoo_style_file_and_schedules(synthetic_config, tmp_path):
     assert model.learning_rate(0.5) == pytest.approx(5e-4)
     assert isinstance(model.policy.mlp_extractor.policy_net[1], torch.nn.ReLU)
     assert run.config["hyperparams"]["learning_rate"] == "lin_1e-3"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("algo", ["ppo", "mtkd-rl-pg"])
+def test_cuda_env_and_agent_then_cpu_policy(algo, synthetic_config, tmp_path):
+    cfg = synthetic_config(device="cuda")
+    run_dir = api.train(algo, env_config=cfg, total_timesteps=32, out_dir=str(tmp_path), hyperparams=TINY_HP[algo],
+                        device="cuda", show_progress=False, eval_episodes=1)
+    run = Run.resume(run_dir, total_timesteps=40, show_progress=False)  # checkpoints hold CUDA RNG and tensors
+    assert run.train() == run_dir
+    policy = api.load_policy(run_dir)  # loads on the CPU
+    env = MultiTeacherKDEnv(cfg.replace(device="cpu", **policy.env_overrides))
+    obs, _ = env.reset(seed=0)
+    assert env.action_space.contains(policy.predict(obs)[0])

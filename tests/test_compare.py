@@ -155,3 +155,28 @@ def test_a_failing_run_keeps_the_others(fake_agents_api, synthetic_config, tmp_p
     with pytest.raises(RuntimeError, match="1 run\\(s\\) failed .*broken-rl seed 0: RuntimeError: cannot load"):
         run_compare(opts)
     assert [r["policy"] for r in _rows(out)] == ["aver"]
+
+
+def test_summary_statistics_are_paired_over_seeds():
+    from scipy import stats
+
+    from baselines.report import holm, policy_stats, summary_table, verdict
+
+    aver = [0.90, 0.92, 0.91, 0.93, 0.90]
+    good = [0.93, 0.95, 0.93, 0.96, 0.94]     # +2 to +4 pp on every seed, +3 pp on average
+    tie = list(aver)
+    rows = [{"policy": p, "seed": s, "test_acc": a, "val_acc": a, "steps_per_s": 10.0}
+            for p, accs in (("aver", aver), ("good", good), ("tie", tie)) for s, a in enumerate(accs)]
+    st = {s.policy: s for s in policy_stats(rows, ["aver", "good", "tie"])}
+    diff = np.subtract(good, aver)
+    assert st["good"].delta == pytest.approx(diff.mean())
+    assert st["good"].p_ttest == pytest.approx(stats.ttest_rel(good, aver).pvalue)
+    assert st["good"].p_wilcoxon == pytest.approx(stats.wilcoxon(diff).pvalue)
+    assert (st["good"].wins, st["good"].ties, st["good"].losses) == (5, 0, 0)
+    assert (st["tie"].wins, st["tie"].ties, st["tie"].losses, st["tie"].p_ttest) == (0, 5, 0, 1.0)
+    assert st["aver"].delta is None and st["good"].test_std == pytest.approx(np.std(good, ddof=1))
+    assert holm([0.01, 0.04, None, 0.03]) == [0.03, pytest.approx(0.06), None, pytest.approx(0.06)]
+    ranked = policy_stats(rows, ["aver", "good", "tie"])
+    assert [s.policy for s in ranked][0] == "good"
+    assert "| 1 | good | 5 | 94.20 ± 1.30 |" in summary_table(ranked)
+    assert verdict(ranked).startswith("Beats AVER: good (+3.00 pp")

@@ -184,6 +184,17 @@ def test_streaming_loader_is_a_pure_function_of_its_seed(tmp_path):
         assert all(torch.equal(ta, tb) for ta, tb in zip(a, b))
     loader.reset(8)
     assert not torch.equal(_batches(loader, 1)[0][0], first[0][0])
+    # Two ranks of a world of 2 get the two halves of each global batch, augmentation included.
+    shards = []
+    for rank in (0, 1):
+        r = s.train_loader(batch_size=6, augment=True, device=torch.device("cpu"), rank=rank, world_size=2)
+        r.reset(7)
+        shards.append(_batches(r, 3))
+    whole = s.train_loader(batch_size=6, augment=True, device=torch.device("cpu"))
+    whole.reset(7)
+    for b, full in enumerate(_batches(whole, 3)):
+        for k in range(3):
+            assert torch.equal(torch.cat([shards[0][b][k], shards[1][b][k]]), full[k])
 
 
 def test_env_streams_imagefolder_and_evaluates_over_loaders(tmp_path, teacher_cache):
