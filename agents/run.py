@@ -23,6 +23,7 @@ import dataclasses
 import json
 import math
 import random
+import shutil
 import signal
 import sys
 import time
@@ -411,8 +412,8 @@ class Run:
             if summary is not None:
                 self.wandb_run.summary.update(_flatten(summary))
                 model = self.run_dir / MODEL_NAME
-                if model.exists():
-                    self.wandb_run.save(str(model), base_path=str(self.run_dir), policy="now")
+                if model.exists():  # files in the run's files dir are uploaded with the run
+                    shutil.copy2(model, Path(self.wandb_run.dir) / MODEL_NAME)
             self.wandb_run.finish(exit_code=1 if interrupted else 0)
             self.wandb_run = None
 

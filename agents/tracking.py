@@ -124,10 +124,14 @@ def init_wandb(mode: str, *, project: str, group: Optional[str], name: str, conf
     network, bad key) falls back to offline with a warning instead of ending the training run."""
     if mode == "disabled":
         return None
+    # wandb mistakes this package for the OpenAI Agents SDK ("agents") and advertises Weave.
+    os.environ.setdefault("WANDB_DISABLE_WEAVE", "true")
     import wandb
 
     def start(m: str):
-        settings = wandb.Settings(init_timeout=30) if m == "online" else None
+        # silent: no banner, sparklines or ads between the progress bar and our summary (we print
+        # where the run is ourselves).
+        settings = wandb.Settings(silent=True, **({"init_timeout": 30} if m == "online" else {}))
         return wandb.init(mode=m, project=project, group=group, name=name, config=config, dir=str(run_dir),
                           id=run_id, resume="allow" if run_id else None, tags=tags, settings=settings,
                           reinit="finish_previous")
@@ -142,6 +146,9 @@ def init_wandb(mode: str, *, project: str, group: Optional[str], name: str, conf
         run = start("offline")
     run.define_metric("global_step")
     run.define_metric("*", step_metric="global_step")
+    where = f"offline in {run.dir.rsplit('/files', 1)[0]} (upload later with `wandb sync` on it)" \
+        if run.settings.mode == "offline" else f"online: {run.url}"
+    print(f"W&B run {name}: {where}", file=sys.stderr)
     return run
 
 

@@ -2,7 +2,10 @@
 
     python -m baselines.compare --policies aver,ca-mkd,ebkd,aekd,best,random,no-kd,ppo,mtkd-rl \\
         --seeds 0 1 2 3 4 [--env-config FILE] [--env K=V ...] [--agent-dir DIR] [--wandb MODE] \\
-        [--out DIR] [--jobs N]
+        [--out DIR] [--jobs N] [--shard I/N]
+    python -m baselines.compare --merge DIR [DIR ...] --out DIR
+    python -m baselines.compare --policies ppo --train-only --out AGENTS     # then --agent-dir AGENTS
+    torchrun --nproc_per_node 2 -m baselines.compare --policies aver,ebkd ...   # formula policies
 
 Fairness: every (policy, seed) run uses the user's env config (plus the policy's `env_overrides`)
 and `env.reset(seed=seed)`, which fixes the student's initialisation and the data order, so all
@@ -13,36 +16,55 @@ first, then evaluated on the same evaluation seeds as the formula policies.
 Outputs in `--out`: results.csv (one row per policy x seed), summary.md (mean ± std test accuracy,
 paired differences vs AVER with p-values), curves.png (validation accuracy vs step), weights.png
 (teacher weights over training), runs/*.json (per-run curves), agents.json (trained agents) and
-compare.json (the settings rows were produced with). Rerunning with the same `--out` skips
-finished rows, so an interrupted comparison loses at most the runs in flight.
+compare.json (the settings rows were produced with, the job list, the teachers' weight
+fingerprints). Rerunning with the same `--out` skips finished rows, so an interrupted comparison
+loses at most the runs in flight.
+
+Spreading a comparison over machines: the job list is the (policy, seed) pairs in seed-major
+order (`job_list`); `--shard I/N` (1-based, like Jest/Playwright: 1/N ... N/N) runs the I-th of N
+contiguous, near-equal slices of it into its own `--out`, and `--merge` (`baselines.merge`) checks
+the shard folders agree and writes the four artefacts of one unsharded run. Shards never train RL
+agents: they load them from a shared `--agent-dir` (made once with `--train-only`), so every shard
+evaluates the very same agent files.
+
+Under `torchrun` (RANK/WORLD_SIZE set) every rank runs the same episodes, each as one distillation
+spread over all ranks (`mtkd_env.distributed`); only rank 0 prints, writes files and logs to W&B.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import json
 import os
+import pickle
+import re
 import shlex
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from mtkd_env.config import ConfigError, EnvConfig, load_config_file, parse_overrides
+from mtkd_env.distributed import DistContext
 from mtkd_env.teachers import CheckpointError
 
 from . import report
 from .policies import POLICIES, make_policy
 from .weights import NORMALIZATIONS
 
-__all__ = ["CompareOptions", "CompareError", "RunsFailed", "run_compare", "resolve_policies", "main"]
+__all__ = ["CompareOptions", "CompareError", "RunsFailed", "run_compare", "resolve_policies", "main",
+           "job_list", "parse_shard", "shard_jobs"]
 
 DEFAULT_POLICIES = ("aver", "ca-mkd", "ebkd", "aekd", "best", "random", "no-kd")
 REFERENCE = "aver"
 WANDB_MODES = ("disabled", "offline", "online")
+
+Job = Tuple[str, int]
+"""(policy, evaluation seed)."""
 
 
 class CompareError(ValueError):
@@ -66,7 +88,9 @@ class CompareOptions:
     out: str = "compare_out"
     """Output folder; rerunning with the same folder skips finished rows."""
     jobs: int = 1
-    """Parallel worker processes for the evaluation runs."""
+    """Parallel worker processes for the evaluation runs (must be 1 under torchrun)."""
+    shard: Optional[str] = None
+    """"I/N": run only the I-th (1-based) of N contiguous slices of the seed-major job list."""
     eval_every: int = 10
     """Env steps between validation evaluations of the curves (eval mode; no effect on training)."""
     normalization: str = "sum_to_one"
@@ -80,6 +104,8 @@ class CompareOptions:
     """Seeds of RL agent training; evaluation seed s uses the agent of train_seeds[s % len]."""
     train_timesteps: Optional[int] = None
     """RL training budget in env steps (None: the algorithm's default)."""
+    train_only: bool = False
+    """Train (or reuse) the RL policies' agents into `out` and stop; shards load them with --agent-dir."""
     wandb: str = "disabled"
     """W&B mode: "disabled", "offline" (no network or login needed) or "online"."""
     wandb_project: str = "mtkd-rl"
@@ -89,6 +115,44 @@ class CompareOptions:
     """Show progress bars."""
     command: str = ""
     """The command line, written into summary.md."""
+
+
+# --- the job list and its shards ----------------------------------------------------------------
+def job_list(policies: Sequence[str], seeds: Sequence[int]) -> List[Job]:
+    """Every (policy, seed) pair, seed-major: an interrupted or partial comparison still has
+    complete seeds (paired across policies)."""
+    return [(p, int(s)) for s in seeds for p in policies]
+
+
+def parse_shard(text: str) -> Tuple[int, int]:
+    """"I/N" -> (I, N) with 1 <= I <= N; a one-line `CompareError` otherwise."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    expected = "expected I/N with 1 <= I <= N (1-based: --shard 1/4 ... --shard 4/4)"
+    if not match:
+        raise CompareError(f"--shard: {expected}, got {text!r}")
+    index, count = int(match.group(1)), int(match.group(2))
+    if count < 1 or not 1 <= index <= count:
+        raise CompareError(f"--shard: {expected}, got {text!r}")
+    return index, count
+
+
+def shard_bounds(n_jobs: int, shard: Tuple[int, int]) -> Tuple[int, int]:
+    """[start, end) of shard (I, N) in a job list of `n_jobs`: contiguous, sizes differ by <= 1."""
+    index, count = shard
+    return (index - 1) * n_jobs // count, index * n_jobs // count
+
+
+def shard_jobs(jobs: Sequence[Job], shard: Optional[Tuple[int, int]]) -> List[Job]:
+    """The slice of `jobs` that shard (I, N) runs (all of them for None)."""
+    if shard is None:
+        return list(jobs)
+    start, end = shard_bounds(len(jobs), shard)
+    return list(jobs[start:end])
+
+
+def shard_of(position: int, n_jobs: int, count: int) -> int:
+    """The 1-based shard of N = `count` that runs job `position` of `n_jobs`."""
+    return next(i for i in range(1, count + 1) if position < shard_bounds(n_jobs, (i, count))[1])
 
 
 # --- policies ------------------------------------------------------------------------------------
@@ -149,34 +213,98 @@ _NO_EFFECT_FIELDS = ("show_progress",)
 """EnvConfig fields that cannot change a run's result."""
 
 
-def _settings_diff(saved: Dict[str, Any], now: Dict[str, Any]) -> List[str]:
+def _settings_diff(saved: Dict[str, Any], now: Dict[str, Any], ignore: Sequence[str] = ()) -> List[str]:
     """Human-readable differences; env fields absent from the saved config (added to EnvConfig
-    later, so the saved rows ran with their default) are not differences."""
+    later, so the saved rows ran with their default) are not differences, nor env fields in `ignore`."""
     diff = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in now.items() if k != "env_config" and saved.get(k) != v]
     saved_env = saved.get("env_config", {})
+    skip = set(_NO_EFFECT_FIELDS) | set(ignore)
     diff += [f"env {k}: {saved_env[k]!r} -> {v!r}" for k, v in now["env_config"].items()
-             if k in saved_env and k not in _NO_EFFECT_FIELDS and saved_env[k] != v]
+             if k in saved_env and k not in skip and saved_env[k] != v]
     return diff
 
 
-def _open_out(opts: CompareOptions) -> Dict[str, Any]:
+def _describe_jobs(record: Dict[str, Any]) -> str:
+    if record.get("shard"):
+        return f"shard {record['shard']} of policies {record['policies']} x seeds {record['seeds']}"
+    return "an unsharded comparison"
+
+
+def _jobs_record(opts: CompareOptions, shard: Optional[Tuple[int, int]]) -> Dict[str, Any]:
+    """The job list this folder's runs come from: `--merge` rebuilds the whole list from it."""
+    return {"policies": list(opts.policies), "seeds": list(opts.seeds),
+            "shard": None if shard is None else f"{shard[0]}/{shard[1]}", "command": opts.command}
+
+
+def _open_out(opts: CompareOptions, shard: Optional[Tuple[int, int]] = None) -> Dict[str, Any]:
+    """Create or reopen `opts.out`; refuse one made with other settings or by another shard.
+    Returns compare.json's content (with this run's job record)."""
     out = Path(opts.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "runs").mkdir(exist_ok=True)
     meta_path = out / "compare.json"
     settings = _settings(opts)
+    jobs = _jobs_record(opts, shard)
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         diff = _settings_diff(meta["settings"], settings)
         if diff:
             raise CompareError(f"{str(out)!r} holds results made with other settings ({'; '.join(diff)}); "
                                f"use a new --out to compare under other settings")
+        before = meta.get("jobs")
+        # A shard's slice depends on the whole job list: a folder holds one shard of one list.
+        if before is not None and (before.get("shard") or jobs["shard"]) and (
+                before.get("shard") != jobs["shard"]
+                or (jobs["shard"] and (before["policies"], before["seeds"]) != (jobs["policies"], jobs["seeds"]))):
+            raise CompareError(f"{str(out)!r} holds the rows of {_describe_jobs(before)}, not of "
+                               f"{_describe_jobs(jobs)}; give every shard (and an unsharded run) its own --out")
     else:
         group = f"compare-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
         meta = {"settings": settings, "wandb_group": group}
-        _atomic_write(meta_path, json.dumps(meta, indent=1))
-    meta["wandb_group"] = opts.wandb_group or meta["wandb_group"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "runs").mkdir(exist_ok=True)
+    meta["jobs"] = jobs
+    _atomic_write(meta_path, json.dumps(meta, indent=1))
     return meta
+
+
+def _env_info(env) -> Dict[str, Any]:
+    """What the report needs from the env, and what tells whether two folders used the same
+    teachers (their weights' fingerprints), so that `--merge` needs no env and no teacher files."""
+    return {"teacher_names": list(env.teacher_names), "teacher_val_acc": [float(a) for a in env.teacher_val_acc],
+            "teacher_fingerprints": [module_fingerprint(t.model) for t in env.engine.teachers],
+            "total_steps": int(env.total_steps)}
+
+
+def _record(opts: CompareOptions, meta: Dict[str, Any], env_info: Dict[str, Any],
+            agents: Dict[str, Dict[int, str]]) -> None:
+    meta["env_info"] = env_info
+    known = meta.setdefault("agents", {})
+    for algo, paths in agents.items():
+        known.setdefault(algo, {}).update({str(ts): path_fingerprint(p) for ts, p in paths.items()})
+    _atomic_write(Path(opts.out) / "compare.json", json.dumps(meta, indent=1))
+
+
+def module_fingerprint(module) -> str:
+    """sha256 (16 hex digits) of a module's state dict, names and bytes: equal iff the weights are."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def path_fingerprint(path: str) -> str:
+    """sha256 (16 hex digits) of a file, or of a folder's files (relative names and contents)."""
+    root = Path(path)
+    files = [root] if root.is_file() else sorted(f for f in root.rglob("*") if f.is_file())
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(root) if f != root else f.name).encode())
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 def _read_rows(path: Path) -> List[Dict[str, str]]:
@@ -258,6 +386,60 @@ def _prepare_agents(opts: CompareOptions, rl: List[str], group: str) -> Dict[str
     return agents
 
 
+# --- torchrun ------------------------------------------------------------------------------------
+def _launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def _join_torchrun(opts: CompareOptions, rl: List[str]) -> DistContext:
+    """Under torchrun, every rank runs the same episodes in this process, each one distillation
+    spread over all ranks; check the options allow that, then join the process group."""
+    from mtkd_env.distributed import init_from_env
+
+    if not _launched_by_torchrun():
+        return DistContext()
+    if opts.jobs != 1:
+        raise CompareError(f"--jobs: under torchrun every rank runs the same episodes in this process, so --jobs "
+                           f"must be 1, got {opts.jobs}")
+    if rl:
+        raise CompareError(f"under torchrun baselines.compare runs formula policies only, got RL policies {rl}; "
+                           f"evaluate them in a 1-process comparison with the same --env and combine the "
+                           f"folders with --merge")
+    return init_from_env(opts.env_config.device)
+
+
+def _rank0(ctx: DistContext, fn: Callable[[], Any], *, then_others: bool = False) -> Any:
+    """`fn()` on rank 0 first; every rank gets rank 0's (picklable) result, or, with `then_others`,
+    calls `fn()` itself once rank 0 is done (e.g. building the env after rank 0 trained missing
+    teachers into the shared cache). An error on rank 0 is raised on every rank, so no rank is
+    left waiting in a collective."""
+    if not ctx.enabled:
+        return fn()
+    import torch.distributed as dist
+
+    outcome: List[Any] = [None]
+    if ctx.is_main:
+        try:
+            value = fn()
+        except Exception as exc:
+            dist.broadcast_object_list([("error", _picklable(exc))], src=0)
+            raise
+        dist.broadcast_object_list([("ok", None if then_others else value)], src=0)
+        return value
+    dist.broadcast_object_list(outcome, src=0)
+    status, payload = outcome[0]
+    if status == "error":
+        raise payload
+    return fn() if then_others else payload
+
+
+def _picklable(exc: Exception) -> Exception:
+    try:
+        return pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
 # --- running -------------------------------------------------------------------------------------
 def _execute(tasks: list, jobs: int) -> Iterator[Tuple[Any, Optional[dict], Optional[BaseException]]]:
     """Yield (task, result, error) as runs finish; in-process for one job, else spawned workers."""
@@ -288,7 +470,12 @@ def _execute(tasks: list, jobs: int) -> Iterator[Tuple[Any, Optional[dict], Opti
 
 
 def run_compare(opts: CompareOptions) -> List[report.PolicyStats]:
-    """Run every missing (policy, seed) evaluation, then write the summary and plots."""
+    """Run every missing (policy, seed) evaluation of this shard, then write the summary and plots.
+
+    Under torchrun every rank runs the same episodes; only rank 0 writes files, prints and logs to
+    W&B, and the other ranks return the same statistics without writing anything. There a failing
+    run stops the comparison (finished rows are kept) instead of being skipped on one rank only.
+    """
     from .evaluate import EvalTask, env_for
 
     _validate(opts)
@@ -299,57 +486,92 @@ def run_compare(opts: CompareOptions) -> List[report.PolicyStats]:
             opts.env_config.replace(**overrides)
         except ConfigError as exc:
             raise CompareError(f"policy {name!r} needs {overrides}, which this env config rejects: {exc}") from None
-    meta = _open_out(opts)
+    shard = parse_shard(opts.shard) if opts.shard is not None else None
+    if opts.train_only and not rl:
+        raise CompareError(f"--train-only: no RL policy to train among {opts.policies}")
+    if shard is not None and rl and opts.agent_dir is None:
+        raise CompareError(f"--shard with RL policies {rl} needs --agent-dir, so that every shard evaluates the same "
+                           f"agents: train them once with --train-only --out AGENTS (same --policies/--env/"
+                           f"--train-seeds), then give every shard --agent-dir AGENTS")
+    ctx = _join_torchrun(opts, rl)
+    say = print if ctx.is_main else (lambda *a, **k: None)
+    meta = _rank0(ctx, lambda: _open_out(opts, shard))
     out = Path(opts.out)
-    group = meta["wandb_group"]
-    base_env = env_for(opts.env_config)          # trains missing teachers once, before any worker
+    group = opts.wandb_group or meta["wandb_group"]
+    base_env = _rank0(ctx, lambda: env_for(opts.env_config), then_others=True)  # trains missing teachers once
     agents = _prepare_agents(opts, rl, group) if rl else {}
+    if ctx.is_main:
+        _record(opts, meta, _env_info(base_env), agents)
+    if opts.train_only:
+        say(f"agents ready in {str(out)!r}: evaluate them with --agent-dir {shlex.quote(str(out))}", file=sys.stderr)
+        return []
     if rl and set(opts.seeds) & set(opts.train_seeds):
-        print(f"warning: evaluation seeds {sorted(set(opts.seeds) & set(opts.train_seeds))} are also RL "
-              f"training seeds; evaluation students are then not fresh for the agents", file=sys.stderr)
+        say(f"warning: evaluation seeds {sorted(set(opts.seeds) & set(opts.train_seeds))} are also RL "
+            f"training seeds; evaluation students are then not fresh for the agents", file=sys.stderr)
+    if shard is not None and opts.wandb != "disabled" and opts.wandb_group is None:
+        say("warning: W&B runs of a shard go to this folder's own group; pass the same --wandb-group to every "
+            "shard to see them together", file=sys.stderr)
 
     rows_path = out / "results.csv"
-    rows = _read_rows(rows_path)
+    rows = _rank0(ctx, lambda: _read_rows(rows_path))  # rank 0's view, so all ranks run the same tasks
     finished = {(r["policy"], int(r["seed"])) for r in rows}
+    all_jobs = job_list(opts.policies, opts.seeds)
+    mine = shard_jobs(all_jobs, shard)
+    if shard is not None:
+        start, end = shard_bounds(len(all_jobs), shard)
+        say(f"shard {opts.shard}: runs {start + 1}-{end} of {len(all_jobs)}" if mine else
+            f"shard {opts.shard}: no runs (the job list has {len(all_jobs)})", file=sys.stderr)
     tasks = []
-    # Seed-major order: an interrupted comparison still has complete seeds (paired across policies).
-    for seed in opts.seeds:
-        for name in opts.policies:
-            if (name, seed) in finished:
-                continue
-            agent_seed = opts.train_seeds[seed % len(opts.train_seeds)] if name in rl else None
-            tasks.append(EvalTask(
-                policy=name, seed=seed, env_config=opts.env_config, eval_every=opts.eval_every,
-                policy_options=_formula_options(name, opts) if name in formula else {},
-                agent_path=agents[name][agent_seed] if name in rl else None, agent_seed=agent_seed,
-                wandb_mode=opts.wandb, wandb_project=opts.wandb_project, wandb_group=group,
-                wandb_dir=str(out)))
+    for name, seed in mine:
+        if (name, seed) in finished:
+            continue
+        agent_seed = opts.train_seeds[seed % len(opts.train_seeds)] if name in rl else None
+        tasks.append(EvalTask(
+            policy=name, seed=seed, env_config=opts.env_config, eval_every=opts.eval_every,
+            policy_options=_formula_options(name, opts) if name in formula else {},
+            agent_path=agents[name][agent_seed] if name in rl else None, agent_seed=agent_seed,
+            wandb_mode=opts.wandb if ctx.is_main else "disabled", wandb_project=opts.wandb_project,
+            wandb_group=group, wandb_dir=str(out)))
 
     from tqdm.auto import tqdm
 
-    total = len(opts.policies) * len(opts.seeds)
     failures = []
-    with tqdm(total=total, initial=total - len(tasks), desc="compare runs", unit="run",
-              disable=not opts.progress) as bar:
+    with tqdm(total=len(mine), initial=len(mine) - len(tasks), desc="compare runs", unit="run",
+              disable=not (opts.progress and ctx.is_main)) as bar:
         for task, done, exc in _execute(tasks, opts.jobs):
             bar.update(1)
             if exc is not None:
+                if ctx.enabled:  # a run failed on this rank; skipping it would desynchronise the ranks' collectives
+                    raise exc
                 failures.append(f"{task.policy} seed {task.seed}: {type(exc).__name__}: {exc}")
                 bar.write(f"run failed: {failures[-1]}")
                 continue
-            _atomic_write(_run_file(out, task.policy, task.seed), json.dumps(done["result"]))
             rows.append(_row(done))
-            _write_rows(rows_path, rows)          # after each run: an interruption loses nothing
+            if ctx.is_main:
+                _atomic_write(_run_file(out, task.policy, task.seed), json.dumps(done["result"]))
+                _write_rows(rows_path, rows)      # after each run: an interruption loses nothing
             bar.set_postfix_str(f"{task.policy} seed {task.seed}: test {100 * done['result']['test_acc']:.2f}%")
 
-    stats = _write_report(opts, rows, base_env)
+    wanted = set(mine)
+    rows = [r for r in rows if (r["policy"], int(r["seed"])) in wanted]
+    notes = []
+    if shard is not None:
+        notes.append(f"- shard {opts.shard} of the job list (policies x seeds, seed-major): runs {start + 1}-{end} of "
+                     f"{len(all_jobs)}; `--merge` the shard folders for the whole comparison")
+    if ctx.is_main:
+        stats = _write_report(opts, rows, meta["env_info"], notes)
+    else:
+        stats = report.policy_stats(rows, opts.policies, REFERENCE)
     if failures:
         raise RunsFailed(f"{len(failures)} run(s) failed (their rows are missing; rerun to retry): "
                            + "; ".join(failures))
     return stats
 
 
-def _write_report(opts: CompareOptions, rows: List[Dict[str, Any]], env) -> List[report.PolicyStats]:
+def _write_report(opts: CompareOptions, rows: List[Dict[str, Any]], info: Dict[str, Any],
+                  notes: Sequence[str] = ()) -> List[report.PolicyStats]:
+    """summary.md, curves.png and weights.png of `rows` (those of `opts.policies` x `opts.seeds`)
+    into `opts.out`; `info` is the env's `_env_info` record, `notes` extra summary lines."""
     out = Path(opts.out)
     wanted = [r for r in rows if r["policy"] in opts.policies and int(r["seed"]) in opts.seeds]
     stats = report.policy_stats(wanted, opts.policies, REFERENCE)
@@ -361,20 +583,22 @@ def _write_report(opts: CompareOptions, rows: List[Dict[str, Any]], env) -> List
             path = _run_file(out, name, seed)
             if path.is_file():
                 curves.setdefault(name, []).append(json.loads(path.read_text()))
-    cfg = opts.env_config
-    title = f"{cfg.dataset}: {cfg.student} from {len(env.teacher_names)} teachers, {env.total_steps} steps"
+    cfg, names, total_steps = opts.env_config, info["teacher_names"], info["total_steps"]
+    title = f"{cfg.dataset}: {cfg.student} from {len(names)} teachers, {total_steps} steps"
     report.plot_curves(curves, str(out / "curves.png"), title=title)
-    report.plot_weights(curves, env.teacher_names, str(out / "weights.png"))
+    report.plot_weights(curves, names, str(out / "weights.png"))
     table = report.summary_table(stats, REFERENCE)
-    teachers = ", ".join(f"{n} (val {100 * a:.1f}%)" for n, a in zip(env.teacher_names, env.teacher_val_acc))
+    teachers = ", ".join(f"{n} (val {100 * a:.1f}%)" for n, a in zip(names, info["teacher_val_acc"]))
     text = "\n".join([
         "# Policy comparison", "",
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- command: `{opts.command or 'run_compare(...)'}`",
+        *notes,
         f"- env: dataset `{cfg.dataset}`, student `{cfg.student}`, teachers {teachers}; "
-        f"{env.total_steps} steps of batch {cfg.batch_size}, feature KD {'on' if cfg.feature_kd else 'off'} "
+        f"{total_steps} steps of batch {cfg.batch_size}, feature KD {'on' if cfg.feature_kd else 'off'} "
         f"(alpha {cfg.kd_alpha}, beta {cfg.feat_beta}, T {cfg.kd_temperature})",
-        f"- evaluation seeds: {sorted(set(opts.seeds))} (same student init and data order for every policy)",
+        f"- evaluation seeds: {sorted(set(int(r['seed']) for r in wanted))} (same student init and data order "
+        f"for every policy)",
         f"- EBKD / CA-MKD normalisation: {opts.normalization}; AEKD cap {opts.aekd_cap}"
         + (f"; RL train seeds {opts.train_seeds}" if any(p not in POLICIES for p in opts.policies) else ""),
         "- test accuracy at the end of the episode; std over seeds (ddof 1); Δ = mean paired difference "
@@ -395,6 +619,10 @@ def _validate(opts: CompareOptions) -> None:
         raise CompareError("--seeds: expected at least one evaluation seed")
     if opts.jobs < 1:
         raise CompareError(f"--jobs: expected an integer >= 1, got {opts.jobs}")
+    if opts.shard is not None:
+        parse_shard(opts.shard)
+        if opts.train_only:
+            raise CompareError("--train-only trains the agents every shard shares: run it once, without --shard")
     if opts.eval_every < 1:
         raise CompareError(f"--eval-every: expected an integer >= 1, got {opts.eval_every}")
     if opts.normalization not in NORMALIZATIONS:
@@ -421,7 +649,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--env", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="EnvConfig overrides, e.g. --env max_steps=50 device=cpu")
     p.add_argument("--out", default="compare_out", help="output folder (rerun to resume)")
-    p.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
+    p.add_argument("--jobs", type=int, default=1, help="parallel worker processes (1 under torchrun)")
+    p.add_argument("--shard", metavar="I/N", default=None,
+                   help="run only the I-th (1-based) of N contiguous slices of the seed-major (policy x seed) "
+                        "job list, e.g. --shard ${SLURM_ARRAY_TASK_ID}/4; one --out per shard, then --merge")
+    p.add_argument("--merge", nargs="+", metavar="DIR", default=None,
+                   help="merge finished shard folders into --out (checks they share settings and teachers) "
+                        "instead of running")
     p.add_argument("--eval-every", type=int, default=10, help="env steps between validation points")
     p.add_argument("--normalization", choices=NORMALIZATIONS, default="sum_to_one",
                    help="EBKD/CA-MKD weights: sum to 1, or the original code's effective scale")
@@ -430,6 +664,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--train-seeds", nargs="+", type=int, default=[1000], help="RL agent training seeds")
     p.add_argument("--train-timesteps", type=int, default=None,
                    help="RL training env steps (None: the algorithm's n_timesteps)")
+    p.add_argument("--train-only", action="store_true",
+                   help="train (or reuse) the RL policies' agents into --out and stop (for --agent-dir)")
     p.add_argument("--wandb", choices=WANDB_MODES, default="disabled", help="W&B mode")
     p.add_argument("--wandb-project", default="mtkd-rl")
     p.add_argument("--wandb-group", default=None,
@@ -438,31 +674,68 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+_MERGE_FLAGS = ("merge", "out", "no_progress")
+"""The flags `--merge` takes: everything else comes from the merged folders."""
+
+
+def _command(argv: Optional[Sequence[str]]) -> str:
+    return "python -m baselines.compare " + shlex.join(list(sys.argv[1:] if argv is None else argv))
+
+
 def options_from_args(argv: Optional[Sequence[str]] = None) -> CompareOptions:
-    args = _parser().parse_args(argv)
+    return _options(_parser().parse_args(argv), _command(argv))
+
+
+def _options(args: argparse.Namespace, command: str) -> CompareOptions:
     data = load_config_file(args.env_config) if args.env_config else {}
     data.update(parse_overrides(args.env))
     policies = [n.strip() for chunk in args.policies for n in chunk.split(",") if n.strip()]
-    command = "python -m baselines.compare " + shlex.join(list(sys.argv[1:] if argv is None else argv))
     return CompareOptions(
         policies=policies, seeds=args.seeds, env_config=EnvConfig.from_dict(data), out=args.out, jobs=args.jobs,
-        eval_every=args.eval_every, normalization=args.normalization, aekd_cap=args.aekd_cap,
+        shard=args.shard, eval_every=args.eval_every, normalization=args.normalization, aekd_cap=args.aekd_cap,
         agent_dir=args.agent_dir, train_seeds=args.train_seeds, train_timesteps=args.train_timesteps,
-        wandb=args.wandb, wandb_project=args.wandb_project, wandb_group=args.wandb_group,
-        progress=not args.no_progress, command=command)
+        train_only=args.train_only, wandb=args.wandb, wandb_project=args.wandb_project,
+        wandb_group=args.wandb_group, progress=not args.no_progress, command=command)
+
+
+def _merge_from_args(args: argparse.Namespace, command: str) -> None:
+    from .merge import merge_outputs
+
+    defaults = vars(_parser().parse_args([]))
+    extra = [k for k, v in vars(args).items() if k not in _MERGE_FLAGS and v != defaults[k]]
+    if extra:
+        raise CompareError(f"--merge takes only --out (settings, policies and seeds come from the merged folders); "
+                           f"remove --{extra[0].replace('_', '-')}")
+    merge_outputs(args.merge, args.out, command=command)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    # Under torchrun only rank 0 reports; the other ranks exit with the same status.
+    main_rank = int(os.environ.get("RANK", "0")) == 0
     try:
-        opts = options_from_args(argv)
-        run_compare(opts)
+        args = _parser().parse_args(argv)
+        if args.merge is not None:
+            _merge_from_args(args, _command(argv))
+        else:
+            run_compare(_options(args, _command(argv)))
     except (ConfigError, CompareError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if main_rank:
+            print(f"error: {exc}", file=sys.stderr)
         return 2
     except RunsFailed as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if main_rank:
+            print(f"error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        _leave_process_group()
     return 0
+
+
+def _leave_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 `run_episode` drives the env only through its public step API (formula policies through
 `env.step_weights`, agents through `env.step(policy.predict(obs)[0])`), so the distillation step is
-the engine's. `run_task` is the process-pool entry point of `baselines.compare`: it builds (and
-caches per process) the env and the policy of one (policy, seed) run and logs it to W&B.
+the engine's. Under torch.distributed a formula policy weighs the global batch (`formula_weights`),
+so a W-rank run applies the weights of a 1-process run. `run_task` is the process-pool entry point
+of `baselines.compare`: it builds (and caches per process) the env and the policy of one (policy,
+seed) run and logs it to W&B.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from types import SimpleNamespace
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from .policies import FormulaPolicy, make_policy
 
-__all__ = ["EpisodeResult", "run_episode", "EvalTask", "run_task", "init_worker", "env_for"]
+__all__ = ["EpisodeResult", "run_episode", "formula_weights", "EvalTask", "run_task", "init_worker", "env_for"]
 
 LogFn = Callable[[Dict[str, float], int], None]
 
@@ -49,6 +52,29 @@ def _batch_mean(w: np.ndarray) -> np.ndarray:
     return w.mean(0) if w.ndim == 2 else w
 
 
+def formula_weights(policy: FormulaPolicy, env) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """`policy.act()`, on the global batch when the env is distributed.
+
+    Under torch.distributed each rank holds b = B / W rows of the batch. Per-sample formulas (EBKD,
+    CA-MKD) must return all B rows (`env.step_weights` applies rank 0's array on every rank and each
+    rank takes its own rows) and batch-level ones (AEKD) average over the whole batch, so the
+    formula reads the rows of every rank, gathered in rank order: exactly the 1-process batch.
+    Gathered: teacher logits (M, B, C), labels (B,) and student logits (B, C), what the weight
+    functions read. Returns (w_logit, None): (B, M) for per-sample policies, else (M,).
+    """
+    ctx = env.dist
+    if not ctx.enabled:
+        return policy.act()
+    if policy.env is not env:
+        raise RuntimeError(f"policy {policy.algo!r} is not bound to this env; call bind(env) first")
+    batch = env.engine.batch
+    whole = SimpleNamespace(
+        teacher_logits=ctx.gather_rows(batch.teacher_logits.transpose(0, 1)).transpose(0, 1),
+        y=ctx.gather_rows(batch.y), student_logits=ctx.gather_rows(batch.student_logits.detach()))
+    w = policy.batch_weights(whole)
+    return (w if policy.per_sample else w[0]).cpu().numpy(), None
+
+
 def run_episode(env, policy, seed: int, *, eval_every: int = 10, log: Optional[LogFn] = None) -> EpisodeResult:
     """Train one student with `policy`'s weights from `env.reset(seed=seed)` to the episode's end.
 
@@ -76,7 +102,7 @@ def run_episode(env, policy, seed: int, *, eval_every: int = 10, log: Optional[L
     while True:
         t0 = time.perf_counter()
         if formula:
-            obs, _, terminated, truncated, info = env.step_weights(*policy.act())
+            obs, _, terminated, truncated, info = env.step_weights(*formula_weights(policy, env))
         else:
             action, state = policy.predict(obs, state=state, episode_start=np.array([start]), deterministic=True)
             obs, _, terminated, truncated, info = env.step(action)

@@ -49,24 +49,41 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(step: Callable[[], None], device: torch.device, warmup: int, blocks: int, per_block: int) -> dict:
-    """Median milliseconds per step over `blocks` blocks of `per_block` steps (sync at block ends only,
-    so asynchronous GPU execution is not serialised for the floor)."""
-    for _ in range(warmup):
+def peak_memory_mb(step: Callable[[], None], device: torch.device, steps: int = 8) -> float:
+    """Peak allocated device memory over a few steps (NaN on CPU)."""
+    if device.type != "cuda":
+        return float("nan")
+    step()
+    _sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(steps):
         step()
     _sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
+    return torch.cuda.max_memory_allocated(device) / 2 ** 20
+
+
+def time_interleaved(steps: Dict[str, Callable[[], None]], device: torch.device, warmup: int, blocks: int,
+                     per_block: int) -> Dict[str, dict]:
+    """Median ms/step of each mode over `blocks` rounds; each round runs a block of `per_block` steps
+    of every mode in turn, so drift in machine load or clocks hits all modes alike. Syncs only at
+    block ends, so the floor's asynchronous GPU execution is not serialised."""
+    for fn in steps.values():
+        for _ in range(warmup):
+            fn()
+    _sync(device)
+    times: Dict[str, list] = {name: [] for name in steps}
     for _ in range(blocks):
-        t0 = time.perf_counter()
-        for _ in range(per_block):
-            step()
-        _sync(device)
-        times.append((time.perf_counter() - t0) * 1000.0 / per_block)
-    ms = statistics.median(times)
-    peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else float("nan")
-    return {"ms_per_step": ms, "steps_per_s": 1000.0 / ms, "peak_mem_mb": peak}
+        for name, fn in steps.items():
+            t0 = time.perf_counter()
+            for _ in range(per_block):
+                fn()
+            _sync(device)
+            times[name].append((time.perf_counter() - t0) * 1000.0 / per_block)
+    out = {}
+    for name, t in times.items():
+        ms = statistics.median(t)
+        out[name] = {"ms_per_step": ms, "steps_per_s": 1000.0 / ms}
+    return out
 
 
 def floor_step_fn(env: MultiTeacherKDEnv, seed: int) -> Callable[[], None]:
@@ -150,20 +167,30 @@ def run(config: str, batch: int, device: str, amp: str, channels_last: bool, war
     if base.get("dataset") == "synthetic":
         base["dataset_kwargs"] = dict(base["dataset_kwargs"], n_train=batch * 32)
     cfg = EnvConfig(**base)
-    env_b = MultiTeacherKDEnv(cfg)
-    dev = env_b.engine.device
-    results = {}
-    floor = floor_step_fn(env_b, seed=0)
-    results["a_floor"] = time_steps(floor, dev, warmup, blocks, per_block)
-    del floor
-    results["b_env_teacher"] = time_steps(env_step_fn(env_b, 0), dev, warmup, blocks, per_block)
-    del env_b  # (c) gets the same resident set as (a) and (b): one teacher pool, one copy of the data
+    cfg_c = cfg.replace(granularity="sample", separate_feature_weights=True, action_transform="linear",
+                        reward="paper")
+
+    # Pass 1, memory: one mode at a time, each with the same resident set (one teacher pool, one
+    # copy of the data, one student).
+    env = MultiTeacherKDEnv(cfg)
+    dev = env.engine.device
+    memory = {"a_floor": peak_memory_mb(floor_step_fn(env, 0), dev)}
+    memory["b_env_teacher"] = peak_memory_mb(env_step_fn(env, 0), dev)
+    del env
     gc.collect()
     if dev.type == "cuda":
         torch.cuda.empty_cache()
-    env_c = MultiTeacherKDEnv(cfg.replace(granularity="sample", separate_feature_weights=True,
-                                          action_transform="linear", reward="paper"))
-    results["c_env_sample_agent"] = time_steps(agent_step_fn(env_c, 0), dev, warmup, blocks, per_block)
+    env_c = MultiTeacherKDEnv(cfg_c)
+    memory["c_env_sample_agent"] = peak_memory_mb(agent_step_fn(env_c, 0), dev)
+    del env_c
+    gc.collect()
+
+    # Pass 2, time: all three modes alive, measured in interleaved blocks.
+    env_ab, env_c = MultiTeacherKDEnv(cfg), MultiTeacherKDEnv(cfg_c)
+    results = time_interleaved({"a_floor": floor_step_fn(env_ab, 0), "b_env_teacher": env_step_fn(env_ab, 0),
+                                "c_env_sample_agent": agent_step_fn(env_c, 0)}, dev, warmup, blocks, per_block)
+    for name, mb in memory.items():
+        results[name]["peak_mem_mb"] = mb
     a = results["a_floor"]
     for key in ("b_env_teacher", "c_env_sample_agent"):
         results[key]["ratio_to_floor"] = results[key]["ms_per_step"] / a["ms_per_step"]
@@ -184,7 +211,7 @@ def main(argv=None) -> int:
     parser.add_argument("--amp", choices=["none", "bf16"], default="none")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--blocks", type=int, default=7)
+    parser.add_argument("--blocks", type=int, default=9)
     parser.add_argument("--per-block", type=int, default=30)
     parser.add_argument("--teacher-cache-dir", default=None)
     parser.add_argument("--json", default=None, help="write the figures to this JSON file")

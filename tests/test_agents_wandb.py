@@ -74,6 +74,7 @@ def test_offline_run_directory_has_expected_keys(synthetic_config, tmp_path, mon
     assert "summary/eval/policy_test_acc_mean_std" not in summary  # lists are not W&B summary scalars
     assert {"summary/num_timesteps", "summary/episodes", "summary/eval/mean_weight_logit/mlp=noisy"} <= summary
     assert config["run_name"] == run_dir.name
+    assert (files[0].parent / "files" / "model.zip").is_file()  # uploaded with the run by `wandb sync`
 
 
 def test_disabled_writes_nothing_to_wandb(synthetic_config, tmp_path, monkeypatch):
