@@ -215,11 +215,13 @@ class MTKDRL:
     """The MTKD-RL agent on a `MultiTeacherKDEnv` with sample granularity.
 
     `env` may be None for a model used only to `predict` (loaded) or to `update` hand-built
-    batches (tests); then `layout` must be given.
+    batches (tests); then `layout` must be given. `seed` seeds the global python, numpy and torch
+    RNGs as SB3 models do (None leaves them alone, as when loading).
     """
 
     def __init__(self, env: Any = None, variant: str = "code", config: Optional[MTKDRLConfig] = None,
-                 seed: int = 0, device: Union[str, torch.device] = "cpu", layout: Optional[StateLayout] = None) -> None:
+                 seed: Optional[int] = 0, device: Union[str, torch.device] = "cpu",
+                 layout: Optional[StateLayout] = None) -> None:
         if variant not in VARIANTS:
             raise ConfigError(f"MTKD-RL variant: expected one of {list(VARIANTS)}, got {variant!r}")
         self.variant = variant
@@ -237,9 +239,10 @@ class MTKDRL:
         self.num_teachers = layout.num_teachers
         self.seed = seed
         self.device = torch.device(device)
-        from stable_baselines3.common.utils import set_random_seed
+        if seed is not None:
+            from stable_baselines3.common.utils import set_random_seed
 
-        set_random_seed(seed)  # as SB3 models do: python, numpy and torch global RNGs
+            set_random_seed(seed)
         self.net = PolicyTrans(layout, config.hidden_size, config.dynamic,
                                config.concentration if variant == "pg" else None,
                                config.learn_concentration).to(self.device)
@@ -450,7 +453,9 @@ class MTKDRL:
 
         meta = read_meta(path)["agent"]
         config = MTKDRLConfig(**meta["config"])
-        model = cls(env, meta["variant"], config, device=device, layout=StateLayout.from_dict(meta["layout"]))
+        with torch.random.fork_rng(devices=[]):  # the throw-away initialisation leaves the caller's RNG alone
+            model = cls(env, meta["variant"], config, seed=None, device=device,
+                        layout=StateLayout.from_dict(meta["layout"]))
         model.net.load_state_dict(read_torch_member(path, "agent.pth"))
         model._n_rounds = int(meta.get("n_rounds", 1))
         return model

@@ -254,6 +254,7 @@ def load_sb3_policy(path: Path, meta: Optional[dict] = None, device: str = "cpu"
     if "buffer_size" in inspect.signature(SB3_CLASSES()[algo].__init__).parameters:
         kwargs["buffer_size"] = 1  # inference only: no replay memory
         kwargs.pop("learning_starts", None)
-    model = SB3_CLASSES()[algo](hp.get("policy", "MlpPolicy"), env, device=device, verbose=0, **kwargs)
+    with torch.random.fork_rng(devices=[]):  # the throw-away initialisation leaves the caller's RNG alone
+        model = SB3_CLASSES()[algo](hp.get("policy", "MlpPolicy"), env, device=device, verbose=0, **kwargs)
     model.set_parameters(str(path), exact_match=True, device=device)
     return SB3Policy(model, meta)

@@ -73,7 +73,9 @@ def test_each_algo_trains_and_saves_a_run(algo, synthetic_config, tmp_path):
         if terminated or truncated:
             break
     assert 0.0 <= info["final_test_acc"] <= 1.0
+    torch_rng, np_rng = torch.get_rng_state(), np.random.get_state()[1].copy()
     assert api.load_policy(run_dir / "model.zip").predict(obs)[0].shape == action.shape
+    assert torch.equal(torch_rng, torch.get_rng_state()) and np.array_equal(np_rng, np.random.get_state()[1])
 
 
 def test_policy_applies_saved_observation_normalisation(synthetic_config, tmp_path):
