@@ -12,6 +12,8 @@ Design (one agent, one decision):
   identical on every rank; the policy acts on the whole global batch.
 - The action used is rank 0's (broadcast inside `env.step`), so every rank applies the same
   weights even if agent replicas drift; each rank takes the rows of its own samples.
+- Evaluations (probe loss, validation and test accuracy) are rank 0's, broadcast: with BatchNorm
+  each rank's running statistics come from its own shards, and rank 0's student is the one saved.
 - Only rank 0 should log, print and write files (`is_main()`).
 """
 
@@ -51,6 +53,14 @@ class DistContext:
         t = t.clone()
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t / self.world_size
+
+    def broadcast(self, t: torch.Tensor) -> torch.Tensor:
+        """Rank 0's value of `t` on every rank (identity without distribution)."""
+        if not self.enabled:
+            return t
+        t = t.contiguous().clone()
+        dist.broadcast(t, src=0)
+        return t
 
     def gather_rows(self, t: torch.Tensor) -> torch.Tensor:
         """Concatenate every rank's (n, ...) tensor along dim 0 in rank order -> (W * n, ...)."""

@@ -95,12 +95,12 @@ class MultiTeacherKDEnv(gym.Env):
         self._episode_seed = int(self.np_random.integers(0, 2 ** 31 - 1))
         self.engine.reset(self._episode_seed)
         self._t = 0
-        scalars = []
+        evaluations = []
         if self.reward_fn.needs_probe:
-            scalars.append(self.engine.probe_loss())
+            evaluations.append(self.engine.probe_loss)
         if self.reward_fn.needs_val:
-            scalars.append(self.engine.val_accuracy())
-        obs, _, rest = self._gather_to_host(None, scalars)
+            evaluations.append(self.engine.val_accuracy)
+        obs, _, rest = self._gather_to_host(None, [], evaluations)
         if self.reward_fn.needs_probe:
             self._probe_before, rest = rest[0], rest[1:]
         if self.reward_fn.needs_val:
@@ -192,13 +192,14 @@ class MultiTeacherKDEnv(gym.Env):
 
         # One device->host copy for the observation, the reward inputs and the info.
         scalars = [loss_sum / iterations, out["kd_loss"], out["feat_loss"], out["student_ce"], out["student_acc"]]
+        evaluations = []
         if self.reward_fn.needs_probe:
-            scalars.append(engine.probe_loss())
+            evaluations.append(engine.probe_loss)
         if val_step:
-            scalars.append(engine.val_accuracy())
+            evaluations.append(engine.val_accuracy)
         if terminated:
-            scalars += [engine.val_accuracy(), engine.test_accuracy()]
-        obs, per_sample, vals = self._gather_to_host(out["per_sample_loss"], scalars)
+            evaluations += [engine.val_accuracy, engine.test_accuracy]
+        obs, per_sample, vals = self._gather_to_host(out["per_sample_loss"], scalars, evaluations)
         loss, kd_loss, feat_loss, student_ce, student_acc = (float(v) for v in vals[:5])
         vals = vals[5:]
         probe_after = float(vals.pop(0)) if self.reward_fn.needs_probe else None
@@ -229,7 +230,8 @@ class MultiTeacherKDEnv(gym.Env):
             if engine.done:
                 final_val, final_test = vals[-2], vals[-1]
             else:  # ended early by divergence: the final measurements were not in the copy above
-                final_val, final_test = engine.val_accuracy(), engine.test_accuracy()
+                final_val, final_test = self._gather_to_host(None, [], [engine.val_accuracy,
+                                                                        engine.test_accuracy])[2]
             info["final_val_acc"], info["final_test_acc"] = float(final_val), float(final_test)
             info["episode_seed"] = self._episode_seed
         return obs, float(reward), bool(terminated), False, info
@@ -252,11 +254,13 @@ class MultiTeacherKDEnv(gym.Env):
             return obsmod.teacher_obs(batch)
         return obsmod.sample_obs(batch, cfg.sample_obs_embeddings, cfg.sample_obs_logits)
 
-    def _gather_to_host(self, per_sample: Optional[torch.Tensor], scalars: list):
-        """The step's single device->host copy: observation, per-sample loss (B,) and scalars.
+    def _gather_to_host(self, per_sample: Optional[torch.Tensor], scalars: list, evaluations=()):
+        """The step's single device->host copy: observation, per-sample loss (B,), batch scalars and
+        evaluations (zero-argument callables returning 0-d tensors: probe loss, accuracies).
 
-        Under torch.distributed, batch means and scalars are averaged over ranks (equal shards) and
-        per-sample rows are gathered, so every rank returns the same global values."""
+        Under torch.distributed, batch means and scalars are averaged over ranks (equal shards),
+        per-sample rows are gathered, and evaluations are rank 0's (its BatchNorm statistics are the
+        ones its checkpoint saves), so every rank returns the same global values."""
         obs = self._obs_tensor()
         if self.config.granularity == "teacher":
             means = torch.cat([obs, *(s.float().reshape(1) for s in scalars)])
@@ -264,7 +268,12 @@ class MultiTeacherKDEnv(gym.Env):
         else:
             means = torch.stack(scalars).float() if scalars else obs.new_zeros(0)
             rows = obs if per_sample is None else torch.cat([obs, per_sample.float()[:, None]], dim=1)
-        means = self.dist.mean(means)
+        if self.dist.is_main:
+            evals = torch.stack([f().float() for f in evaluations]) if evaluations else obs.new_zeros(0)
+        else:
+            evals = obs.new_zeros(len(evaluations))
+        means = torch.cat([self.dist.mean(means), self.dist.broadcast(evals)])
+        scalars = list(scalars) + list(evaluations)
         if rows is not None:
             rows = self.dist.gather_rows(rows)
         host = torch.cat([means] + ([] if rows is None else [rows.flatten()])).cpu().numpy().astype(np.float64)
