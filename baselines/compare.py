@@ -243,8 +243,10 @@ def _open_out(opts: CompareOptions, shard: Optional[Tuple[int, int]] = None) -> 
     meta_path = out / "compare.json"
     settings = _settings(opts)
     jobs = _jobs_record(opts, shard)
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
+    meta = read_meta(meta_path) if meta_path.is_file() else None
+    if meta is not None and "env_info" not in meta and not any((out / "runs").glob("*.json")):
+        meta = None  # an earlier invocation failed before building its env: nothing to protect
+    if meta is not None:
         diff = _settings_diff(meta["settings"], settings)
         if diff:
             raise CompareError(f"{str(out)!r} holds results made with other settings ({'; '.join(diff)}); "
@@ -264,6 +266,30 @@ def _open_out(opts: CompareOptions, shard: Optional[Tuple[int, int]] = None) -> 
     meta["jobs"] = jobs
     _atomic_write(meta_path, json.dumps(meta, indent=1))
     return meta
+
+
+def read_meta(path: Path) -> Dict[str, Any]:
+    """compare.json's content; a clear `CompareError` if it is not a settings record."""
+    try:
+        meta = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise CompareError(f"{str(path)!r} is not a valid compare.json ({str(exc).splitlines()[0]}); "
+                           f"use a new --out") from None
+    if not isinstance(meta, dict) or "settings" not in meta:
+        raise CompareError(f"{str(path)!r} is not a valid compare.json (no 'settings' record); use a new --out")
+    return meta
+
+
+def _build_env(config):
+    """The env of `config`; user errors (missing data or teachers, bad options) become `CompareError`."""
+    from .evaluate import env_for
+
+    try:
+        return env_for(config)
+    except CheckpointError:
+        raise
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        raise CompareError(f"cannot build the env: {str(exc).splitlines()[0]}") from None
 
 
 def _env_info(env) -> Dict[str, Any]:
@@ -476,7 +502,7 @@ def run_compare(opts: CompareOptions) -> List[report.PolicyStats]:
     W&B, and the other ranks return the same statistics without writing anything. There a failing
     run stops the comparison (finished rows are kept) instead of being skipped on one rank only.
     """
-    from .evaluate import EvalTask, env_for
+    from .evaluate import EvalTask
 
     _validate(opts)
     formula, rl = resolve_policies(opts.policies)
@@ -498,7 +524,7 @@ def run_compare(opts: CompareOptions) -> List[report.PolicyStats]:
     meta = _rank0(ctx, lambda: _open_out(opts, shard))
     out = Path(opts.out)
     group = opts.wandb_group or meta["wandb_group"]
-    base_env = _rank0(ctx, lambda: env_for(opts.env_config), then_others=True)  # trains missing teachers once
+    base_env = _rank0(ctx, lambda: _build_env(opts.env_config), then_others=True)  # trains missing teachers once
     agents = _prepare_agents(opts, rl, group) if rl else {}
     if ctx.is_main:
         _record(opts, meta, _env_info(base_env), agents)

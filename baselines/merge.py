@@ -29,6 +29,7 @@ from mtkd_env.config import ConfigError, EnvConfig
 
 from . import report
 from .compare import (CompareError, CompareOptions, Job, _atomic_write, _describe_jobs, _read_rows, _run_file,
+                      read_meta,
                       _settings_diff, _write_report, _write_rows, job_list, parse_shard, shard_of)
 
 __all__ = ["merge_outputs", "LOCATION_FIELDS"]
@@ -58,7 +59,7 @@ def _load(path: Path) -> _Folder:
     meta_path = path / "compare.json"
     if not meta_path.is_file():
         raise CompareError(f"--merge: {str(path)!r} is not a baselines.compare output folder (no compare.json)")
-    meta = json.loads(meta_path.read_text())
+    meta = read_meta(meta_path)
     for key in ("jobs", "env_info"):
         if key not in meta:
             raise CompareError(f"--merge: {str(path)!r} has no {key!r} record (its run stopped before building the "
@@ -184,7 +185,7 @@ def _prepare_target(target: Path, settings: Dict[str, Any]) -> None:
     """Create `target`, or reuse a previous merge of the same settings (its rows are replaced)."""
     meta_path = target / "compare.json"
     if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
+        meta = read_meta(meta_path)
         diff = _settings_diff(meta["settings"], settings, ignore=LOCATION_FIELDS)
         if diff:
             raise CompareError(f"--out {str(target)!r} holds results made with other settings ({'; '.join(diff)}); "

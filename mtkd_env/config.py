@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -161,6 +162,10 @@ class EnvConfig:
         for spec in self.teachers:
             if not isinstance(spec, str) or not spec.split("=", 1)[0]:
                 raise ConfigError(f"teachers: each entry must be 'arch' or 'arch=source', got {spec!r}")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name}: expected a finite number, got {value!r}")
         positive = ["batch_size", "steps_per_action", "reward_interval", "probe_size",
                     "eval_batch_size", "teacher_epochs"]
         for name in positive:

@@ -256,7 +256,9 @@ class DistillationEngine:
         return total, kd.mean(), feat.mean()
 
     def apply(self, w_logit: torch.Tensor, w_feat: torch.Tensor) -> dict:
-        """Update the student on the prepared batch with the given weights, then prepare the next.
+        """Update the student on the prepared batch with the given weights. The caller measures
+        what it needs on the updated student, then calls `advance()` for the next batch (so that
+        measurements never see a forward of a batch the student has not trained on).
 
         Returns device tensors: per-sample loss (B,), mean loss, KD and feature terms.
         """
@@ -271,8 +273,11 @@ class DistillationEngine:
         out = {"per_sample_loss": total.detach(), "loss": loss.detach(), "kd_loss": kd.detach(),
                "feat_loss": feat.detach(), "student_ce": batch.student_ce.detach().mean(),
                "student_acc": batch.student_correct.mean()}
-        self.batch = self.prepare()
         return out
+
+    def advance(self) -> None:
+        """Prepare the next batch (after `apply`)."""
+        self.batch = self.prepare()
 
     # --- measurements ----------------------------------------------------------------------
     @torch.no_grad()
@@ -320,6 +325,8 @@ class DistillationEngine:
         """Everything needed to continue the episode bit-identically (the prepared batch is
         recomputed from the loader state saved before it was drawn). A deep copy: later steps
         do not change it."""
+        if self.student is None:
+            raise RuntimeError("call reset() before state_dict(): there is no episode to save")
         return copy.deepcopy({"student": self.student.state_dict(),
                 "projectors": None if self.projectors is None else self.projectors.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),

@@ -85,6 +85,7 @@ class MultiTeacherKDEnv(gym.Env):
         self.total_steps = self.engine.total_steps
         self._obs_low, self._obs_high = low, high
         self._t = 0
+        self._episode_over = False
         self._episode_seed: Optional[int] = None
         self._probe_before: Optional[float] = None
         self._last_val_acc: Optional[float] = None
@@ -95,12 +96,13 @@ class MultiTeacherKDEnv(gym.Env):
         self._episode_seed = int(self.np_random.integers(0, 2 ** 31 - 1))
         self.engine.reset(self._episode_seed)
         self._t = 0
+        self._episode_over = False
         evaluations = []
         if self.reward_fn.needs_probe:
             evaluations.append(self.engine.probe_loss)
         if self.reward_fn.needs_val:
             evaluations.append(self.engine.val_accuracy)
-        obs, _, rest = self._gather_to_host(None, [], evaluations)
+        obs, _, rest = self._gather_to_host(None, [], self._evaluate(evaluations))
         if self.reward_fn.needs_probe:
             self._probe_before, rest = rest[0], rest[1:]
         if self.reward_fn.needs_val:
@@ -168,6 +170,8 @@ class MultiTeacherKDEnv(gym.Env):
         """
         if self.engine.batch is None:
             raise RuntimeError("call reset() before step()")
+        if self._episode_over:
+            raise RuntimeError("the episode has ended (terminated=True); call reset() before step()")
         wl = self._check_weights("w_logit", w_logit)
         wf = wl if w_feat is None else self._check_weights("w_feat", w_feat)
         engine, cfg = self.engine, self.config
@@ -179,31 +183,35 @@ class MultiTeacherKDEnv(gym.Env):
             rows = slice(self.dist.rank * engine.loader.local_batch, (self.dist.rank + 1) * engine.loader.local_batch)
             wl_t, wf_t = wl_t[rows], wf_t[rows]
         loss_sum = None
-        iterations = 0
-        for _ in range(cfg.steps_per_action):
+        for i in range(cfg.steps_per_action):
+            if i:
+                engine.advance()
             out = engine.apply(wl_t, wf_t)
             loss_sum = out["loss"] if loss_sum is None else loss_sum + out["loss"]
-            iterations += 1
             if engine.done:
                 break
+        iterations = i + 1
         self._t += 1
         terminated = engine.done
         val_step = self.reward_fn.needs_val and (self._t % cfg.reward_interval == 0 or terminated)
 
-        # One device->host copy for the observation, the reward inputs and the info.
-        scalars = [loss_sum / iterations, out["kd_loss"], out["feat_loss"], out["student_ce"], out["student_acc"]]
-        evaluations = []
-        if self.reward_fn.needs_probe:
-            evaluations.append(engine.probe_loss)
-        if val_step:
+        # Measure the updated student before the next batch's forward touches its BN statistics.
+        evaluations = [engine.probe_loss] if self.reward_fn.needs_probe else []
+        if val_step and not terminated:
             evaluations.append(engine.val_accuracy)
         if terminated:
             evaluations += [engine.val_accuracy, engine.test_accuracy]
-        obs, per_sample, vals = self._gather_to_host(out["per_sample_loss"], scalars, evaluations)
+        evals = self._evaluate(evaluations)
+        if not terminated:
+            engine.advance()  # the observation describes the batch the next action will weight
+
+        # One device->host copy for the observation, the reward inputs and the info.
+        scalars = [loss_sum / iterations, out["kd_loss"], out["feat_loss"], out["student_ce"], out["student_acc"]]
+        obs, per_sample, vals = self._gather_to_host(out["per_sample_loss"], scalars, evals)
         loss, kd_loss, feat_loss, student_ce, student_acc = (float(v) for v in vals[:5])
         vals = vals[5:]
         probe_after = float(vals.pop(0)) if self.reward_fn.needs_probe else None
-        val_acc = float(vals.pop(0)) if val_step else None
+        val_acc = float(vals[0]) if val_step else None  # at the end: the final validation accuracy
 
         result = StepResult(step=self._t, loss=loss, per_sample_loss=per_sample, student_ce=student_ce,
                             student_acc=student_acc, probe_loss_before=self._probe_before,
@@ -230,11 +238,21 @@ class MultiTeacherKDEnv(gym.Env):
             if engine.done:
                 final_val, final_test = vals[-2], vals[-1]
             else:  # ended early by divergence: the final measurements were not in the copy above
-                final_val, final_test = self._gather_to_host(None, [], [engine.val_accuracy,
-                                                                        engine.test_accuracy])[2]
+                final_val, final_test = self._gather_to_host(
+                    None, [], self._evaluate([engine.val_accuracy, engine.test_accuracy]))[2]
             info["final_val_acc"], info["final_test_acc"] = float(final_val), float(final_test)
             info["episode_seed"] = self._episode_seed
+            self._episode_over = True
         return obs, float(reward), bool(terminated), False, info
+
+    def _evaluate(self, measurements) -> torch.Tensor:
+        """Run zero-argument measurements (0-d tensors) on rank 0; zeros elsewhere (broadcast later)."""
+        device = self.engine.device
+        if not measurements:
+            return torch.zeros(0, device=device)
+        if self.dist.is_main:
+            return torch.stack([f().float() for f in measurements])
+        return torch.zeros(len(measurements), device=device)
 
     def _check_weights(self, name: str, w) -> np.ndarray:
         arr = np.asarray(w, dtype=np.float32)
@@ -242,8 +260,11 @@ class MultiTeacherKDEnv(gym.Env):
                                            if self.config.granularity == "sample" else [])
         if arr.shape not in shapes:
             raise ValueError(f"{name} has shape {arr.shape}; expected one of {shapes} (M = {self.num_teachers})")
-        if not np.all(np.isfinite(arr)) or np.any(arr < 0):
-            raise ValueError(f"{name} must be finite and non-negative, got {arr!r}")
+        bad = np.argwhere(~(np.isfinite(arr) & (arr >= 0)))
+        if len(bad):
+            where = tuple(int(i) for i in bad[0])
+            raise ValueError(f"{name} must be finite and non-negative; {name}[{', '.join(map(str, where))}] = "
+                             f"{arr[where]!r} ({len(bad)} bad entries)")
         return arr
 
     # --- observations ----------------------------------------------------------------------
@@ -254,9 +275,10 @@ class MultiTeacherKDEnv(gym.Env):
             return obsmod.teacher_obs(batch)
         return obsmod.sample_obs(batch, cfg.sample_obs_embeddings, cfg.sample_obs_logits)
 
-    def _gather_to_host(self, per_sample: Optional[torch.Tensor], scalars: list, evaluations=()):
+    def _gather_to_host(self, per_sample: Optional[torch.Tensor], scalars: list,
+                        evals: Optional[torch.Tensor] = None):
         """The step's single device->host copy: observation, per-sample loss (B,), batch scalars and
-        evaluations (zero-argument callables returning 0-d tensors: probe loss, accuracies).
+        evaluations (`_evaluate`'s vector: probe loss, accuracies).
 
         Under torch.distributed, batch means and scalars are averaged over ranks (equal shards),
         per-sample rows are gathered, and evaluations are rank 0's (its BatchNorm statistics are the
@@ -268,12 +290,9 @@ class MultiTeacherKDEnv(gym.Env):
         else:
             means = torch.stack(scalars).float() if scalars else obs.new_zeros(0)
             rows = obs if per_sample is None else torch.cat([obs, per_sample.float()[:, None]], dim=1)
-        if self.dist.is_main:
-            evals = torch.stack([f().float() for f in evaluations]) if evaluations else obs.new_zeros(0)
-        else:
-            evals = obs.new_zeros(len(evaluations))
+        evals = obs.new_zeros(0) if evals is None else evals
         means = torch.cat([self.dist.mean(means), self.dist.broadcast(evals)])
-        scalars = list(scalars) + list(evaluations)
+        scalars = list(scalars) + [None] * len(evals)
         if rows is not None:
             rows = self.dist.gather_rows(rows)
         host = torch.cat([means] + ([] if rows is None else [rows.flatten()])).cpu().numpy().astype(np.float64)
@@ -308,6 +327,7 @@ class MultiTeacherKDEnv(gym.Env):
         self.engine.load_state_dict(state["engine"])
         self._t, self._episode_seed = int(state["t"]), state["episode_seed"]
         self._probe_before, self._last_val_acc = state["probe_before"], state["last_val_acc"]
+        self._episode_over = False
         self.np_random.bit_generator.state = state["np_random"]
 
     def current_observation(self) -> np.ndarray:

@@ -30,6 +30,8 @@ def test_defaults_are_the_embedded_benchmark():
     ({"granularity": "sample", "steps_per_action": 2}, r"steps_per_action: sample granularity"),
     ({"device": "tpu"}, r"device: expected 'auto', 'cpu'"),
     ({"max_steps": 0}, r"max_steps: expected an integer >= 1 or null"),
+    ({"epochs": float("inf")}, r"epochs: expected a finite number, got inf"),
+    ({"lr": float("nan")}, r"lr: expected a finite number"),
 ])
 def test_bad_values_give_one_line_errors(data, match):
     with pytest.raises(ConfigError, match=match) as err:

@@ -165,14 +165,17 @@ def test_paper_reward(tiny_config):
 
 
 def test_probe_loss_drop_reward(tiny_config):
-    env = MultiTeacherKDEnv(tiny_config(reward="probe_loss_drop"))
+    env = MultiTeacherKDEnv(tiny_config(reward="probe_loss_drop", max_steps=1))
     env.reset(seed=0)
     before = float(env.engine.probe_loss())
-    _, r, _, _, _ = env.step(np.zeros(3, np.float32))
-    after = float(env.engine.probe_loss())
-    assert r == pytest.approx(before - after, abs=1e-5)
-    _, r2, _, _, _ = env.step(np.zeros(3, np.float32))
-    assert r2 == pytest.approx(after - float(env.engine.probe_loss()), abs=1e-5)
+    _, r, term, _, _ = env.step(np.zeros(3, np.float32))
+    assert term and r == pytest.approx(before - float(env.engine.probe_loss()), abs=1e-5)
+    # over an episode the rewards telescope: total = probe loss at reset - probe loss at the end
+    env = MultiTeacherKDEnv(tiny_config(reward="probe_loss_drop", max_steps=5))
+    env.reset(seed=0)
+    before = float(env.engine.probe_loss())
+    total = sum(env.step(np.zeros(3, np.float32))[1] for _ in range(5))
+    assert total == pytest.approx(before - float(env.engine.probe_loss()), abs=1e-4)
 
 
 def test_neg_loss_and_callable_reward(tiny_config):
@@ -236,6 +239,29 @@ def test_divergence_ends_episode_with_penalty(tiny_config):
     obs, r, term, trunc, info = env.step(np.zeros(3, np.float32))
     assert info["diverged"] is True and term is True and r == -5.0
     assert np.all(np.isfinite(obs)) and env.observation_space.contains(obs)
+
+
+def test_stepping_after_the_end_is_an_error(tiny_config):
+    env = MultiTeacherKDEnv(tiny_config(max_steps=1))
+    env.reset(seed=0)
+    assert env.step(np.zeros(3, np.float32))[2]
+    iteration = env.engine.iteration
+    with pytest.raises(RuntimeError, match="episode has ended"):
+        env.step(np.zeros(3, np.float32))
+    assert env.engine.iteration == iteration
+    env.reset(seed=1)
+    env.step(np.zeros(3, np.float32))
+
+
+def test_final_accuracy_sees_no_untrained_forward(tiny_config):
+    env = MultiTeacherKDEnv(tiny_config(max_steps=3))
+    env.reset(seed=0)
+    for _ in range(3):
+        info = env.step(np.zeros(3, np.float32))[4]
+    tracked = [m.num_batches_tracked.item() for m in env.engine.student.modules()
+               if isinstance(m, torch.nn.BatchNorm2d)]
+    assert set(tracked) == {3}  # one train-mode forward per iteration, none for a next batch
+    assert info["final_val_acc"] == pytest.approx(float(env.engine.val_accuracy()))
 
 
 def test_single_teacher_works(tiny_config):
