@@ -26,6 +26,7 @@ import random
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +39,9 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from mtkd_env import ENV_ID, EnvConfig
 from mtkd_env.config import ConfigError
+from mtkd_env.distributed import context as dist_context
 
-from . import tracking
+from . import collective, tracking
 from .algos import get_spec
 from .evaluation import eval_seeds, evaluate_equal, evaluate_policy, mean_std
 from .modelfile import MODEL_NAME, atomic_write_text, torch_load, torch_save_atomic
@@ -56,9 +58,11 @@ _FORMAT = 1
 class TrainingInterrupted(Exception):
     """Training stopped on a signal after saving a checkpoint; `run_dir` resumes it."""
 
-    def __init__(self, run_dir: Path, num_timesteps: int, signum: int) -> None:
+    def __init__(self, run_dir: Path, num_timesteps: int, signum: int, world_size: int = 1) -> None:
+        how = ("python -m agents.train" if world_size == 1 else
+               f"torchrun <the same {world_size} processes> -m agents.train")
         super().__init__(f"interrupted by {signal.Signals(signum).name} at step {num_timesteps}; resume with: "
-                         f"python -m agents.train --resume {run_dir}")
+                         f"{how} --resume {run_dir}")
         self.run_dir, self.num_timesteps, self.signum = run_dir, num_timesteps, signum
 
 
@@ -139,6 +143,50 @@ def load_run_config(run_dir: Path) -> dict:
     return data
 
 
+def _read_run(run_dir: Path) -> tuple:
+    """(config, checkpoint state) of a run directory, or a one-line `ConfigError`."""
+    config = load_run_config(run_dir)
+    state = torch_load(run_dir / CHECKPOINT, f"checkpoint {str(run_dir / CHECKPOINT)!r}")
+    if not isinstance(state, dict) or state.get("format") != _FORMAT:
+        raise ConfigError(f"--resume {str(run_dir)!r}: {CHECKPOINT} is not a format-{_FORMAT} checkpoint of "
+                          f"algo {config['algo']!r}")
+    return config, state
+
+
+def _rank_config(config: EnvConfig, ctx) -> EnvConfig:
+    # Teacher-training progress bars would repeat rank 0's on every other rank.
+    return config if ctx.is_main else config.replace(show_progress=False)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype
+                and a.shape == b.shape and torch.equal(a, b))
+    return type(a) is type(b) and a == b
+
+
+def _loader_overrides(loaders: List[dict]) -> List[dict]:
+    """Per rank, the entries of its data-loader state that differ from rank 0's. The permutation
+    and position are shared by design; what differs is per-rank randomness such as the
+    augmentation generator, so the checkpoint stays small however many ranks there are."""
+    return [{k: v for k, v in loader.items() if not _same(v, loaders[0].get(k))} for loader in loaders]
+
+
+def _rank_agent_state(state: dict, rank: int, world_size: int) -> dict:
+    """The checkpoint's agent state (rank 0's env episode) with this rank's data-loader state."""
+    info = state.get("dist", {"world_size": 1, "loader_overrides": [{}]})
+    if int(info["world_size"]) != world_size or len(info["loader_overrides"]) != world_size:
+        raise ConfigError(f"checkpoint: written with world size {info['world_size']}, this launch has world size "
+                          f"{world_size}")
+    agent = dict(state["agent"])
+    override = info["loader_overrides"][rank]
+    if override:
+        env, engine = dict(agent["env"]), dict(agent["env"]["engine"])
+        engine["loader"] = {**engine["loader"], **override}
+        env["engine"], agent["env"] = engine, env
+    return agent
+
+
 def _unique_dir(base: Path) -> Path:
     path, i = base, 1
     while path.exists():
@@ -178,7 +226,7 @@ class RunCallback(BaseCallback):
         self.last_test_acc = float(state["last_test_acc"])
 
     def _on_training_start(self) -> None:
-        if self.run.settings.show_progress:
+        if self.run.settings.show_progress and self.run.dist.is_main:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=self.run.settings.total_timesteps, initial=self.model.num_timesteps,
@@ -244,11 +292,16 @@ class Run:
         self.settings, self.env_config, self.hyperparams = settings, env_config, hyperparams
         self.agent, self.run_dir, self.config = agent, run_dir, config
         self.extra_callbacks = list(extra_callbacks or [])
+        self.dist = dist_context()
         env = agent.env
         self.teacher_keys = [_slug(f"{m}_{n}") for m, n in enumerate(env.teacher_names)]
         self.separate_weights = bool(env.config.separate_feature_weights)
         self.callback = RunCallback(self)
         self.stop_signal: Optional[int] = None
+        """The signal the run stops on, decided at a safe point: under torch.distributed the one any
+        rank had received there, the same on every rank."""
+        self._received: Optional[int] = None
+        """The signal this process received (set by the handler at any time)."""
         self.last_save = 0
         self.wall_time = 0.0
         self.wandb_run = None
@@ -260,31 +313,53 @@ class Run:
     @classmethod
     def create(cls, settings: RunSettings, env_config: EnvConfig, hyperparams: dict,
                extra_callbacks: Optional[List[BaseCallback]] = None, command: Optional[List[str]] = None) -> "Run":
-        """Validate everything and build the agent, then create the run directory."""
+        """Validate everything and build the agent, then create the run directory.
+
+        Under torch.distributed every rank builds its agent and env (rank 0 first, so missing
+        teachers are trained into the cache once); only rank 0 creates the directory, and every
+        rank gets its path and config."""
         settings.validate()
+        ctx = dist_context()
         spec = get_spec(settings.algo)
         effective = env_config.replace(**spec.env_overrides)
-        agent = spec.build(effective, hyperparams, settings.seed, settings.device)
-        name = f"{ENV_ID}__{settings.algo}__{settings.seed}__{int(time.time())}"
-        run_dir = _unique_dir(Path(settings.out_dir) / name)
-        config = {"run_name": run_dir.name, "env_id": ENV_ID, "algo": settings.algo, "seed": settings.seed,
-                  "total_timesteps": settings.total_timesteps, "env": effective.to_dict(),
-                  "env_overrides": dict(spec.env_overrides), "hyperparams": hyperparams,
-                  "run": dataclasses.asdict(settings), "versions": tracking.package_versions(),
-                  "git": tracking.git_info(), "command": list(command if command is not None else sys.argv),
-                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wandb_run_id": None}
-        text = yaml.safe_dump(config, sort_keys=False)  # fails before anything is written
-        run_dir.mkdir(parents=True)
-        atomic_write_text(run_dir / CONFIG_NAME, text)
-        return cls(settings, effective, hyperparams, agent, run_dir, config, extra_callbacks)
+        agent = collective.everywhere(
+            ctx, lambda: spec.build(_rank_config(effective, ctx), hyperparams, settings.seed, settings.device),
+            rank0_first=True)
+
+        def make_dir() -> tuple:
+            name = f"{ENV_ID}__{settings.algo}__{settings.seed}__{int(time.time())}"
+            run_dir = _unique_dir(Path(settings.out_dir) / name)
+            config = {"run_name": run_dir.name, "env_id": ENV_ID, "algo": settings.algo, "seed": settings.seed,
+                      "total_timesteps": settings.total_timesteps, "world_size": ctx.world_size,
+                      "env": effective.to_dict(), "env_overrides": dict(spec.env_overrides),
+                      "hyperparams": hyperparams, "run": dataclasses.asdict(settings),
+                      "versions": tracking.package_versions(), "git": tracking.git_info(),
+                      "command": list(command if command is not None else sys.argv),
+                      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wandb_run_id": None}
+            text = yaml.safe_dump(config, sort_keys=False)  # fails before anything is written
+            run_dir.mkdir(parents=True)
+            atomic_write_text(run_dir / CONFIG_NAME, text)
+            return str(run_dir), config
+
+        run_dir, config = collective.on_rank0(ctx, make_dir)
+        return cls(settings, effective, hyperparams, agent, Path(run_dir), config, extra_callbacks)
 
     @classmethod
     def resume(cls, run_dir: Path, total_timesteps: Optional[int] = None, wandb_mode: Optional[str] = None,
                show_progress: Optional[bool] = None, device: Optional[str] = None,
                extra_callbacks: Optional[List[BaseCallback]] = None) -> "Run":
-        """Rebuild a run from its directory and load its checkpoint (nothing is written here)."""
+        """Rebuild a run from its directory and load its checkpoint (nothing is written here).
+
+        Under torch.distributed rank 0 reads the files and sends them to the other ranks (which
+        need no access to the run directory); the world size must be the run's."""
         run_dir = Path(run_dir)
-        config = load_run_config(run_dir)
+        ctx = dist_context()
+        config, state = collective.on_rank0(ctx, lambda: _read_run(run_dir))
+        saved_world = int(config.get("world_size", 1))
+        if saved_world != ctx.world_size:
+            raise ConfigError(f"--resume {str(run_dir)!r}: the run was trained with world size {saved_world} and "
+                              f"this launch has world size {ctx.world_size}; resume it with {saved_world} "
+                              f"process(es) in total (the data shards and the checkpoint depend on it)")
         spec = get_spec(config["algo"])
         run_fields = {f.name for f in dataclasses.fields(RunSettings)}
         settings = RunSettings(**{k: v for k, v in config["run"].items() if k in run_fields})
@@ -294,14 +369,15 @@ class Run:
         settings.validate()
         env_config = EnvConfig.from_dict(config["env"])
         hyperparams = spec.validate(dict(config["hyperparams"]))
-        state = torch_load(run_dir / CHECKPOINT, f"checkpoint {str(run_dir / CHECKPOINT)!r}")
-        if not isinstance(state, dict) or state.get("format") != _FORMAT or state.get("algo") != settings.algo:
+        if state.get("algo") != settings.algo:
             raise ConfigError(f"--resume {str(run_dir)!r}: {CHECKPOINT} is not a format-{_FORMAT} checkpoint of "
                               f"algo {settings.algo!r}")
-        agent = spec.build(env_config, hyperparams, settings.seed, settings.device)
+        agent = collective.everywhere(
+            ctx, lambda: spec.build(_rank_config(env_config, ctx), hyperparams, settings.seed, settings.device),
+            rank0_first=True)
         config = dict(config, total_timesteps=settings.total_timesteps, run=dataclasses.asdict(settings))
         run = cls(settings, env_config, hyperparams, agent, run_dir, config, extra_callbacks)
-        agent.load_training_state(state["agent"])
+        agent.load_training_state(_rank_agent_state(state, ctx.rank, ctx.world_size))
         run.callback.load_state_dict(state["callback"])
         run.last_save, run.wall_time = int(state["num_timesteps"]), float(state["wall_time"])
         run.config["wandb_run_id"] = state.get("wandb_run_id")
@@ -310,6 +386,12 @@ class Run:
 
     # --- training ------------------------------------------------------------------------------
     def _start_logging(self, resumed: bool) -> None:
+        if not self.dist.is_main:  # only rank 0 logs: the other ranks record into a logger without outputs
+            from stable_baselines3.common.logger import Logger
+
+            self.logger = Logger(folder=None, output_formats=[])
+            self.agent.model.set_logger(self.logger)
+            return
         metrics = self.run_dir / "metrics.jsonl"
         if resumed and metrics.exists():
             # Rows past the checkpoint were logged after it; the resumed run writes them again.
@@ -333,33 +415,45 @@ class Run:
                 "seed": self.settings.seed, "num_timesteps": self.agent.num_timesteps, "run_name": self.config["run_name"]}
 
     def save_checkpoint(self) -> None:
+        """Rank 0 writes the model and checkpoint; under torch.distributed every rank must call
+        this at the same point, since every rank's data-loader state is gathered into it."""
         n = self.agent.num_timesteps
+        loaders = None
+        if self.dist.enabled:
+            loaders = collective.gather_to_rank0(self.dist, self.agent.env.state_dict()["engine"]["loader"])
+        self.last_save = n
+        if not self.dist.is_main:
+            return
+        agent_state = self.agent.training_state()
         state = {"format": _FORMAT, "algo": self.settings.algo, "num_timesteps": n,
-                 "agent": self.agent.training_state(), "rng": capture_rng(), "callback": self.callback.state_dict(),
+                 "agent": agent_state, "rng": capture_rng(), "callback": self.callback.state_dict(),
                  "wall_time": self.wall_time + (time.time() - self._t0),
-                 "wandb_run_id": self.config.get("wandb_run_id")}
+                 "wandb_run_id": self.config.get("wandb_run_id"),
+                 "dist": {"world_size": self.dist.world_size,
+                          "loader_overrides": _loader_overrides(loaders or [agent_state["env"]["engine"]["loader"]])}}
         self.agent.save_model(self.run_dir / MODEL_NAME, self._model_meta())
         torch_save_atomic(state, self.run_dir / CHECKPOINT)
-        self.last_save = n
 
     def safe_point(self) -> None:
         """Called where the agent's state is complete (no half-collected rollout)."""
         if self.logger is not None and self.logger.name_to_value:
             self.logger.dump(self.agent.num_timesteps)  # pending train stats belong before the checkpoint
         n = self.agent.num_timesteps
+        self.stop_signal = collective.agreed_signal(self.dist, self._received)
         if self.stop_signal is not None:
             self.save_checkpoint()
-            raise TrainingInterrupted(self.run_dir, n, self.stop_signal)
+            raise TrainingInterrupted(self.run_dir, n, self.stop_signal, self.dist.world_size)
         if self.settings.save_freq > 0 and n - self.last_save >= self.settings.save_freq:
             self.save_checkpoint()
 
     def _handle_signal(self, signum: int, frame: Any) -> None:
-        if self.stop_signal is not None:
+        if self._received is not None:
             self._restore_handlers()
             raise KeyboardInterrupt
-        self.stop_signal = signum
-        print(f"\n{signal.Signals(signum).name}: saving a checkpoint at the next safe point "
-              "(send it again to abort without saving)", file=sys.stderr, flush=True)
+        self._received = signum
+        if self.stop_signal is None and self.dist.is_main:  # else already stopping on another rank's copy
+            print(f"\n{signal.Signals(signum).name}: saving a checkpoint at the next safe point "
+                  "(send it again to abort without saving)", file=sys.stderr, flush=True)
 
     def _install_handlers(self) -> None:
         self._old_handlers = {}
@@ -390,8 +484,10 @@ class Run:
             if self.logger.name_to_value:
                 self.logger.dump(self.agent.num_timesteps)
             self.save_checkpoint()
+            self.stop_signal = collective.agreed_signal(self.dist, self._received)
             if self.stop_signal is not None:  # arrived after the last safe point: skip the evaluation
-                raise TrainingInterrupted(self.run_dir, self.agent.num_timesteps, self.stop_signal)
+                raise TrainingInterrupted(self.run_dir, self.agent.num_timesteps, self.stop_signal,
+                                         self.dist.world_size)
         except BaseException:  # TrainingInterrupted, a second Ctrl-C, or an error: close the logs
             self._finish(interrupted=True)
             raise
@@ -399,8 +495,9 @@ class Run:
             self._restore_handlers()
             self.callback.close()
         self.wall_time += time.time() - self._t0
-        summary = self._summary()
-        atomic_write_text(self.run_dir / SUMMARY_NAME, json.dumps(summary, indent=1))
+        summary = self._summary()  # under torch.distributed every rank runs the evaluation episodes
+        if self.dist.is_main:
+            atomic_write_text(self.run_dir / SUMMARY_NAME, json.dumps(summary, indent=1))
         self._finish(interrupted=False, summary=summary)
         return self.run_dir
 
@@ -418,6 +515,20 @@ class Run:
             self.wandb_run = None
 
     # --- summary -------------------------------------------------------------------------------
+    def _final_policy(self):
+        """The saved policy; other ranks get rank 0's model file (their run directory may not
+        exist), so every rank evaluates the same policy."""
+        from .api import load_policy
+
+        path = self.run_dir / MODEL_NAME
+        if not self.dist.enabled:
+            return load_policy(path)
+        blob = collective.broadcast_object(self.dist, path.read_bytes() if self.dist.is_main else None)
+        with tempfile.TemporaryDirectory(prefix="mtkd_policy_") as tmp:
+            local = Path(tmp) / MODEL_NAME
+            local.write_bytes(blob)
+            return load_policy(local)
+
     def _summary(self) -> dict:
         s = self.settings
         names = list(self.agent.env.teacher_names)
@@ -426,9 +537,7 @@ class Run:
                    "wall_time_s": round(self.wall_time, 1), "teacher_names": names,
                    "last_train_episode_test_acc": self.callback.last_test_acc, "eval": None}
         if s.eval_episodes > 0:
-            from .api import load_policy
-
-            policy = load_policy(self.run_dir / MODEL_NAME)
+            policy = self._final_policy()
             seeds = eval_seeds(s.seed, s.eval_episodes)
             user_config = self.env_config.replace(show_progress=False)
             trained = evaluate_policy(policy, user_config, seeds)
