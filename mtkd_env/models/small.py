@@ -6,9 +6,9 @@ import math
 
 import torch
 from torch import nn
-import torch.nn.functional as F
 
 from . import ModelOutput, register
+from .cifar_resnet import BasicBlock
 
 
 class MLP(nn.Module):
@@ -49,22 +49,6 @@ class ConvNet(nn.Module):
         return ModelOutput(self.fc(emb), fmap, emb)
 
 
-class _BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
-
 class TinyResNet(nn.Module):
     """Stem conv + two residual stages (the second strided); GAP -> linear."""
 
@@ -72,8 +56,8 @@ class TinyResNet(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(input_shape[0], width, 3, padding=1, bias=False),
                                   nn.BatchNorm2d(width), nn.ReLU(inplace=True))
-        self.layer1 = _BasicBlock(width, width, 1)
-        self.layer2 = _BasicBlock(width, 2 * width, 2)
+        self.layer1 = BasicBlock(width, width, 1)
+        self.layer2 = BasicBlock(width, 2 * width, 2)
         self.fc = nn.Linear(2 * width, num_classes)
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
