@@ -70,7 +70,8 @@ class PaperReward(Reward):
 
 @register_reward("probe_loss_drop")
 class ProbeLossDrop(Reward):
-    """Decrease of the student's CE on a fixed held-out probe batch across this step's update."""
+    """Decrease of the student's CE on a fixed held-out probe batch since the previous step's
+    measurement (each taken right after the update; an episode's rewards sum to the total drop)."""
 
     needs_probe = True
 
