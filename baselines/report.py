@@ -167,13 +167,17 @@ def _pyplot():
     return plt
 
 
-def _stack(series: List[List[float]]) -> np.ndarray:
-    """Stack per-seed series of possibly different length (a diverged run stops early): NaN-pad."""
-    width = max(len(s) for s in series)
-    out = np.full((len(series), width), np.nan)
-    for i, s in enumerate(series):
-        out[i, :len(s)] = s
-    return out
+def _aligned(runs: List[dict], steps_key: str, values_key: str):
+    """Per-seed series on the union of their env steps, NaN where a run has no point (a diverged
+    run stops early, and its last point is the divergence step): (steps (K,), values (R, K, ...))."""
+    steps = sorted(set().union(*(r[steps_key] for r in runs)))
+    index = {s: k for k, s in enumerate(steps)}
+    first = np.asarray(runs[0][values_key], dtype=np.float64)
+    out = np.full((len(runs), len(steps)) + first.shape[1:], np.nan)
+    for i, r in enumerate(runs):
+        for s, v in zip(r[steps_key], r[values_key]):
+            out[i, index[s]] = v
+    return np.asarray(steps), out
 
 
 def plot_curves(curves: Dict[str, List[dict]], path: str, title: str = "") -> None:
@@ -186,10 +190,9 @@ def plot_curves(curves: Dict[str, List[dict]], path: str, title: str = "") -> No
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     last = 0
     for name, runs in curves.items():
-        longest = max(runs, key=lambda r: len(r["curve_steps"]))
-        steps = np.asarray(longest["curve_steps"])
+        steps, acc = _aligned(runs, "curve_steps", "curve_val_acc")
+        acc = 100 * acc
         last = max(last, int(steps[-1]))
-        acc = 100 * _stack([r["curve_val_acc"] for r in runs])
         mean, std = np.nanmean(acc, 0), np.nan_to_num(np.nanstd(acc, 0))
         for ax in axes:
             line, = ax.plot(steps, mean, label=f"{name} (n={len(runs)})")
@@ -224,8 +227,9 @@ def plot_weights(curves: Dict[str, List[dict]], teacher_names: Sequence[str], pa
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False, sharey=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (name, runs) in zip(axes.flat, curves.items()):
-        steps = np.asarray(max(runs, key=lambda r: len(r["weight_steps"]))["weight_steps"])
-        wl, wf = _window_mean(runs, "window_w_logit"), _window_mean(runs, "window_w_feat")  # (K, M)
+        steps, wl = _aligned(runs, "weight_steps", "window_w_logit")
+        wf = _aligned(runs, "weight_steps", "window_w_feat")[1]
+        wl, wf = np.nanmean(wl, 0), np.nanmean(wf, 0)  # (K, M)
         for m, teacher in enumerate(teacher_names):
             ax.plot(steps, wl[:, m], color=colors[m % len(colors)], label=teacher)
             if not np.allclose(wl[:, m], wf[:, m], equal_nan=True):
@@ -243,11 +247,3 @@ def plot_weights(curves: Dict[str, List[dict]], teacher_names: Sequence[str], pa
     plt.close(fig)
 
 
-def _window_mean(runs: List[dict], key: str) -> np.ndarray:
-    """Mean over runs of their (K, M) window weights; shorter (diverged) runs are NaN-padded."""
-    arrays = [np.asarray(r[key], dtype=np.float64) for r in runs]
-    k, m = max(a.shape[0] for a in arrays), arrays[0].shape[1]
-    padded = np.full((len(arrays), k, m), np.nan)
-    for i, a in enumerate(arrays):
-        padded[i, :a.shape[0]] = a
-    return np.nanmean(padded, 0)
