@@ -7,7 +7,8 @@ ReLU (B, C_f, H_f, W_f) and `embedding` its global average pool (B, C_f).
 
 from __future__ import annotations
 
-from typing import Callable, Dict, NamedTuple
+import math
+from typing import Callable, Dict, NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -34,6 +35,21 @@ def register(name: str) -> Callable:
         return fn
 
     return deco
+
+
+def msra_init_(module: nn.Module, linear_std: Optional[float] = None) -> None:
+    """RepDistiller's initialisation, in module order: conv weights N(0, sqrt(2 / (k*k*C_out))),
+    BN weight 1 and bias 0, linear bias 0 and (with `linear_std`) linear weight N(0, linear_std)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            if linear_std is not None:
+                nn.init.normal_(m.weight, 0.0, linear_std)
+            nn.init.zeros_(m.bias)
 
 
 def available() -> list:

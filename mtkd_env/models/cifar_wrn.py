@@ -7,13 +7,12 @@ feature map is the final BN + ReLU of the last stage: (B, 64K, 8, 8) at 32x32 in
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
-from . import ModelOutput, register
+from . import ModelOutput, msra_init_, register
 
 
 class PreActBlock(nn.Module):
@@ -67,14 +66,7 @@ class WideResNet(nn.Module):
                                                  for i in range(3)]
         self.bn1 = nn.BatchNorm2d(widths[3])
         self.fc = nn.Linear(widths[3], num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        msra_init_(self)
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         out = self.block3(self.block2(self.block1(self.conv1(x))))

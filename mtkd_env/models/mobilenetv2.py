@@ -14,12 +14,11 @@ linear bottleneck (BN, no ReLU) before the 1x1 conv to 1280 channels; the embedd
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn
 
-from . import ModelOutput, register
+from . import ModelOutput, msra_init_, register
 
 # (expansion t, channels c, repeats n, first stride s); CIFAR keeps stage 2 at stride 1.
 _SETTING = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
@@ -65,15 +64,7 @@ class MobileNetV2(nn.Module):
         last = int(1280 * width_mult) if width_mult > 1.0 else 1280
         self.conv2 = _conv_bn_relu(cin, last, 1, 1)
         self.classifier = nn.Sequential(nn.Linear(last, num_classes))  # Sequential: reference key names
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        msra_init_(self, linear_std=0.01)
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         out = self.conv1(x)
