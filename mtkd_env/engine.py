@@ -86,11 +86,8 @@ class DistillationEngine:
         self.test_x, self.test_y = self.test_set.x, self.test_set.y
         self.probe_x, self.probe_y = self.val_set.head(cfg.probe_size)
         self._shape_probe = self.val_set.head(2)[0]
-        if self.dist.enabled:
-            self.loader: DeviceLoader = splits.train_loader(cfg.batch_size, cfg.augment, dev, rank=self.dist.rank,
-                                                            world_size=self.dist.world_size)
-        else:
-            self.loader = splits.train_loader(cfg.batch_size, cfg.augment, dev)
+        self.loader: DeviceLoader = splits.train_loader(cfg.batch_size, cfg.augment, dev, rank=self.dist.rank,
+                                                        world_size=self.dist.world_size)
         if cfg.cache_teacher_outputs and not isinstance(self.loader, DeviceLoader):
             raise ConfigError(f"cache_teacher_outputs: needs an in-memory dataset; {cfg.dataset!r} is streamed "
                               f"from disk")

@@ -292,16 +292,16 @@ class MultiTeacherKDEnv(gym.Env):
             rows = obs if per_sample is None else torch.cat([obs, per_sample.float()[:, None]], dim=1)
         evals = obs.new_zeros(0) if evals is None else evals
         means = torch.cat([self.dist.mean(means), self.dist.broadcast(evals)])
-        scalars = list(scalars) + [None] * len(evals)
+        n_vals = len(scalars) + len(evals)
         if rows is not None:
             rows = self.dist.gather_rows(rows)
         host = torch.cat([means] + ([] if rows is None else [rows.flatten()])).cpu().numpy().astype(np.float64)
         if self.config.granularity == "teacher":
             n = self._obs_device_size
-            obs_flat, vals = host[:n], host[n:n + len(scalars)]
-            per = host[n + len(scalars):] if per_sample is not None else None
+            obs_flat, vals = host[:n], host[n:n + n_vals]
+            per = host[n + n_vals:] if per_sample is not None else None
         else:
-            vals, table = host[:len(scalars)], host[len(scalars):].reshape(self.batch_size, -1)
+            vals, table = host[:n_vals], host[n_vals:].reshape(self.batch_size, -1)
             obs_flat, per = (table[:, :-1], table[:, -1]) if per_sample is not None else (table, None)
         return self._to_obs(obs_flat.reshape(-1)), per, [float(v) for v in vals]
 

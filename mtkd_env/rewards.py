@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
@@ -23,7 +23,6 @@ class StepResult:
     probe_loss_after: Optional[float] = None     # ... and after it
     val_acc: Optional[float] = None              # set on validation steps
     prev_val_acc: Optional[float] = None         # the previous validation accuracy
-    extras: Dict[str, object] = field(default_factory=dict)
 
 
 class Reward:
