@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from mtkd_env.config import ConfigError
-from mtkd_env.distributed import DistContext
+from mtkd_env.distributed import DistContext, leave  # noqa: F401  (re-exported: agents leave the group together)
 
 __all__ = ["launched_by_torchrun", "launch_rank", "join", "RankFailed", "on_rank0", "everywhere",
            "broadcast_object", "gather_to_rank0", "agreed_signal", "leave"]
@@ -52,16 +52,6 @@ def join(device: str) -> DistContext:
     if not ctx.is_main:
         warnings.simplefilter("ignore")
     return ctx
-
-
-def leave() -> None:
-    """Leave the process group together: a rank that tears its group down while another still
-    talks to it can abort in gloo's C++ threads."""
-    if dist.is_available() and dist.is_initialized():
-        try:
-            dist.barrier()
-        finally:
-            dist.destroy_process_group()
 
 
 def _attempt(fn: Callable[[], T]):

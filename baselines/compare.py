@@ -753,15 +753,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
-        _leave_process_group()
+        from mtkd_env.distributed import leave
+
+        leave()
     return 0
-
-
-def _leave_process_group() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

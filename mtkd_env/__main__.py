@@ -26,7 +26,7 @@ def main(argv=None) -> int:
 
     from tqdm.auto import tqdm
 
-    from .distributed import init_from_env
+    from .distributed import init_from_env, leave
     from .env import MultiTeacherKDEnv
 
     ctx = init_from_env(cfg.device)  # under torchrun: one distillation over all ranks
@@ -51,6 +51,7 @@ def main(argv=None) -> int:
                 break
     say(f"steps {info['step']}  return {total:.4f}  final val acc {info['final_val_acc']:.4f}  "
           f"final test acc {info['final_test_acc']:.4f}  (world size {ctx.world_size}, device {env.engine.device})")
+    leave()
     return 0
 
 

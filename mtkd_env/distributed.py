@@ -35,12 +35,8 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    active: bool = False
+    enabled: bool = False
     """A process group is initialised (also with one process, e.g. a 1-GPU torchrun smoke run)."""
-
-    @property
-    def enabled(self) -> bool:
-        return self.active
 
     @property
     def is_main(self) -> bool:
@@ -91,14 +87,14 @@ def init_from_env(device: str = "auto") -> DistContext:
         if use_cuda:
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return DistContext(rank=rank, world_size=world, local_rank=local_rank, active=True)
+    return DistContext(rank=rank, world_size=world, local_rank=local_rank, enabled=True)
 
 
 def context() -> DistContext:
     """The current process's context (single-process unless a group is initialised)."""
     if dist.is_available() and dist.is_initialized():
         return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(),
-                           local_rank=int(os.environ.get("LOCAL_RANK", "0")), active=True)
+                           local_rank=int(os.environ.get("LOCAL_RANK", "0")), enabled=True)
     return DistContext()
 
 
@@ -111,6 +107,16 @@ def device_for(ctx: DistContext, device: torch.device) -> torch.device:
     if ctx.enabled and device.type == "cuda":
         return torch.device("cuda", ctx.local_rank)
     return device
+
+
+def leave() -> None:
+    """Leave the process group together: a rank that tears its group down while another still
+    talks to it can abort in gloo's C++ threads at exit."""
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def barrier(ctx: Optional[DistContext] = None) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtkd_env.distributed import init_from_env
+from mtkd_env.distributed import init_from_env, leave
 from mtkd_env.env import MultiTeacherKDEnv
 from mtkd_env.config import EnvConfig
 
@@ -58,6 +58,7 @@ def main(out: str, cache: str) -> None:
         np.save(Path(out) / f"{granularity}_rewards_rank{ctx.rank}.npy", rewards)
         if ctx.is_main:
             torch.save({k: v.clone() for k, v in student.state_dict().items()}, Path(out) / f"{granularity}_student.pt")
+    leave()
 
 
 if __name__ == "__main__":
