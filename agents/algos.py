@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Union
 
 import torch
 
@@ -18,10 +18,11 @@ from mtkd_env.config import ConfigError
 
 from .hyperparams import validate_dataclass, validate_sb3
 from .mtkd_rl import ENV_OVERRIDES, MTKDRL, MTKDRLConfig
+from .modelfile import MODEL_NAME, read_meta
 from .policy import Policy
 from .sb3_agent import SB3_CLASSES, SB3Agent, load_sb3_policy
 
-__all__ = ["AlgoSpec", "REGISTRY", "get_spec", "MTKDAgent", "MTKDRLPolicy"]
+__all__ = ["AlgoSpec", "REGISTRY", "get_spec", "load_policy", "MTKDAgent", "MTKDRLPolicy"]
 
 
 @dataclass(frozen=True)
@@ -123,3 +124,12 @@ def get_spec(algo: str) -> AlgoSpec:
     if algo not in REGISTRY:
         raise ConfigError(f"unknown algo {algo!r}; expected one of {list(REGISTRY)}")
     return REGISTRY[algo]
+
+
+def load_policy(path: Union[str, Path]) -> Policy:
+    """A trained policy from a run directory (its model.zip) or a model zip file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MODEL_NAME
+    meta = read_meta(path)
+    return get_spec(meta.get("algo", "?")).load_policy(path, meta)

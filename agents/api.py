@@ -14,9 +14,8 @@ from typing import List, Optional, Union
 from mtkd_env import EnvConfig
 from mtkd_env.config import ConfigError
 
-from .algos import REGISTRY, get_spec
+from .algos import REGISTRY, get_spec, load_policy
 from .hyperparams import resolve_hyperparams
-from .modelfile import MODEL_NAME, read_meta
 from .policy import Policy
 from .run import Run, RunSettings, TrainingInterrupted
 
@@ -35,7 +34,7 @@ def prepare_run(algo: str, *, env_config: Union[EnvConfig, dict, str, None], see
     when any input is bad). `train` = `prepare_run(...).train()`."""
     from mtkd_env.env import make_config
 
-    from . import tracking
+    from mtkd_env.runtime.tracking import default_wandb_mode
 
     spec = get_spec(algo)
     hp = resolve_hyperparams(algo, spec.validate, hyperparams_file, hyperparams)
@@ -44,7 +43,7 @@ def prepare_run(algo: str, *, env_config: Union[EnvConfig, dict, str, None], see
     if total is None:
         raise ConfigError(f"total_timesteps: not given and the {algo} hyperparameters have no n_timesteps")
     settings = RunSettings(algo=algo, total_timesteps=int(total), seed=seed, out_dir=str(out_dir),
-                           wandb_mode=wandb_mode if wandb_mode is not None else tracking.default_wandb_mode(),
+                           wandb_mode=wandb_mode if wandb_mode is not None else default_wandb_mode(),
                            wandb_project=wandb_project, wandb_group=wandb_group, device=device, save_freq=save_freq,
                            eval_episodes=eval_episodes, show_progress=show_progress)
     return Run.create(settings, cfg, hp, extra_callbacks=callbacks, command=command)
@@ -79,12 +78,3 @@ def resume(run_dir: Union[str, pathlib.Path], *, total_timesteps: Optional[int] 
     `total_timesteps` extends the budget of a finished run.
     """
     return Run.resume(pathlib.Path(run_dir), total_timesteps, wandb_mode, show_progress, device, callbacks).train()
-
-
-def load_policy(path: Union[str, pathlib.Path]) -> Policy:
-    """A trained policy from a run directory (its model.zip) or a model zip file."""
-    path = pathlib.Path(path)
-    if path.is_dir():
-        path = path / MODEL_NAME
-    meta = read_meta(path)
-    return get_spec(meta.get("algo", "?")).load_policy(path, meta)

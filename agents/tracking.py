@@ -5,52 +5,21 @@ Every algorithm (SB3's and the MTKD-RL agents) records through the same logger, 
 step axis (`global_step` = env steps). W&B receives them through `WandbWriter`, the equivalent of
 wandb's SB3 integration with `sync_tensorboard` but without a second, competing step counter.
 
-W&B never needs network or login here: the default mode is "online" only when an API key is
-already configured locally, else "offline" (a local run that `wandb sync` uploads later);
-"disabled" does not import wandb at all.
+W&B start-up (modes, the offline fallback) is `mtkd_env.runtime.tracking.start_wandb`, shared with
+`baselines.compare`. Without TensorBoard installed, the logger writes metrics.jsonl and W&B only.
 """
 
 from __future__ import annotations
 
 import json
-import netrc
-import os
-import platform
-import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Union
 
 import numpy as np
 from stable_baselines3.common.logger import KVWriter, Logger, TensorBoardOutputFormat
 
-__all__ = ["WANDB_MODES", "default_wandb_mode", "wandb_logged_in", "JSONLWriter", "WandbWriter",
-           "make_logger", "init_wandb", "package_versions", "git_info", "read_metrics"]
-
-WANDB_MODES: Tuple[str, ...] = ("online", "offline", "disabled")
-
-
-def wandb_logged_in() -> bool:
-    """True when a W&B API key is configured locally (env var or netrc); never touches the network."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
-    path = os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
-    try:
-        auth = netrc.netrc(path).authenticators(host)
-    except (OSError, netrc.NetrcParseError):
-        return False
-    return bool(auth and auth[2])
-
-
-def default_wandb_mode() -> str:
-    """`$WANDB_MODE` when set to a known mode, else "online" if logged in, else "offline"."""
-    env_mode = os.environ.get("WANDB_MODE", "").strip().lower()
-    if env_mode == "dryrun":
-        env_mode = "offline"
-    if env_mode in WANDB_MODES:
-        return env_mode
-    return "online" if wandb_logged_in() else "offline"
+__all__ = ["JSONLWriter", "WandbWriter", "make_logger", "read_metrics"]
 
 
 def _jsonable(value: Any) -> Any:
@@ -112,76 +81,15 @@ class WandbWriter(KVWriter):
 
 def make_logger(run_dir: Path, wandb_run: Any = None) -> Logger:
     """Logger writing TensorBoard events to `run_dir/tb`, rows to `run_dir/metrics.jsonl` and W&B."""
-    formats: list = [TensorBoardOutputFormat(str(run_dir / "tb")), JSONLWriter(run_dir / "metrics.jsonl")]
+    formats: list = [JSONLWriter(run_dir / "metrics.jsonl")]
+    try:
+        formats.insert(0, TensorBoardOutputFormat(str(run_dir / "tb")))
+    except (ImportError, AssertionError) as exc:  # SB3 asserts when the tensorboard package is missing
+        print(f"warning: no TensorBoard events ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+              "metrics go to metrics.jsonl" + (" and W&B" if wandb_run is not None else ""), file=sys.stderr)
     if wandb_run is not None:
         formats.append(WandbWriter(wandb_run))
     return Logger(folder=str(run_dir), output_formats=formats)
-
-
-def init_wandb(mode: str, *, project: str, group: Optional[str], name: str, config: dict, run_dir: Path,
-               run_id: Optional[str] = None, tags: Optional[list] = None):
-    """Start a W&B run in `run_dir/wandb` (None for "disabled"). An online start that fails (no
-    network, bad key) falls back to offline with a warning instead of ending the training run."""
-    if mode == "disabled":
-        return None
-    # wandb mistakes this package for the OpenAI Agents SDK ("agents") and advertises Weave.
-    os.environ.setdefault("WANDB_DISABLE_WEAVE", "true")
-    import wandb
-
-    def start(m: str):
-        # silent: no banner, sparklines or ads between the progress bar and our summary (we print
-        # where the run is ourselves).
-        settings = wandb.Settings(silent=True, **({"init_timeout": 30} if m == "online" else {}))
-        return wandb.init(mode=m, project=project, group=group, name=name, config=config, dir=str(run_dir),
-                          id=run_id, resume="allow" if run_id else None, tags=tags, settings=settings,
-                          reinit="finish_previous")
-
-    try:
-        run = start(mode)
-    except Exception as exc:  # wandb raises several error types for network/auth problems
-        if mode != "online":
-            raise
-        print(f"warning: W&B online start failed ({str(exc).splitlines()[0]}); logging offline instead",
-              file=sys.stderr)
-        run = start("offline")
-    run.define_metric("global_step")
-    run.define_metric("*", step_metric="global_step")
-    where = f"offline in {run.dir.rsplit('/files', 1)[0]} (upload later with `wandb sync` on it)" \
-        if run.settings.mode == "offline" else f"online: {run.url}"
-    print(f"W&B run {name}: {where}", file=sys.stderr)
-    return run
-
-
-def package_versions() -> dict:
-    import gymnasium
-    import stable_baselines3
-    import torch
-
-    import mtkd_env
-
-    versions = {"python": platform.python_version(), "torch": str(torch.__version__), "numpy": np.__version__,
-                "gymnasium": str(gymnasium.__version__),
-                "stable_baselines3": str(stable_baselines3.__version__), "mtkd_env": str(mtkd_env.__version__)}
-    try:
-        import wandb
-
-        versions["wandb"] = str(wandb.__version__)
-    except ImportError:  # optional at runtime when W&B is disabled
-        versions["wandb"] = None
-    return versions
-
-
-def git_info() -> dict:
-    """Commit and dirty flag of the source tree this package runs from (None outside git)."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-    return {"commit": commit or None, "dirty": bool(dirty) if commit else None}
 
 
 def read_metrics(path: Union[str, Path]) -> list:

@@ -21,8 +21,8 @@ import sys
 from typing import List, Optional
 
 from mtkd_env.config import ConfigError
-
-from .collective import launch_rank
+from mtkd_env.runtime import collective
+from mtkd_env.runtime.collective import launch_rank
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _saved_env_device(run_dir: str) -> str:
     """The env device of the run to resume, to pick the process-group backend before rank 0 has
     read (and validated) the run; "auto" when this rank cannot read it."""
-    from .run import load_run_config
+    from .checkpoint import load_run_config
 
     try:
         return str(load_run_config(run_dir)["env"].get("device", "auto"))
@@ -75,8 +75,9 @@ def _saved_env_device(run_dir: str) -> str:
 
 
 def _build_run(args: argparse.Namespace, command: List[str], ctx):
-    from . import api, collective
-    from .run import Run, load_run_config
+    from . import api
+    from .checkpoint import load_run_config
+    from .run import Run
 
     if args.resume:
         saved_algo = collective.on_rank0(ctx, lambda: load_run_config(args.resume)["algo"])
@@ -112,8 +113,6 @@ def _ignore_signals_once_stopped(run) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from . import collective
-
     try:
         return _main(args, argv)
     finally:
@@ -123,8 +122,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _main(args: argparse.Namespace, argv: Optional[List[str]]) -> int:
     from mtkd_env.teachers import CheckpointError
 
-    from . import api, collective
-    from .run import SUMMARY_NAME, format_summary
+    from . import api
+    from .checkpoint import SUMMARY_NAME
+    from .summary import format_summary
 
     main_rank = launch_rank() == 0
     say = (lambda *a, **k: print(*a, **k)) if main_rank else (lambda *a, **k: None)  # only rank 0 reports

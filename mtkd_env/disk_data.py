@@ -26,7 +26,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .data import DatasetSplits, random_crop_flip, register_dataset
+from .tensor_data import DatasetSplits, random_crop_flip
 
 __all__ = ["DatasetNotFoundError", "cifar100", "imagefolder", "StreamingSplits", "StreamingLoader",
            "StreamEvalSet", "ImageSamples", "CIFAR100_MEAN", "CIFAR100_STD", "IMAGENET_MEAN", "IMAGENET_STD"]
@@ -110,7 +110,6 @@ def _normalise(x: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> to
     return t.sub_(torch.tensor(mean)[:, None, None]).div_(torch.tensor(std)[:, None, None])
 
 
-@register_dataset("cifar100")
 def cifar100(data_dir: Optional[str] = None, seed: int = 0, n_val: int = 5000,
              download: bool = False) -> DatasetSplits:
     """CIFAR-100 from `data_dir` (torchvision layout): 50k train / 10k test, 100 classes, 3x32x32.
@@ -315,7 +314,6 @@ def _scan(folder: Path, classes: Optional[List[str]] = None) -> Tuple[List[str],
     return classes, samples
 
 
-@register_dataset("imagefolder")
 def imagefolder(data_dir: Optional[str] = None, seed: int = 0, image_size: int = 224, n_val: Optional[int] = None,
                 num_workers: Optional[int] = None, mean: Sequence[float] = IMAGENET_MEAN,
                 std: Sequence[float] = IMAGENET_STD) -> StreamingSplits:

@@ -8,7 +8,8 @@ import pytest
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
-from agents.mtkd_rl import MTKDRL, MTKDRLConfig, PolicyTrans, StateLayout, priors, weights_to_linear_action
+from agents.mtkd_rl import MTKDRL, MTKDRLConfig, PolicyTrans, StateLayout, weights_to_linear_action
+from agents.mtkd_rl_network import priors
 
 
 def _layout(m: int, extra: int = 2) -> StateLayout:

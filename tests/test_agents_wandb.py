@@ -10,7 +10,7 @@ import time
 import pytest
 
 from agents import api
-from agents.tracking import default_wandb_mode
+from mtkd_env.runtime.tracking import default_wandb_mode
 
 
 def _records(path):

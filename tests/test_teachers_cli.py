@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from mtkd_env import EnvConfig, MultiTeacherKDEnv, models
-from mtkd_env import teacher_cli
+from mtkd_env.teachers import cli as teacher_cli
 from mtkd_env.data import build_dataset
-from mtkd_env.teacher_cli import TeacherTrainConfig, train_teacher
+from mtkd_env.teachers.cli import TeacherTrainConfig, train_teacher
 from mtkd_env.teachers import CheckpointError, load_checkpoint, load_pool, save_checkpoint
 
 SYNTH = {"shape": [3, 8, 8], "num_classes": 4, "n_train": 64, "n_val": 16, "n_test": 16}

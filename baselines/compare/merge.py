@@ -27,10 +27,11 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 from mtkd_env.config import ConfigError, EnvConfig
 
-from . import report
-from .compare import (CompareError, CompareOptions, Job, _atomic_write, _describe_jobs, _read_rows, _run_file,
-                      read_meta,
-                      _settings_diff, _write_report, _write_rows, job_list, parse_shard, shard_of)
+from .. import report
+from .jobs import Job, job_list, parse_shard, shard_of
+from .options import CompareError, CompareOptions
+from .outdir import atomic_write, describe_jobs, read_meta, read_rows, run_file, settings_diff, write_rows
+from .summary import write_report
 
 __all__ = ["merge_outputs", "LOCATION_FIELDS"]
 
@@ -65,13 +66,13 @@ def _load(path: Path) -> _Folder:
             raise CompareError(f"--merge: {str(path)!r} has no {key!r} record (its run stopped before building the "
                                f"env, or an older baselines.compare wrote it); rerun its command (finished rows are "
                                f"kept), then merge")
-    return _Folder(path, meta, _read_rows(path / "results.csv"))
+    return _Folder(path, meta, read_rows(path / "results.csv"))
 
 
 def _check_same(a: _Folder, b: _Folder) -> None:
     """Raise if `b` cannot be merged with `a`, naming the first thing that differs."""
     where = f"cannot merge {str(b.path)!r} with {str(a.path)!r}"
-    diff = _settings_diff(a.meta["settings"], b.meta["settings"], ignore=LOCATION_FIELDS)
+    diff = settings_diff(a.meta["settings"], b.meta["settings"], ignore=LOCATION_FIELDS)
     if diff:
         raise CompareError(f"{where}: made with other settings ({'; '.join(diff)})")
     ia, ib = a.info, b.info
@@ -150,8 +151,8 @@ def merge_outputs(dirs: Sequence[str], out: str, command: str = "") -> List[repo
         raise CompareError(f"--merge: {len(missing)} of {len(jobs)} runs are missing ({names}): "
                            f"{_missing_hint(missing, folders)}")
     for (policy, seed), (_, folder) in kept.items():
-        if not _run_file(folder.path, policy, seed).is_file():
-            raise CompareError(f"--merge: {str(_run_file(folder.path, policy, seed))!r} is missing (the curves of "
+        if not run_file(folder.path, policy, seed).is_file():
+            raise CompareError(f"--merge: {str(run_file(folder.path, policy, seed))!r} is missing (the curves of "
                                f"a row of results.csv); rerun that folder's command and merge again")
 
     settings = first.meta["settings"]
@@ -162,9 +163,9 @@ def merge_outputs(dirs: Sequence[str], out: str, command: str = "") -> List[repo
                            f"{exc}") from None
     _prepare_target(target, settings)
     for (policy, seed), (_, folder) in kept.items():
-        _atomic_write(_run_file(target, policy, seed), _run_file(folder.path, policy, seed).read_text())
+        atomic_write(run_file(target, policy, seed), run_file(folder.path, policy, seed).read_text())
     rows = [kept[j][0] for j in jobs]
-    _write_rows(target / "results.csv", rows)
+    write_rows(target / "results.csv", rows)
     agents: Dict[str, Dict[str, str]] = {}
     for folder in folders:
         for algo, entries in folder.meta.get("agents", {}).items():
@@ -172,13 +173,13 @@ def merge_outputs(dirs: Sequence[str], out: str, command: str = "") -> List[repo
     meta = {"settings": settings, "wandb_group": first.meta["wandb_group"],
             "jobs": {"policies": policies, "seeds": seeds, "shard": None, "command": command},
             "env_info": first.info, "agents": agents, "merged_from": [str(p.resolve()) for p in paths]}
-    _atomic_write(target / "compare.json", json.dumps(meta, indent=1))
+    atomic_write(target / "compare.json", json.dumps(meta, indent=1))
     opts = CompareOptions(policies=policies, seeds=seeds, env_config=env_config, out=str(target),
                           eval_every=settings["eval_every"], normalization=settings["normalization"],
                           aekd_cap=settings["aekd_cap"], train_seeds=settings["train_seeds"],
                           train_timesteps=settings["train_timesteps"], progress=False, command=command)
-    sources = "; ".join(f"`{p}` ({_describe_jobs(f.jobs)})" for p, f in zip(paths, folders))
-    return _write_report(opts, rows, first.info, [f"- merged from {len(folders)} folder(s): {sources}"])
+    sources = "; ".join(f"`{p}` ({describe_jobs(f.jobs)})" for p, f in zip(paths, folders))
+    return write_report(opts, rows, first.info, [f"- merged from {len(folders)} folder(s): {sources}"])
 
 
 def _prepare_target(target: Path, settings: Dict[str, Any]) -> None:
@@ -186,7 +187,7 @@ def _prepare_target(target: Path, settings: Dict[str, Any]) -> None:
     meta_path = target / "compare.json"
     if meta_path.is_file():
         meta = read_meta(meta_path)
-        diff = _settings_diff(meta["settings"], settings, ignore=LOCATION_FIELDS)
+        diff = settings_diff(meta["settings"], settings, ignore=LOCATION_FIELDS)
         if diff:
             raise CompareError(f"--out {str(target)!r} holds results made with other settings ({'; '.join(diff)}); "
                                f"merge into a new folder")

@@ -12,7 +12,7 @@ A spec is one of
 - `arch=/path/to/checkpoint.pt`: this project's checkpoints, RepDistiller/mdistiller files
   (state dict under "model") or bare state dicts; always read with `weights_only=True`.
 
-`python -m mtkd_env.teachers train|list` is the teacher CLI (`mtkd_env.teacher_cli`).
+`python -m mtkd_env.teachers train|list` is the teacher CLI (`mtkd_env.teachers.cli`).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from . import models
-from .data import DATASETS, DatasetSplits
+from .. import models
+from ..data import DATASETS, DatasetSplits
 
 __all__ = ["TeacherSpec", "parse_spec", "Teacher", "load_pool", "train_model", "evaluate_accuracy",
            "evaluate_split", "EMBEDDED_DATASETS", "save_checkpoint", "load_checkpoint", "read_checkpoint_meta",
@@ -345,7 +345,7 @@ def load_pool(specs: List[str], splits, device: torch.device, cache_dir: str, se
             model = _seeded_build(spec.arch, splits, seed * 1000 + i)
             meta["source"] = "random"
         elif spec.source == "pretrained" or spec.source.startswith("pretrained:"):
-            from .models.imagenet import TORCHVISION_MODELS, WeightsNotFoundError
+            from ..models.imagenet import TORCHVISION_MODELS, WeightsNotFoundError
 
             if spec.arch not in TORCHVISION_MODELS:
                 raise CheckpointError(f"teacher {raw!r}: '=pretrained' needs a torchvision model "
@@ -388,10 +388,3 @@ def load_pool(specs: List[str], splits, device: torch.device, cache_dir: str, se
         pool.append(Teacher(str(spec), model, val_acc, meta))
     return pool
 
-
-if __name__ == "__main__":
-    import sys
-
-    from mtkd_env.teacher_cli import main
-
-    sys.exit(main())

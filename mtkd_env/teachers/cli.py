@@ -77,7 +77,7 @@ class TeacherTrainConfig:
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
-        from .config import ConfigError
+        from ..config import ConfigError
 
         for name in ("epochs", "batch_size", "eval_every", "eval_batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
@@ -98,7 +98,7 @@ class TeacherTrainConfig:
 
 
 def _cache_dir(cache_dir: Optional[str]) -> Path:
-    from .config import default_cache_dir
+    from ..config import default_cache_dir
 
     return Path(cache_dir or f"{default_cache_dir()}/teachers")
 
@@ -111,10 +111,10 @@ def train_teacher(cfg: TeacherTrainConfig, log=print) -> Path:
     """Train (or resume) one teacher as configured; returns the checkpoint path."""
     from tqdm.auto import tqdm
 
-    from . import models
-    from .data import build_dataset
-    from .engine import resolve_device
-    from .teachers import (CheckpointError, TeacherTraining, atomic_torch_save, evaluate_split, save_checkpoint,
+    from .. import models
+    from ..data import build_dataset
+    from ..engine import resolve_device
+    from . import (CheckpointError, TeacherTraining, atomic_torch_save, evaluate_split, save_checkpoint,
                            split_key, trained_path)
 
     splits = build_dataset(cfg.dataset, data_dir=cfg.data_dir, seed=cfg.data_seed, **cfg.dataset_kwargs)
@@ -176,7 +176,7 @@ def train_teacher(cfg: TeacherTrainConfig, log=print) -> Path:
 
 def list_teachers(cache_dir: Optional[str] = None, log=print) -> List[dict]:
     """Print and return the cached teachers (and unfinished runs) of `cache_dir`."""
-    from .teachers import CheckpointError, read_checkpoint_meta
+    from . import CheckpointError, read_checkpoint_meta
 
     cache = _cache_dir(cache_dir)
     rows = []
@@ -241,8 +241,8 @@ def _field_docs() -> dict:
 
 
 def main(argv: Optional[list] = None) -> int:
-    from .config import ConfigError, parse_overrides
-    from .teachers import CheckpointError
+    from ..config import ConfigError, parse_overrides
+    from . import CheckpointError
 
     parser = argparse.ArgumentParser(prog="python -m mtkd_env.teachers", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -255,7 +255,7 @@ def main(argv: Optional[list] = None) -> int:
     if args.command == "list":
         list_teachers(args.cache_dir)
         return 0
-    from .engine import resolve_device
+    from ..engine import resolve_device
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TeacherTrainConfig)}
     try:

@@ -1,4 +1,4 @@
-"""What a training run needs from torch.distributed beyond the env: agreeing on outcomes.
+"""What an entry point needs from torch.distributed beyond the env: agreeing on outcomes.
 
 Under `torchrun`, every rank runs the same `agents.train` code with the same seed and the env
 applies rank 0's action on every rank (`mtkd_env.distributed`), so rank 0's agent decides. Every

@@ -1,0 +1,59 @@
+"""summary.md, curves.png and weights.png of a comparison's rows."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+from .. import report
+from ..policies import POLICIES
+from .options import REFERENCE, CompareOptions
+from .outdir import atomic_write, run_file
+
+__all__ = ["write_report"]
+
+
+def write_report(opts: CompareOptions, rows: List[Dict[str, Any]], info: Dict[str, Any],
+                  notes: Sequence[str] = ()) -> List[report.PolicyStats]:
+    """summary.md, curves.png and weights.png of `rows` (those of `opts.policies` x `opts.seeds`)
+    into `opts.out`; `info` is the env's `env_info` record, `notes` extra summary lines."""
+    out = Path(opts.out)
+    wanted = [r for r in rows if r["policy"] in opts.policies and int(r["seed"]) in opts.seeds]
+    stats = report.policy_stats(wanted, opts.policies, REFERENCE)
+    if not stats:
+        return stats
+    curves: Dict[str, List[dict]] = {}
+    for name in opts.policies:
+        for seed in opts.seeds:
+            path = run_file(out, name, seed)
+            if path.is_file():
+                curves.setdefault(name, []).append(json.loads(path.read_text()))
+    cfg, names, total_steps = opts.env_config, info["teacher_names"], info["total_steps"]
+    title = f"{cfg.dataset}: {cfg.student} from {len(names)} teachers, {total_steps} steps"
+    report.plot_curves(curves, str(out / "curves.png"), title=title)
+    report.plot_weights(curves, names, str(out / "weights.png"))
+    table = report.summary_table(stats, REFERENCE)
+    teachers = ", ".join(f"{n} (val {100 * a:.1f}%)" for n, a in zip(names, info["teacher_val_acc"]))
+    text = "\n".join([
+        "# Policy comparison", "",
+        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- command: `{opts.command or 'run_compare(...)'}`",
+        *notes,
+        f"- env: dataset `{cfg.dataset}`, student `{cfg.student}`, teachers {teachers}; "
+        f"{total_steps} steps of batch {cfg.batch_size}, feature KD {'on' if cfg.feature_kd else 'off'} "
+        f"(alpha {cfg.kd_alpha}, beta {cfg.feat_beta}, T {cfg.kd_temperature})",
+        f"- evaluation seeds: {sorted(set(int(r['seed']) for r in wanted))} (same student init and data order "
+        f"for every policy)",
+        f"- EBKD / CA-MKD normalisation: {opts.normalization}; AEKD cap {opts.aekd_cap}"
+        + (f"; RL train seeds {opts.train_seeds}" if any(p not in POLICIES for p in opts.policies) else ""),
+        "- test accuracy at the end of the episode; std over seeds (ddof 1); Δ = mean paired difference "
+        "to AVER on the same seeds, p-values two-sided", "",
+        table, "", report.verdict(stats, REFERENCE), "",
+        "Artefacts: `results.csv`, `curves.png` (validation accuracy vs step), `weights.png` "
+        "(teacher weights over training), `runs/*.json`.", ""])
+    atomic_write(out / "summary.md", text)
+    print(table)
+    print(report.verdict(stats, REFERENCE))
+    return stats
