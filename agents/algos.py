@@ -1,20 +1,19 @@
 """Algorithm registry: name -> how to validate its hyperparameters, build it and load its policy.
 
-Every entry builds an *agent*: the algorithm plus its `MultiTeacherKDEnv`, exposing the same small
-interface to the run (`learn`, `num_timesteps`, `training_state`/`load_training_state`,
-`save_model`, `raw_reward`, `env`, `model`).
+Every entry builds an *agent* (`Agent`): the algorithm plus its `MultiTeacherKDEnv`, exposing the
+same small interface to the run.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Union
+from typing import Any, Callable, Dict, Protocol, Union
 
 import torch
 
 from mtkd_env import EnvConfig
-from mtkd_env.config import ConfigError
+from mtkd_env.runtime.errors import ConfigError, did_you_mean
 
 from .hyperparams import validate_dataclass, validate_sb3
 from .mtkd_rl import ENV_OVERRIDES, MTKDRL, MTKDRLConfig
@@ -22,7 +21,33 @@ from .modelfile import MODEL_NAME, read_meta
 from .policy import Policy
 from .sb3_agent import SB3_CLASSES, SB3Agent, load_sb3_policy
 
-__all__ = ["AlgoSpec", "REGISTRY", "get_spec", "load_policy", "MTKDAgent", "MTKDRLPolicy"]
+__all__ = ["Agent", "AlgoSpec", "REGISTRY", "get_spec", "load_policy", "MTKDAgent", "MTKDRLPolicy"]
+
+
+class Agent(Protocol):
+    """What a training run drives (`SB3Agent`, `MTKDAgent`). Checkpoints are taken only at safe
+    points (`callback.on_rollout_start()`), where `training_state()` is complete."""
+
+    env: Any
+    """The agent's `MultiTeacherKDEnv`."""
+    model: Any
+    """The SB3 model or `MTKDRL`: `set_logger`, `predict` and SB3's callback interface."""
+
+    @property
+    def num_timesteps(self) -> int: ...
+
+    def learn(self, total_timesteps: int, callback: Any, reset_num_timesteps: bool) -> None: ...
+
+    def raw_reward(self, locals_: dict) -> float:
+        """The env's reward of the last step (before any reward normalisation)."""
+
+    def training_state(self) -> dict:
+        """Everything a bit-identical continuation needs (weights-only-loadable)."""
+
+    def load_training_state(self, state: dict) -> None: ...
+
+    def save_model(self, path: Path, meta: dict) -> None:
+        """Write model.zip with `meta` as its `mtkd_meta.json`."""
 
 
 @dataclass(frozen=True)
@@ -31,7 +56,7 @@ class AlgoSpec:
     env_overrides: Dict[str, Any]
     """EnvConfig fields the algorithm needs on top of the user's config."""
     validate: Callable[[dict], dict]
-    build: Callable[[EnvConfig, dict, int, str], Any]
+    build: Callable[[EnvConfig, dict, int, str], Agent]
     load_policy: Callable[[Path, dict], Policy]
 
 
@@ -81,6 +106,10 @@ class MTKDRLPolicy(Policy):
     def predict(self, obs, state=None, episode_start=None, deterministic: bool = True):
         return self.model.predict(obs, state, episode_start, deterministic)
 
+    def trained_shapes(self):
+        layout = self.model.layout  # any batch size B: (B, F) states, (B, 2M) actions
+        return (None, layout.width), (None, 2 * layout.num_teachers)
+
 
 def _validate_mtkd(name: str) -> Callable[[dict], dict]:
     def validate(hp: dict) -> dict:
@@ -122,7 +151,7 @@ REGISTRY: Dict[str, AlgoSpec] = {
 
 def get_spec(algo: str) -> AlgoSpec:
     if algo not in REGISTRY:
-        raise ConfigError(f"unknown algo {algo!r}; expected one of {list(REGISTRY)}")
+        raise ConfigError(f"unknown algo {algo!r}{did_you_mean([algo], REGISTRY)}; expected one of {list(REGISTRY)}")
     return REGISTRY[algo]
 
 

@@ -12,8 +12,7 @@ import torch
 import yaml
 
 from mtkd_env.config import ConfigError
-
-from .modelfile import torch_load
+from mtkd_env.runtime.files import load_weights
 
 __all__ = ["CONFIG_NAME", "CHECKPOINT", "SUMMARY_NAME", "FORMAT", "capture_rng", "restore_rng", "load_run_config",
            "read_run", "loader_overrides", "rank_agent_state"]
@@ -70,7 +69,7 @@ def load_run_config(run_dir: Path) -> dict:
 def read_run(run_dir: Path) -> tuple:
     """(config, checkpoint state) of a run directory, or a one-line `ConfigError`."""
     config = load_run_config(run_dir)
-    state = torch_load(run_dir / CHECKPOINT, f"checkpoint {str(run_dir / CHECKPOINT)!r}")
+    state = load_weights(run_dir / CHECKPOINT, f"checkpoint {str(run_dir / CHECKPOINT)!r}")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ConfigError(f"--resume {str(run_dir)!r}: {CHECKPOINT} is not a format-{FORMAT} checkpoint of "
                           f"algo {config['algo']!r}")

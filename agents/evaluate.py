@@ -8,61 +8,72 @@ validation accuracy as mean ± std; `--aver` adds equal weights on the same seed
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
-from typing import List, Optional
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
-from mtkd_env.config import ConfigError
+from mtkd_env.runtime.cli import ArgumentParser, add_env_flags, env_config_from, run_cli
+from mtkd_env.runtime.options import add_options, check_options, knob, options_from
 
-from .train import _Parser
+
+@dataclass
+class EvaluateOptions:
+    """The knobs of `python -m agents.evaluate` (besides the env's: `--env-config`, `--env`)."""
+
+    model: str = knob(metavar="DIR_OR_ZIP")
+    """A run directory or its model.zip."""
+    episodes: int = knob(5, minimum=1)
+    """Number of fresh students."""
+    seed: int = knob(0, minimum=0)
+    """Seed of the first episode (the others use the next seeds)."""
+    aver: bool = False
+    """Also run equal weights (AVER) on the same seeds."""
+    json: Optional[str] = knob(None, metavar="FILE")
+    """Also write the per-episode results as JSON."""
+
+    def __post_init__(self) -> None:
+        check_options(self, label="flag")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m agents.evaluate", description=__doc__,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, metavar="DIR_OR_ZIP", help="a run directory or its model.zip")
-    p.add_argument("--episodes", type=int, default=5, help="number of fresh students (default 5)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first episode (default 0)")
-    p.add_argument("--env-config", metavar="FILE", help="YAML/JSON EnvConfig replacing the training one")
-    p.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE", help="EnvConfig overrides")
-    p.add_argument("--aver", action="store_true", help="also run equal weights (AVER) on the same seeds")
-    p.add_argument("--json", metavar="FILE", help="also write the per-episode results as JSON")
+    p = ArgumentParser(prog="python -m agents.evaluate", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_options(p, EvaluateOptions)
+    add_env_flags(p)
     return p
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    from mtkd_env import EnvConfig
-    from mtkd_env.config import load_config_file, parse_overrides
-    from mtkd_env.teachers import CheckpointError
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_cli(_main, argv)
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
+    from mtkd_env.runtime.files import atomic_write_text, check_output_file
 
     from .api import load_policy
     from .evaluation import evaluate_equal, evaluate_policy, mean_std
-    from .modelfile import atomic_write_text
 
-    try:
-        if args.episodes < 1:
-            raise ConfigError(f"--episodes: expected an integer >= 1, got {args.episodes}")
-        policy = load_policy(args.model)
-        base = load_config_file(args.env_config) if args.env_config else policy.env_config.to_dict()
-        base.update(parse_overrides(args.env))
-        config = EnvConfig.from_dict(base).replace(show_progress=False)
-        seeds = list(range(args.seed, args.seed + args.episodes))
-        results = {"policy": evaluate_policy(policy, config, seeds)}
-        if args.aver:
-            results["aver"] = evaluate_equal(config, seeds)
-    except (ConfigError, CheckpointError, ValueError) as exc:
-        print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
-        return 2
-    print(f"{policy.algo} from {args.model}: {args.episodes} fresh student(s), seeds {seeds[0]}..{seeds[-1]}")
+    args = vars(build_parser().parse_args(argv))
+    opts = options_from(EvaluateOptions, args)
+    if opts.json is not None:
+        check_output_file(opts.json, "--json")  # before the episodes, not after them
+    policy = load_policy(opts.model)
+    config = env_config_from(args, base=policy.env_config.to_dict()).replace(show_progress=False)
+    seeds = list(range(opts.seed, opts.seed + opts.episodes))
+    results = {"policy": evaluate_policy(policy, config, seeds)}
+    if opts.aver:
+        results["aver"] = evaluate_equal(config, seeds)
+    print(f"{policy.algo} from {opts.model}: {opts.episodes} fresh student(s), seeds {seeds[0]}..{seeds[-1]}")
     for name, rows in results.items():
-        tm, ts = mean_std([r.final_test_acc for r in rows])
-        vm, vs = mean_std([r.final_val_acc for r in rows])
+        tm, ts = mean_std([r.test_acc for r in rows])
+        vm, vs = mean_std([r.val_acc for r in rows])
         label = "trained policy" if name == "policy" else "equal weights (AVER)"
         print(f"  {label:<20}  test acc {tm:.4f} ± {ts:.4f}   val acc {vm:.4f} ± {vs:.4f}")
-    if args.json:
-        data = {k: [vars(r) for r in v] for k, v in results.items()}
-        atomic_write_text(args.json, json.dumps(data, indent=1))
+    if opts.json is not None:
+        data = {k: [dataclasses.asdict(r) for r in v] for k, v in results.items()}
+        atomic_write_text(opts.json, json.dumps(data, indent=1))
     return 0
 
 

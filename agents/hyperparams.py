@@ -19,6 +19,8 @@ from typing import Any, Callable, Dict, Optional, Union
 
 from mtkd_env import ENV_ID
 from mtkd_env.config import ConfigError, load_config_file
+from mtkd_env.runtime.errors import did_you_mean
+from mtkd_env.runtime.options import check_type, is_instance
 
 __all__ = ["HYPERPARAMS_DIR", "default_hyperparams", "load_hyperparams_file", "resolve_hyperparams",
            "validate_sb3", "sb3_kwargs", "validate_dataclass", "activations"]
@@ -36,6 +38,13 @@ _SCHEDULABLE = {"learning_rate", "clip_range", "clip_range_vf"}
 _NORMALIZE_KEYS = {"norm_obs": bool, "norm_reward": bool, "clip_obs": float, "clip_reward": float,
                    "gamma": float, "epsilon": float}
 NOISE_TYPES = ("normal", "ornstein-uhlenbeck")
+_BOUNDS = {  # (low, high), inclusive: values SB3 would take without complaint but that cannot be meant
+    "n_timesteps": (1, None), "gamma": (0, 1), "gae_lambda": (0, 1), "tau": (0, 1), "n_steps": (1, None),
+    "batch_size": (1, None), "n_epochs": (1, None), "buffer_size": (1, None), "learning_starts": (0, None),
+    "vf_coef": (0, None), "ent_coef": (0, None), "max_grad_norm": (0, None), "noise_std": (0, None),
+    "policy_delay": (1, None), "target_policy_noise": (0, None), "target_noise_clip": (0, None),
+    "clip_obs": (0, None), "clip_reward": (0, None), "epsilon": (0, None)}
+_POSITIVE = ("learning_rate", "clip_range", "clip_range_vf")
 
 
 def activations() -> Dict[str, Any]:
@@ -83,16 +92,21 @@ def resolve_hyperparams(algo: str, validate: Callable[[dict], dict], file: Optio
     return validate(hp)
 
 
-# --- SB3 -------------------------------------------------------------------------------------
-def _type_ok(value: Any, expected: Any) -> bool:
-    if isinstance(expected, tuple):
-        return any(_type_ok(value, e) for e in expected)
-    if expected is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if expected is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, expected)
+def _refuse_unknown(algo_name: str, hp: dict, known: set) -> None:
+    unknown = sorted(set(hp) - known)
+    if unknown:
+        raise ConfigError(f"unknown {algo_name} hyperparameter(s) {unknown}{did_you_mean(unknown, known)}; known: "
+                          f"{sorted(known)}")
 
+
+# --- SB3 -------------------------------------------------------------------------------------
+def _as_type(expected: Any) -> Any:
+    """A tuple of accepted types as the typing Union `check_type` reads."""
+    return typing.Union[tuple(expected)] if isinstance(expected, tuple) else expected
+
+
+def _type_ok(value: Any, expected: Any) -> bool:
+    return is_instance(value, _as_type(expected))
 
 def _schedule_ok(value: Any) -> bool:
     if _type_ok(value, float):
@@ -122,18 +136,14 @@ def validate_sb3(algo_name: str, cls: type, hp: dict) -> dict:
     allowed: Dict[str, Any] = {k: p.default for k, p in params.items() if k not in _SB3_RUN_ARGS}
     off_policy = "replay_buffer_class" in params
     extra = dict(_SB3_EXTRA, **(_NOISE_KEYS if off_policy else {}))
-    unknown = sorted(set(hp) - set(allowed) - set(extra))
-    if unknown:
-        raise ConfigError(f"unknown {algo_name} hyperparameter(s) {unknown}; known: {sorted(set(allowed) | set(extra))}")
+    _refuse_unknown(algo_name, hp, set(allowed) | set(extra))
     out = {}
     for key, value in hp.items():
         if key in extra:
             expected = extra[key]
             if expected is float:
                 value = _coerce_number(value)
-            if not _type_ok(value, expected):
-                raise ConfigError(f"hyperparameter {key}: expected {_name(expected)}, got {type(value).__name__} "
-                                  f"{value!r}")
+            check_type(f"hyperparameter {key}", value, _as_type(expected))
         elif key in _SCHEDULABLE:
             value = _coerce_number(value)
             if not (_schedule_ok(value) or (value is None and allowed[key] is None)):
@@ -158,18 +168,16 @@ def validate_sb3(algo_name: str, cls: type, hp: dict) -> dict:
             else:
                 expected = (float, int, str, bool, type(None))
                 value = _coerce_number(value)
-            if not _type_ok(value, expected):
-                raise ConfigError(f"hyperparameter {key}: expected {_name(expected)}, got {type(value).__name__} "
-                                  f"{value!r}")
+            check_type(f"hyperparameter {key}", value, _as_type(expected))
         out[key] = value
-    if "n_timesteps" in out and out["n_timesteps"] < 1:
-        raise ConfigError(f"hyperparameter n_timesteps: expected an integer >= 1, got {out['n_timesteps']}")
+    for key, value in out.items():
+        _check_bounds(key, key, value)
     if isinstance(out.get("normalize"), dict):
         for k, v in out["normalize"].items():
             if k not in _NORMALIZE_KEYS:
                 raise ConfigError(f"hyperparameter normalize.{k}: unknown key; known: {sorted(_NORMALIZE_KEYS)}")
-            if not _type_ok(v, _NORMALIZE_KEYS[k]):
-                raise ConfigError(f"hyperparameter normalize.{k}: expected {_name(_NORMALIZE_KEYS[k])}, got {v!r}")
+            check_type(f"hyperparameter normalize.{k}", v, _NORMALIZE_KEYS[k])
+            _check_bounds(f"normalize.{k}", k, v)
     if "noise_type" in out and out["noise_type"] not in NOISE_TYPES:
         raise ConfigError(f"hyperparameter noise_type: expected one of {list(NOISE_TYPES)}, got {out['noise_type']!r}")
     pk = out.get("policy_kwargs") or {}
@@ -179,10 +187,18 @@ def validate_sb3(algo_name: str, cls: type, hp: dict) -> dict:
     return out
 
 
-def _name(expected: Any) -> str:
-    if isinstance(expected, tuple):
-        return " or ".join(_name(e) for e in expected)
-    return {type(None): "null"}.get(expected, getattr(expected, "__name__", str(expected)))
+def _check_bounds(label: str, key: str, value: Any) -> None:
+    if isinstance(value, str) and value.startswith("lin_"):
+        value = float(value[4:])
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    what = "an integer" if isinstance(value, int) else "a number"
+    if key in _POSITIVE and not value > 0:
+        raise ConfigError(f"hyperparameter {label}: expected {what} > 0, got {value!r}")
+    low, high = _BOUNDS.get(key, (None, None))
+    if (low is not None and value < low) or (high is not None and value > high):
+        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ConfigError(f"hyperparameter {label}: expected {what} {bound}, got {value!r}")
 
 
 def _schedule(value: Any) -> Any:
@@ -222,17 +238,12 @@ def validate_dataclass(algo_name: str, cls: type, hp: dict, extra: Optional[Dict
     extra = extra or {}
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
-    unknown = sorted(set(hp) - set(fields) - set(extra))
-    if unknown:
-        raise ConfigError(f"unknown {algo_name} hyperparameter(s) {unknown}; known: {sorted(set(fields) | set(extra))}")
+    _refuse_unknown(algo_name, hp, set(fields) | set(extra))
     out = {}
     for key, value in hp.items():
         expected = extra.get(key) or hints[key]
         if expected is float or expected == Optional[float]:
             value = _coerce_number(value)
-        if typing.get_origin(expected) is typing.Union:
-            expected = tuple(typing.get_args(expected))
-        if not _type_ok(value, expected):
-            raise ConfigError(f"hyperparameter {key}: expected {_name(expected)}, got {type(value).__name__} {value!r}")
+        check_type(f"hyperparameter {key}", value, expected)
         out[key] = value
     return out

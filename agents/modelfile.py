@@ -11,56 +11,17 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 import zipfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Union
 
-import torch
+from mtkd_env.runtime.errors import CheckpointError
+from mtkd_env.runtime.files import load_weights
 
-from mtkd_env.config import ConfigError
-
-__all__ = ["META_NAME", "MODEL_NAME", "add_meta", "read_meta", "read_torch_member", "atomic_path",
-           "atomic_write_text", "torch_save_atomic", "torch_load"]
+__all__ = ["META_NAME", "MODEL_NAME", "add_meta", "read_meta", "read_torch_member"]
 
 META_NAME = "mtkd_meta.json"
 MODEL_NAME = "model.zip"
-
-
-@contextmanager
-def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; move it into place only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_text(path: Union[str, Path], text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
-def torch_save_atomic(obj: object, path: Union[str, Path]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def torch_load(path: Union[str, Path, io.BytesIO], what: str) -> object:
-    """`torch.load(weights_only=True)` on the CPU; a one-line `ConfigError` if unreadable."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ConfigError(f"{what} could not be read as a weights-only torch file: "
-                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
 
 def add_meta(zip_path: Union[str, Path], meta: dict) -> None:
@@ -70,25 +31,27 @@ def add_meta(zip_path: Union[str, Path], meta: dict) -> None:
 
 
 def read_meta(path: Union[str, Path]) -> dict:
-    """The metadata of a model zip; a one-line `ConfigError` if `path` is not one of ours."""
+    """The metadata of a model zip; a one-line `CheckpointError` if `path` is not one of ours."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"model file {str(path)!r} does not exist (expected a run directory or its model.zip)")
+        raise CheckpointError(f"model file {str(path)!r} does not exist (expected a run directory or its model.zip)")
     try:
         with zipfile.ZipFile(path) as archive:
             if META_NAME not in archive.namelist():
-                raise ConfigError(f"model file {str(path)!r} has no {META_NAME}; expected a model.zip written by "
-                                  "agents.train")
+                raise CheckpointError(f"model file {str(path)!r} has no {META_NAME}; expected a model.zip written by "
+                                      "agents.train")
             return json.loads(archive.read(META_NAME))
-    except zipfile.BadZipFile:
-        raise ConfigError(f"model file {str(path)!r} is not a zip file (expected a model.zip written by "
-                          "agents.train)") from None
+    except (zipfile.BadZipFile, ValueError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(f"model file {str(path)!r} is not a zip file with a valid {META_NAME} (expected a "
+                              "model.zip written by agents.train)") from None
 
 
 def read_torch_member(path: Union[str, Path], member: str) -> object:
     """A weights-only torch object stored as `member` inside the zip at `path`."""
     with zipfile.ZipFile(path) as archive:
         if member not in archive.namelist():
-            raise ConfigError(f"model file {str(path)!r} has no {member!r}")
+            raise CheckpointError(f"model file {str(path)!r} has no {member!r}")
         data = io.BytesIO(archive.read(member))
-    return torch_load(data, f"{member} in {str(path)!r}")
+    return load_weights(data, f"{member} in {str(path)!r}")

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mtkd_env.actions import weights_to_action
 from mtkd_env.config import ConfigError
 
 from .mtkd_rl_network import MTKDRLConfig, PolicyTrans, StateLayout
@@ -54,11 +55,7 @@ exactly invertible action transform so `predict`'s simplex weights are the weigh
 
 def weights_to_linear_action(w_logit: np.ndarray, w_feat: np.ndarray) -> np.ndarray:
     """The env action (B, 2M) whose "linear" transform gives back exactly these (B, M) weights."""
-    parts = []
-    for w in (w_logit, w_feat):
-        w = np.asarray(w, dtype=np.float64)
-        parts.append(2.0 * w / np.maximum(w.max(-1, keepdims=True), 1e-12) - 1.0)
-    return np.clip(np.concatenate(parts, axis=-1), -1.0, 1.0).astype(np.float32)
+    return weights_to_action([w_logit, w_feat], "linear", 1.0)
 
 
 def _sample_simplex(dist: torch.distributions.Dirichlet, floor: float = 1e-6) -> torch.Tensor:
@@ -290,7 +287,9 @@ class MTKDRL:
 
     def save(self, path: Union[str, Path], meta: Optional[dict] = None) -> None:
         """Write a zip with `mtkd_meta.json` (variant, config, layout + `meta`) and `agent.pth`."""
-        from .modelfile import META_NAME, atomic_path
+        from mtkd_env.runtime.files import atomic_path
+
+        from .modelfile import META_NAME
         import json
 
         full = dict(meta or {})

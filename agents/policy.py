@@ -8,11 +8,12 @@ training (VecNormalize) is applied inside `predict`, so callers pass raw observa
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 
 from mtkd_env import EnvConfig
+from mtkd_env.runtime.errors import ConfigError
 
 __all__ = ["Policy", "INTERFACE_FIELDS", "interface_overrides"]
 
@@ -56,9 +57,30 @@ class Policy:
         return user_config.replace(**self.env_overrides)
 
     def predict(self, obs: np.ndarray, state: Optional[Any] = None, episode_start: Optional[np.ndarray] = None,
-                deterministic: bool = True):
+                deterministic: bool = True) -> Tuple[np.ndarray, Any]:
         """Action in the env's action space for a raw observation; returns `(action, state)`."""
         raise NotImplementedError
+
+    def trained_shapes(self) -> Tuple[Sequence[Optional[int]], Sequence[Optional[int]]]:
+        """(observation shape, action shape) the agent was trained on; None marks a free dimension."""
+        raise NotImplementedError
+
+    def check_env(self, env: Any) -> None:
+        """A one-line `ConfigError` if `env`'s observation or action differs from the training env's
+        (e.g. another teacher pool or dataset), instead of a shape error inside the network."""
+        obs, act = self.trained_shapes()
+        got_obs, got_act = tuple(env.observation_space.shape), tuple(env.action_space.shape)
+
+        def fits(want: Sequence[Optional[int]], got: tuple) -> bool:
+            return len(want) == len(got) and all(w is None or w == g for w, g in zip(want, got))
+
+        if fits(obs, got_obs) and fits(act, got_act):
+            return
+        shape = lambda s: "(" + ", ".join("B" if d is None else str(d) for d in s) + ("," if len(s) == 1 else "") + ")"  # noqa: E731
+        raise ConfigError(f"the {self.algo} agent was trained on observations {shape(obs)} and actions {shape(act)} "
+                          f"(teachers {self.meta.get('teacher_names')}); this env has {shape(got_obs)} and "
+                          f"{shape(got_act)} (teachers {list(env.teacher_names)}); expected an env with the "
+                          f"teacher pool, dataset and {', '.join(INTERFACE_FIELDS)} it was trained with")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(algo={self.algo!r}, env_overrides={self.env_overrides!r})"

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional
 
-import torch
 import yaml
 from stable_baselines3.common.callbacks import BaseCallback
 
@@ -37,14 +36,17 @@ from mtkd_env import ENV_ID, EnvConfig
 from mtkd_env.config import ConfigError
 from mtkd_env.distributed import context as dist_context
 from mtkd_env.runtime import collective
+from mtkd_env.runtime.files import atomic_write_text, check_output_dir, torch_save_atomic
+from mtkd_env.runtime.options import check_options, knob
+from mtkd_env.runtime.resources import resolve_device
 from mtkd_env.runtime.tracking import WANDB_MODES, git_info, package_versions, start_wandb
 
 from . import tracking
-from .algos import get_spec
+from .algos import Agent, get_spec
 from .callback import RunCallback
 from .checkpoint import (CHECKPOINT, CONFIG_NAME, FORMAT, SUMMARY_NAME, capture_rng, loader_overrides, rank_agent_state,
                          read_run, restore_rng)
-from .modelfile import MODEL_NAME, atomic_write_text, torch_save_atomic
+from .modelfile import MODEL_NAME
 from .summary import flatten, summarize
 
 __all__ = ["RunSettings", "TrainingInterrupted", "Run"]
@@ -63,34 +65,39 @@ class TrainingInterrupted(Exception):
 
 @dataclass
 class RunSettings:
-    """How to run an algorithm (everything but the env config and hyperparameters)."""
+    """How to run an algorithm (everything but the env config and hyperparameters); every field is
+    the `agents.train` flag of the same name (`_` -> `-`, or the `flag` given)."""
 
-    algo: str
-    total_timesteps: int
-    seed: int = 0
-    out_dir: str = "runs"
-    wandb_mode: str = "disabled"
+    algo: str = knob(metavar="NAME")
+    """Algorithm: ppo, a2c, sac, td3 (Stable-Baselines3), mtkd-rl or mtkd-rl-pg (the MTKD-RL agent);
+    see `agents.api.ALGOS`."""
+    total_timesteps: int = knob(minimum=1, cli_help_default="the hyperparameters' n_timesteps")
+    """Env steps to train."""
+    seed: int = knob(0, minimum=0, maximum=2 ** 32 - 1)
+    """Seed of the agent, the env and the evaluation students."""
+    out_dir: str = knob("runs", flag="--out", metavar="DIR")
+    """Parent folder of the run directory."""
+    wandb_mode: str = knob("disabled", flag="--wandb", choices=WANDB_MODES,
+                           cli_help_default="$WANDB_MODE, else online if logged in, else offline")
+    """W&B mode."""
     wandb_project: str = "mtkd-rl"
+    """W&B project."""
     wandb_group: Optional[str] = None
+    """W&B group, e.g. an experiment name."""
     device: str = "cpu"
-    save_freq: int = 1000
+    """Torch device of the agent: cpu, cuda, cuda:N or auto (the env's device is the EnvConfig field)."""
+    save_freq: int = knob(1000, minimum=0)
     """Env steps between periodic checkpoints (taken at the next safe point); 0 = only at the end."""
-    eval_episodes: int = 0
-    show_progress: bool = True
+    eval_episodes: int = knob(0, minimum=0, cli_help_default="3")
+    """Fresh students for the final summary, each under the trained policy and equal weights."""
+    show_progress: bool = knob(True, flag="--progress")
+    """Show a progress bar."""
 
     def validate(self) -> None:
-        if self.total_timesteps < 1:
-            raise ConfigError(f"total_timesteps: expected an integer >= 1, got {self.total_timesteps}")
-        if self.save_freq < 0:
-            raise ConfigError(f"save_freq: expected an integer >= 0, got {self.save_freq}")
-        if self.eval_episodes < 0:
-            raise ConfigError(f"eval_episodes: expected an integer >= 0, got {self.eval_episodes}")
-        if self.wandb_mode not in WANDB_MODES:
-            raise ConfigError(f"wandb mode: expected one of {list(WANDB_MODES)}, got {self.wandb_mode!r}")
+        check_options(self)
         if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
             raise ConfigError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"device: {self.device!r} was requested but CUDA is not available; use 'cpu'")
+        resolve_device(self.device)  # CUDA asked for but absent: a ConfigError
 
 
 def _rank_config(config: EnvConfig, ctx) -> EnvConfig:
@@ -113,7 +120,7 @@ def _slug(name: str) -> str:
 class Run:
     """Build with `Run.create(...)` (new) or `Run.resume(...)`, then call `train()`."""
 
-    def __init__(self, settings: RunSettings, env_config: EnvConfig, hyperparams: dict, agent: Any,
+    def __init__(self, settings: RunSettings, env_config: EnvConfig, hyperparams: dict, agent: Agent,
                  run_dir: Path, config: dict, extra_callbacks: Optional[List[BaseCallback]] = None) -> None:
         self.settings, self.env_config, self.hyperparams = settings, env_config, hyperparams
         self.agent, self.run_dir, self.config = agent, run_dir, config
@@ -134,6 +141,9 @@ class Run:
         self.logger = None
         self._t0 = 0.0
         self._rng_to_restore: Optional[dict] = None
+        self.discarded = False
+        """True once a run that ended before its first checkpoint has had its directory removed."""
+        self._made_out_dir = False
 
     # --- construction ------------------------------------------------------------------------
     @classmethod
@@ -145,6 +155,7 @@ class Run:
         teachers are trained into the cache once); only rank 0 creates the directory, and every
         rank gets its path and config."""
         settings.validate()
+        check_output_dir(settings.out_dir, "--out")
         ctx = dist_context()
         spec = get_spec(settings.algo)
         effective = env_config.replace(**spec.env_overrides)
@@ -167,8 +178,11 @@ class Run:
             atomic_write_text(run_dir / CONFIG_NAME, text)
             return str(run_dir), config
 
+        out_existed = Path(settings.out_dir).is_dir()
         run_dir, config = collective.on_rank0(ctx, make_dir)
-        return cls(settings, effective, hyperparams, agent, Path(run_dir), config, extra_callbacks)
+        run = cls(settings, effective, hyperparams, agent, Path(run_dir), config, extra_callbacks)
+        run._made_out_dir = not out_existed
+        return run
 
     @classmethod
     def resume(cls, run_dir: Path, total_timesteps: Optional[int] = None, wandb_mode: Optional[str] = None,
@@ -297,13 +311,13 @@ class Run:
     def train(self) -> Path:
         """Train until `total_timesteps`; returns the run directory (raises `TrainingInterrupted`)."""
         resumed = self._rng_to_restore is not None
-        self._start_logging(resumed)
-        if resumed:
-            restore_rng(self._rng_to_restore)
-        remaining = self.settings.total_timesteps - self.agent.num_timesteps
-        self._t0 = time.time()
         self._install_handlers()
         try:
+            self._start_logging(resumed)
+            if resumed:
+                restore_rng(self._rng_to_restore)
+            remaining = self.settings.total_timesteps - self.agent.num_timesteps
+            self._t0 = time.time()
             if remaining > 0:
                 callbacks = [self.callback] + self.extra_callbacks
                 self.agent.learn(remaining, callback=callbacks, reset_num_timesteps=not resumed)
@@ -316,6 +330,8 @@ class Run:
                                          self.dist.world_size)
         except BaseException:  # TrainingInterrupted, a second Ctrl-C, or an error: close the logs
             self._finish(interrupted=True)
+            if not resumed:
+                self._discard_if_unsaved()
             raise
         finally:
             self._restore_handlers()
@@ -326,6 +342,18 @@ class Run:
             atomic_write_text(self.run_dir / SUMMARY_NAME, json.dumps(summary, indent=1))
         self._finish(interrupted=False, summary=summary)
         return self.run_dir
+
+    def _discard_if_unsaved(self) -> None:
+        """A new run that ends before its first checkpoint cannot be resumed: remove its directory
+        (config, logs) rather than leave a half-made run behind (`discarded` says so)."""
+        if self.dist.is_main and not (self.run_dir / CHECKPOINT).is_file():
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            if self._made_out_dir:
+                try:
+                    self.run_dir.parent.rmdir()  # only if empty
+                except OSError:
+                    pass
+            self.discarded = True
 
     def _finish(self, interrupted: bool, summary: Optional[dict] = None) -> None:
         if self.logger is not None:

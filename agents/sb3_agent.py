@@ -5,7 +5,9 @@ The env is wrapped as rl-zoo3 does: `Monitor` -> `DummyVecEnv` -> optional `VecN
 bit-identical continuation needs: the env episode (student, optimiser, data position, RNG),
 Monitor and VecNormalize accumulators, `_last_obs`, counters, the replay buffer and action noise.
 Checkpoints are taken at rollout boundaries (`on_rollout_start`), where the rollout buffer is
-empty, so nothing half-collected has to be saved.
+empty, so nothing half-collected has to be saved. That state lives in SB3's private attributes
+(`_last_obs`, `_n_updates`, `_episode_num`, ...), so setup.cfg bounds stable-baselines3 to the
+versions tested (`<2.10`); a new version needs the resume tests (tests/test_agents_resume.py).
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from gymnasium import spaces
 
 from mtkd_env import EnvConfig
 from mtkd_env.config import ConfigError
+from mtkd_env.runtime.errors import CheckpointError
+from mtkd_env.runtime.files import atomic_path, why_unreadable
 
 from .hyperparams import sb3_kwargs
-from .modelfile import add_meta, atomic_path, read_meta
+from .modelfile import add_meta, read_meta
 from .policy import Policy, interface_overrides
 
 __all__ = ["SB3_CLASSES", "SB3Agent", "SB3Policy", "load_sb3_policy"]
@@ -243,6 +247,9 @@ class SB3Policy(Policy):
         return self.model.predict(self.normalize(obs), state=state, episode_start=episode_start,
                                   deterministic=deterministic)
 
+    def trained_shapes(self):
+        return (np.shape(self.meta["observation_space"]["low"]), np.shape(self.meta["action_space"]["low"]))
+
 
 def load_sb3_policy(path: Path, meta: Optional[dict] = None, device: str = "cpu") -> SB3Policy:
     """Rebuild the model from its metadata and load its weights without unpickling."""
@@ -256,5 +263,9 @@ def load_sb3_policy(path: Path, meta: Optional[dict] = None, device: str = "cpu"
         kwargs.pop("learning_starts", None)
     with torch.random.fork_rng(devices=[]):  # the throw-away initialisation leaves the caller's RNG alone
         model = SB3_CLASSES()[algo](hp.get("policy", "MlpPolicy"), env, device=device, verbose=0, **kwargs)
-    model.set_parameters(str(path), exact_match=True, device=device)
+    try:
+        model.set_parameters(str(path), exact_match=True, device=device)
+    except Exception as exc:  # SB3 reads each member with torch.load(weights_only=True)
+        raise CheckpointError(f"model file {str(path)!r} could not be loaded as weights-only {algo} parameters: "
+                              f"{why_unreadable(exc)}") from None
     return SB3Policy(model, meta)

@@ -49,18 +49,18 @@ def summarize(run: Any) -> dict:
         trained = evaluate_policy(policy, user_config, seeds)
         # Equal weights through `step_weights` train the student identically in either granularity.
         equal = evaluate_equal(user_config, seeds)
-        diff = [a.final_test_acc - b.final_test_acc for a, b in zip(trained, equal)]
+        diff = [a.test_acc - b.test_acc for a, b in zip(trained, equal)]
         summary["eval"] = {
             "seeds": seeds,
-            "policy_test_acc": [r.final_test_acc for r in trained],
-            "equal_test_acc": [r.final_test_acc for r in equal],
-            "policy_val_acc": [r.final_val_acc for r in trained],
-            "equal_val_acc": [r.final_val_acc for r in equal],
-            "policy_test_acc_mean_std": mean_std([r.final_test_acc for r in trained]),
-            "equal_test_acc_mean_std": mean_std([r.final_test_acc for r in equal]),
+            "policy_test_acc": [r.test_acc for r in trained],
+            "equal_test_acc": [r.test_acc for r in equal],
+            "policy_val_acc": [r.val_acc for r in trained],
+            "equal_val_acc": [r.val_acc for r in equal],
+            "policy_test_acc_mean_std": mean_std([r.test_acc for r in trained]),
+            "equal_test_acc_mean_std": mean_std([r.test_acc for r in equal]),
             "test_acc_diff_mean_std": mean_std(diff),
-            "mean_weight_logit": dict(zip(names, np.mean([r.mean_weight_logit for r in trained], 0).tolist())),
-            "mean_weight_feat": dict(zip(names, np.mean([r.mean_weight_feat for r in trained], 0).tolist())),
+            "mean_weight_logit": dict(zip(names, np.mean([r.mean_w_logit for r in trained], 0).tolist())),
+            "mean_weight_feat": dict(zip(names, np.mean([r.mean_w_feat for r in trained], 0).tolist())),
         }
     return summary
 

@@ -18,48 +18,29 @@ import json
 import os
 import signal
 import sys
-from typing import List, Optional
+from dataclasses import fields
+from typing import Any, Dict, List, Optional, Sequence
 
 from mtkd_env.config import ConfigError
 from mtkd_env.runtime import collective
-from mtkd_env.runtime.collective import launch_rank
+from mtkd_env.runtime.cli import ArgumentParser, add_env_flags, env_config_from, given_flags, run_cli, say
 
-
-class _Parser(argparse.ArgumentParser):
-    """Argument errors as one line (and exit code 2), like every other bad input."""
-
-    def error(self, message: str):  # type: ignore[override]
-        if launch_rank() == 0:  # under torchrun every rank parses the same arguments
-            print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
-        sys.exit(2)
-
-
-_RUN_DEFINING = ("seed", "env_config", "env", "hyperparams", "out", "save_freq", "wandb_project", "wandb_group")
+_RUN_DEFINING = ("seed", "env_config", "env", "hyperparams", "out_dir", "save_freq", "wandb_project", "wandb_group")
+"""Flags that define a run: `--resume` continues the saved run, so none of them may be given."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .api import ALGOS
+    from mtkd_env.runtime.options import add_options
 
-    p = _Parser(prog="python -m agents.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--algo", help=f"algorithm: one of {', '.join(ALGOS)}")
-    p.add_argument("--total-timesteps", type=int, help="env steps to train (default: the hyperparameters' n_timesteps)")
-    p.add_argument("--seed", type=int, help="seed of the agent, the env and the evaluation students (default 0)")
-    p.add_argument("--env-config", metavar="FILE", help="YAML/JSON file of EnvConfig fields")
-    p.add_argument("--env", nargs="*", metavar="KEY=VALUE", help="EnvConfig overrides, e.g. epochs=5 device=cpu")
-    p.add_argument("--hyperparams", metavar="FILE",
+    from .run import RunSettings
+
+    p = ArgumentParser(prog="python -m agents.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_options(p, RunSettings)
+    add_env_flags(p)
+    p.add_argument("--hyperparams", metavar="FILE", default=argparse.SUPPRESS,
                    help="rl-zoo3-style YAML/JSON overriding agents/hyperparams/<algo>.yml (keyed by env id or flat)")
-    p.add_argument("--eval-episodes", type=int, default=None,
-                   help="fresh students for the final summary, each under the trained policy and equal weights (default 3)")
-    p.add_argument("--out", metavar="DIR", help="parent of the run directory (default runs/)")
-    p.add_argument("--wandb", choices=["online", "offline", "disabled"],
-                   help="W&B mode (default: $WANDB_MODE, else online if logged in, else offline)")
-    p.add_argument("--wandb-project", help="W&B project (default mtkd-rl)")
-    p.add_argument("--wandb-group", help="W&B group, e.g. an experiment name")
-    p.add_argument("--device", help="torch device of the agent: cpu (default), cuda, cuda:N or auto; "
-                                    "the env's device is the EnvConfig field `device`")
-    p.add_argument("--save-freq", type=int, help="env steps between checkpoints (default 1000; 0 = only at the end)")
-    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
+    p.add_argument("--resume", metavar="DIR", default=argparse.SUPPRESS,
+                   help="continue the run in DIR from its checkpoint")
     return p
 
 
@@ -74,26 +55,25 @@ def _saved_env_device(run_dir: str) -> str:
         return "auto"
 
 
-def _build_run(args: argparse.Namespace, command: List[str], ctx):
+def _build_run(args: Dict[str, Any], env_config, command: List[str], ctx):
     from . import api
     from .checkpoint import load_run_config
-    from .run import Run
+    from .run import Run, RunSettings
 
-    if args.resume:
-        saved_algo = collective.on_rank0(ctx, lambda: load_run_config(args.resume)["algo"])
-        if args.algo is not None and args.algo != saved_algo:
-            raise ConfigError(f"--algo {args.algo} does not match the resumed run's algo {saved_algo!r}")
-        run = Run.resume(args.resume, args.total_timesteps, args.wandb, args.progress, args.device)
-        if args.eval_episodes is not None:
-            run.settings.eval_episodes = args.eval_episodes
+    if "resume" in args:
+        saved_algo = collective.on_rank0(ctx, lambda: load_run_config(args["resume"])["algo"])
+        if args.get("algo", saved_algo) != saved_algo:
+            raise ConfigError(f"--algo {args['algo']} does not match the resumed run's algo {saved_algo!r}")
+        run = Run.resume(args["resume"], args.get("total_timesteps"), args.get("wandb_mode"), args.get("show_progress"),
+                         args.get("device"))
+        if "eval_episodes" in args:
+            run.settings.eval_episodes = args["eval_episodes"]
         return run
-    return api.prepare_run(
-        args.algo, env_config=args.env_config_obj, seed=args.seed or 0,
-        total_timesteps=args.total_timesteps, out_dir=args.out or "runs", wandb_mode=args.wandb,
-        wandb_project=args.wandb_project or "mtkd-rl", wandb_group=args.wandb_group,
-        hyperparams_file=args.hyperparams, show_progress=args.progress, device=args.device or "cpu",
-        save_freq=args.save_freq if args.save_freq is not None else 1000,
-        eval_episodes=3 if args.eval_episodes is None else args.eval_episodes, command=command)
+    settings = {f.name: args[f.name] for f in fields(RunSettings) if f.name in args and f.name != "algo"}
+    settings.setdefault("eval_episodes", 3)   # the CLI's default; the API's is 0
+    settings.setdefault("wandb_mode", None)   # None: $WANDB_MODE, else online if logged in, else offline
+    return api.prepare_run(args["algo"], env_config=env_config, hyperparams_file=args.get("hyperparams"),
+                           command=command, **settings)
 
 
 def _ignore_signals_once_stopped(run) -> None:
@@ -111,46 +91,31 @@ def _ignore_signals_once_stopped(run) -> None:
         signal.signal(sig, handler)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return _main(args, argv)
-    finally:
-        collective.leave()
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_cli(_main, argv)
 
 
-def _main(args: argparse.Namespace, argv: Optional[List[str]]) -> int:
-    from mtkd_env.teachers import CheckpointError
-
+def _main(argv: Optional[Sequence[str]]) -> int:
     from . import api
     from .checkpoint import SUMMARY_NAME
     from .summary import format_summary
 
-    main_rank = launch_rank() == 0
-    say = (lambda *a, **k: print(*a, **k)) if main_rank else (lambda *a, **k: None)  # only rank 0 reports
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
     command = [sys.executable, "-m", "agents.train"] + list(sys.argv[1:] if argv is None else argv)
-    try:
-        # Checks that need no other rank come first: every rank reaches the same verdict.
-        if args.resume:
-            given = [f"--{k.replace('_', '-')}" for k in _RUN_DEFINING if getattr(args, k) is not None]
-            if given:
-                raise ConfigError(f"--resume continues the saved run; {', '.join(given)} cannot change it")
-            device = _saved_env_device(args.resume)
-        else:
-            if args.algo is None:
-                raise ConfigError("--algo is required (or --resume DIR)")
-            from mtkd_env import EnvConfig
-            from mtkd_env.config import load_config_file, parse_overrides
-
-            data = load_config_file(args.env_config) if args.env_config else {}
-            data.update(parse_overrides(args.env or []))
-            args.env_config_obj = EnvConfig.from_dict(data)
-            device = args.env_config_obj.device
-        ctx = collective.join(device)  # before any env exists: the env shards itself over the group
-        run = _build_run(args, command, ctx)
-    except (ConfigError, CheckpointError, ValueError) as exc:
-        say(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
-        return 2
+    # Checks that need no other rank come first: every rank reaches the same verdict.
+    if "resume" in args:
+        given = given_flags(parser, args, _RUN_DEFINING)
+        if given:
+            raise ConfigError(f"--resume continues the saved run; {', '.join(given)} cannot change it")
+        env_config, device = None, _saved_env_device(args["resume"])
+    else:
+        if "algo" not in args:
+            raise ConfigError("--algo is required (or --resume DIR)")
+        env_config = env_config_from(args)
+        device = env_config.device
+    ctx = collective.join(device)  # before any env exists: the env shards itself over the group
+    run = _build_run(args, env_config, command, ctx)
     say(f"run directory: {run.run_dir}", file=sys.stderr)
     if ctx.enabled:
         _ignore_signals_once_stopped(run)
@@ -160,10 +125,14 @@ def _main(args: argparse.Namespace, argv: Optional[List[str]]) -> int:
         say(str(exc), file=sys.stderr)
         return 128 + exc.signum
     except KeyboardInterrupt:  # a second Ctrl-C, or one during the final evaluation
-        say(f"aborted; the last checkpoint in {run.run_dir} resumes with: python -m agents.train --resume "
-            f"{run.run_dir}", file=sys.stderr)
+        if run.discarded:
+            say(f"aborted before the first checkpoint: nothing to resume; removed the unfinished run directory "
+                f"{run.run_dir}", file=sys.stderr)
+        else:
+            say(f"aborted; the last checkpoint in {run.run_dir} resumes with: python -m agents.train --resume "
+                f"{run.run_dir}", file=sys.stderr)
         return 130
-    if main_rank:
+    if ctx.is_main:
         summary = json.loads((run_dir / SUMMARY_NAME).read_text())
         print(format_summary(summary))
     return 0

@@ -4,7 +4,8 @@ A policy reads the env's prepared batch (`env.engine.batch`), computes weights w
 from `baselines.weights`, and either
 
 - `act()` -> (w_logit, w_feat) numpy weights for `env.step_weights` (exact; what
-  `baselines.compare` uses), or
+  `baselines.compare` uses; `start_episode` + `weights(env)` are the same as a
+  `mtkd_env.protocols.WeightPolicy`, on the global batch under torch.distributed), or
 - `predict(obs, deterministic=True)` -> (action, state), the SB3 interface: the action is
   `env.weights_to_action(w_logit, w_feat)`, exact under `action_transform="linear"` and up to the
   transform's clip for "softmax" (a one-hot weight becomes about 0.96 / 0.02 / 0.02 at
@@ -19,10 +20,13 @@ classifier heads, which the engine does not expose).
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any, Callable, ClassVar, Dict, Optional, Tuple, Type
 
 import numpy as np
 import torch
+
+from mtkd_env.runtime.errors import ConfigError, did_you_mean
 
 from . import weights as W
 
@@ -48,7 +52,8 @@ def make_policy(name: str, env=None, *, seed: int = 0, **options: Any) -> "Formu
     """Build formula policy `name` (optionally bound to `env`); `options` go to its weight function
     (e.g. `normalization="reference"`, `cap=0.5`, `concentration=0.3`)."""
     if name not in POLICIES:
-        raise ValueError(f"unknown formula policy {name!r}; known formula policies: {policy_names()}")
+        raise ConfigError(f"unknown formula policy {name!r}{did_you_mean([name], POLICIES)}; known formula policies: "
+                          f"{policy_names()}")
     return POLICIES[name](env, seed=seed, **options)
 
 
@@ -64,7 +69,7 @@ class FormulaPolicy:
     def __init__(self, env=None, *, seed: int = 0, **options: Any) -> None:
         unknown = sorted(set(options) - set(self.options_allowed))
         if unknown:
-            raise ValueError(f"policy {self.algo!r}: unknown option(s) {unknown}; expected "
+            raise ConfigError(f"policy {self.algo!r}: unknown option(s) {unknown}; expected "
                              f"{list(self.options_allowed) or 'none'}")
         self.options = options
         self.env = None
@@ -91,6 +96,33 @@ class FormulaPolicy:
     def reset(self, seed: int) -> None:
         """Re-seed per-episode randomness (only `random` has any)."""
         self.seed = int(seed)
+
+    def start_episode(self, env, seed: int) -> None:
+        """Bind to `env` (just reset with `seed`) and re-seed: the `WeightPolicy` start of an episode."""
+        self.bind(env)
+        self.reset(seed)
+
+    def weights(self, env) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """`act()`, on the global batch when the env is distributed.
+
+        Under torch.distributed each rank holds b = B / W rows of the batch. Per-sample formulas (EBKD,
+        CA-MKD) must return all B rows (`env.step_weights` applies rank 0's array on every rank and each
+        rank takes its own rows) and batch-level ones (AEKD) average over the whole batch, so the
+        formula reads the rows of every rank, gathered in rank order: exactly the 1-process batch.
+        Gathered: teacher logits (M, B, C), labels (B,) and student logits (B, C), what the weight
+        functions read. Returns (w_logit, None): (B, M) for per-sample policies, else (M,).
+        """
+        ctx = env.dist
+        if not ctx.enabled:
+            return self.act()
+        if self.env is not env:
+            raise RuntimeError(f"policy {self.algo!r} is not bound to this env; call bind(env) first")
+        batch = env.engine.batch
+        whole = SimpleNamespace(
+            teacher_logits=ctx.gather_rows(batch.teacher_logits.transpose(0, 1)).transpose(0, 1),
+            y=ctx.gather_rows(batch.y), student_logits=ctx.gather_rows(batch.student_logits.detach()))
+        w = self.batch_weights(whole)
+        return (w if self.per_sample else w[0]).cpu().numpy(), None
 
     def predict(self, obs: np.ndarray, state: Any = None, episode_start: Any = None,
                 deterministic: bool = True) -> Tuple[np.ndarray, Any]:

@@ -10,17 +10,15 @@ import dataclasses
 import json
 import math
 import os
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
+from .runtime.errors import ConfigError, did_you_mean
+from .runtime.options import check_type, coerce_numbers, field_docs, parse_pairs
+
 __all__ = ["EnvConfig", "ConfigError", "load_config_file", "parse_overrides", "default_cache_dir"]
-
-
-class ConfigError(ValueError):
-    """A configuration value was missing, unknown, of the wrong type or out of range."""
 
 
 def default_cache_dir() -> str:
@@ -155,7 +153,7 @@ class EnvConfig:
         """Type- and range-check every field; raise `ConfigError` on the first problem."""
         hints = typing.get_type_hints(EnvConfig)
         for f in dataclasses.fields(self):
-            _check_type(f.name, getattr(self, f.name), hints[f.name])
+            check_type(f.name, getattr(self, f.name), hints[f.name])
         if not isinstance(self.teachers, list) or not self.teachers:
             raise ConfigError("teachers: expected a non-empty list of teacher specs, got "
                               f"{self.teachers!r}")
@@ -207,10 +205,8 @@ class EnvConfig:
             raise ConfigError(f"env config: expected a mapping of field names to values, got "
                               f"{type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown EnvConfig field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**_coerce_floats(data))
+        _refuse_unknown(set(data), known)
+        return cls(**coerce_numbers(cls, data))
 
     @classmethod
     def from_file(cls, path: Union[str, Path]) -> "EnvConfig":
@@ -228,16 +224,14 @@ class EnvConfig:
         """A copy with `overrides` applied (validated like `from_dict`)."""
         merged = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         known = set(merged)
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ConfigError(f"unknown EnvConfig field(s) {unknown}; known fields: {sorted(known)}")
-        merged.update(_coerce_floats(overrides))
+        _refuse_unknown(set(overrides), known)
+        merged.update(coerce_numbers(EnvConfig, overrides))
         return EnvConfig(**merged)
 
     @classmethod
     def field_docs(cls) -> dict:
         """Field name -> its documentation string (parsed from this source file)."""
-        return _FIELD_DOCS
+        return field_docs(cls)
 
 
 def load_config_file(path: Union[str, Path]) -> dict:
@@ -269,93 +263,20 @@ def load_config_file(path: Union[str, Path]) -> dict:
     return data
 
 
-def parse_overrides(pairs: list) -> dict:
+def parse_overrides(pairs: list, flag: str = "override") -> dict:
     """Parse CLI `KEY=VALUE` strings; values are read as YAML scalars/lists (`epochs=2`,
-    `teachers=[cnn,mlp]`, `device=cpu`)."""
-    import yaml
-
-    out = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise ConfigError(f"override {pair!r}: expected KEY=VALUE")
-        key, value = pair.split("=", 1)
-        try:
-            out[key.strip()] = yaml.safe_load(value) if value != "" else None
-        except yaml.YAMLError:
-            out[key.strip()] = value
-    return out
+    `teachers=[cnn,mlp]`, `device=cpu`). A key given twice with different values is refused."""
+    return parse_pairs(pairs, flag)
 
 
 # --------------------------------------------------------------------------------------------
-def _coerce_floats(data: dict) -> dict:
-    """YAML 1.1 reads `1e-4` as a string; accept such numerals for float fields."""
-    hints = typing.get_type_hints(EnvConfig)
-    out = dict(data)
-    for key, value in data.items():
-        tp = hints.get(key)
-        if isinstance(value, str) and (tp is float or tp == Optional[float]):
-            try:
-                out[key] = float(value)
-            except ValueError:
-                pass
-    return out
+def _refuse_unknown(keys: set, known: set) -> None:
+    unknown = sorted(keys - known)
+    if unknown:
+        raise ConfigError(f"unknown EnvConfig field(s) {unknown}{did_you_mean(unknown, known)}; known fields: "
+                          f"{sorted(known)}")
 
 
 def _check_choice(name: str, value: str, choices: tuple) -> None:
     if value not in choices:
         raise ConfigError(f"{name}: expected one of {list(choices)}, got {value!r}")
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
-
-
-def _check_type(name: str, value: Any, tp: Any) -> None:
-    origin = typing.get_origin(tp)
-    if origin is Union or origin is types.UnionType:
-        args = typing.get_args(tp)
-        for arg in args:
-            try:
-                _check_type(name, value, arg)
-                return
-            except ConfigError:
-                continue
-        raise ConfigError(f"{name}: expected {' or '.join(_type_name(a) for a in args)}, got "
-                          f"{type(value).__name__} {value!r}")
-    if tp is type(None):
-        if value is not None:
-            raise ConfigError(f"{name}: expected null, got {value!r}")
-        return
-    if origin is not None and origin.__module__ == "collections.abc":  # Callable
-        if not callable(value):
-            raise ConfigError(f"{name}: expected a callable, got {value!r}")
-        return
-    if tp is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    elif tp is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, tp)
-    if not ok:
-        raise ConfigError(f"{name}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
-
-
-def _parse_field_docs() -> dict:
-    """Docstrings placed right after each field in the class body (shown by `--help` texts)."""
-    import ast
-    import inspect
-
-    try:
-        tree = ast.parse(inspect.getsource(EnvConfig))
-    except (OSError, TypeError):
-        return {}
-    body = tree.body[0].body
-    docs = {}
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(
-                getattr(nxt, "value", None), ast.Constant) and isinstance(nxt.value.value, str):
-            docs[node.target.id] = " ".join(nxt.value.value.split())
-    return docs
-
-
-_FIELD_DOCS = _parse_field_docs()

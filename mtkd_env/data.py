@@ -17,13 +17,17 @@ import numpy as np
 import torch
 
 from . import disk_data
+from .protocols import Splits
+from .runtime.errors import ConfigError, did_you_mean, unknown_name
 from .tensor_data import DatasetSplits, DeviceLoader, TensorEvalSet, random_crop_flip
 
 __all__ = ["DatasetSplits", "DATASETS", "register_dataset", "build_dataset", "DeviceLoader",
            "random_crop_flip", "TensorEvalSet"]
 
 
-DATASETS: Dict[str, Callable[..., DatasetSplits]] = {}
+DATASETS: Dict[str, Callable[..., Splits]] = {}
+"""Dataset name -> builder `f(data_dir, seed, **options)`; in-memory builders return `DatasetSplits`,
+streamed ones `mtkd_env.disk_data.StreamingSplits`."""
 
 
 def register_dataset(name: str) -> Callable:
@@ -34,17 +38,17 @@ def register_dataset(name: str) -> Callable:
     return deco
 
 
-def build_dataset(name: str, data_dir: Optional[str] = None, seed: int = 0, **kwargs) -> DatasetSplits:
+def build_dataset(name: str, data_dir: Optional[str] = None, seed: int = 0, **kwargs) -> Splits:
     """Build dataset `name`; `seed` fixes the split (and generated data). Unknown options raise
-    a `ValueError` listing the dataset's options."""
+    a `ConfigError` listing the dataset's options."""
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {sorted(DATASETS)}")
+        raise unknown_name("dataset", name, DATASETS)
     builder = DATASETS[name]
     options = [p for p in inspect.signature(builder).parameters if p not in ("data_dir", "seed")]
     unknown = sorted(set(kwargs) - set(options))
     if unknown:
-        raise ValueError(f"dataset {name!r}: unknown option(s) {unknown} in dataset_kwargs; expected some of "
-                         f"{options}")
+        raise ConfigError(f"dataset {name!r}: unknown option(s) {unknown} in dataset_kwargs{did_you_mean(unknown, options)}; "
+                          f"expected some of {options}")
     return builder(data_dir=data_dir, seed=seed, **kwargs)
 
 
@@ -91,12 +95,12 @@ def synthetic(data_dir: Optional[str] = None, seed: int = 0, shape: tuple = (3, 
     """
     shape = tuple(shape) if isinstance(shape, (list, tuple)) else (shape,)
     if not shape or any(not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in shape):
-        raise ValueError(f"synthetic: shape must be a list of positive integers such as [3, 32, 32], got {shape!r}")
+        raise ConfigError(f"synthetic: shape must be a list of positive integers such as [3, 32, 32], got {shape!r}")
     if not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"synthetic: num_classes must be an integer >= 2, got {num_classes!r}")
+        raise ConfigError(f"synthetic: num_classes must be an integer >= 2, got {num_classes!r}")
     for key, n in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
         if not isinstance(n, int) or n < 1:
-            raise ValueError(f"synthetic: {key} must be an integer >= 1, got {n!r}")
+            raise ConfigError(f"synthetic: {key} must be an integer >= 1, got {n!r}")
     g = torch.Generator().manual_seed(seed)
     protos = torch.randn((num_classes, *shape), generator=g)
 

@@ -26,7 +26,8 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .tensor_data import DatasetSplits, random_crop_flip
+from .runtime.errors import ConfigError, UserError
+from .tensor_data import DatasetSplits, check_batch_size, random_crop_flip
 
 __all__ = ["DatasetNotFoundError", "cifar100", "imagefolder", "StreamingSplits", "StreamingLoader",
            "StreamEvalSet", "ImageSamples", "CIFAR100_MEAN", "CIFAR100_STD", "IMAGENET_MEAN", "IMAGENET_STD"]
@@ -37,7 +38,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """An on-disk dataset is missing or not in the expected layout."""
 
 
@@ -99,7 +100,7 @@ def _cifar_root(data_dir: Optional[str], download: bool) -> Path:
 def _holdout(n: int, n_val: int, seed: int) -> Tuple[np.ndarray, np.ndarray]:
     """(train indices, val indices): a seeded random `n_val` of `range(n)` held out."""
     if not isinstance(n_val, int) or isinstance(n_val, bool) or not 0 <= n_val < n:
-        raise ValueError(f"n_val must be an integer in [0, {n}) (training samples held out for validation), "
+        raise ConfigError(f"n_val must be an integer in [0, {n}) (training samples held out for validation), "
                          f"got {n_val!r}")
     perm = np.random.default_rng(seed).permutation(n)
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
@@ -181,11 +182,7 @@ class StreamingLoader:
 
     def __init__(self, samples: ImageSamples, batch_size: int, device: torch.device, augment: bool,
                  num_workers: int = 0, rank: int = 0, world_size: int = 1) -> None:
-        if batch_size > len(samples):
-            raise ValueError(f"batch_size {batch_size} is larger than the training split ({len(samples)} samples)")
-        if batch_size % world_size:
-            raise ValueError(f"batch_size {batch_size} (the global batch) must be divisible by the world size "
-                             f"{world_size}")
+        check_batch_size(batch_size, len(samples), world_size)
         self.samples, self.batch_size, self.device = samples, batch_size, torch.device(device)
         self.rank, self.world_size, self.local_batch = rank, world_size, batch_size // world_size
         self.augment, self.num_workers = augment, num_workers
@@ -280,7 +277,7 @@ class StreamingSplits:
     def train_loader(self, batch_size: int, augment: bool, device: torch.device,
                      labels: Optional[torch.Tensor] = None, rank: int = 0, world_size: int = 1) -> StreamingLoader:
         if labels is not None:
-            raise ValueError(f"{self.name}: replacing training labels (noisy teachers) needs an in-memory dataset")
+            raise ConfigError(f"{self.name}: replacing training labels (noisy teachers) needs an in-memory dataset")
         return StreamingLoader(self.train, batch_size, device, augment, self.num_workers, rank, world_size)
 
     def eval_set(self, split: str, device: torch.device) -> StreamEvalSet:
@@ -329,7 +326,7 @@ def imagefolder(data_dir: Optional[str] = None, seed: int = 0, image_size: int =
     if data_dir is None:
         raise DatasetNotFoundError(f"imagefolder: data_dir is not set; expected {_FOLDER_LAYOUT}")
     if not isinstance(image_size, int) or image_size < 8:
-        raise ValueError(f"imagefolder: image_size must be an integer >= 8, got {image_size!r}")
+        raise ConfigError(f"imagefolder: image_size must be an integer >= 8, got {image_size!r}")
     root = Path(data_dir).expanduser()
     classes, train_samples = _scan(root / "train")
     _, val_samples = _scan(root / "val", classes)
@@ -339,7 +336,7 @@ def imagefolder(data_dir: Optional[str] = None, seed: int = 0, image_size: int =
     eval_tf = T.Compose([T.Resize(int(round(image_size / 0.875))), T.CenterCrop(image_size), T.ToTensor(), norm])
     if test_dir.is_dir():
         if n_val:
-            raise ValueError("imagefolder: n_val must be 0 or unset when a test/ folder exists (val/ is then "
+            raise ConfigError("imagefolder: n_val must be 0 or unset when a test/ folder exists (val/ is then "
                              "the validation split)")
         _, test_samples = _scan(test_dir, classes)
         holdout = []

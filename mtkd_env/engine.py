@@ -25,21 +25,16 @@ from torch import nn
 import torch.nn.functional as F
 
 from . import distributed, models
+from .accuracy import correct_count, split_correct
 from .config import ConfigError, EnvConfig, default_cache_dir
 from .data import DeviceLoader, build_dataset
 from .distributed import DistContext
+from .protocols import EvalSet, TrainLoader
 from .projectors import ProjectorBank
+from .runtime.resources import resolve_device
 from .teachers import Teacher, load_pool
 
 __all__ = ["DistillationEngine", "Batch", "resolve_device"]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} was requested but CUDA is not available; use device='cpu' or 'auto'")
-    return torch.device(name)
 
 
 @dataclass
@@ -86,7 +81,7 @@ class DistillationEngine:
         self.test_x, self.test_y = self.test_set.x, self.test_set.y
         self.probe_x, self.probe_y = self.val_set.head(cfg.probe_size)
         self._shape_probe = self.val_set.head(2)[0]
-        self.loader: DeviceLoader = splits.train_loader(cfg.batch_size, cfg.augment, dev, rank=self.dist.rank,
+        self.loader: TrainLoader = splits.train_loader(cfg.batch_size, cfg.augment, dev, rank=self.dist.rank,
                                                         world_size=self.dist.world_size)
         if cfg.cache_teacher_outputs and not isinstance(self.loader, DeviceLoader):
             raise ConfigError(f"cache_teacher_outputs: needs an in-memory dataset; {cfg.dataset!r} is streamed "
@@ -277,19 +272,13 @@ class DistillationEngine:
         self.batch = self.prepare()
 
     # --- measurements ----------------------------------------------------------------------
-    @torch.no_grad()
+    def _eval_forward(self, x: torch.Tensor) -> models.ModelOutput:
+        with self._autocast():  # the bare module: a DDP forward here would re-broadcast BN buffers in place
+            return self.student(self._format(x))
+
     def correct_count(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Number of correct student predictions on (x, y), as a 0-d device tensor (no sync)."""
-        was_training = self.student.training
-        self.student.eval()
-        bs = self.config.eval_batch_size
-        correct = torch.zeros((), device=self.device)
-        for i in range(0, len(x), bs):
-            with self._autocast():  # the bare module: a DDP forward here would re-broadcast BN buffers in place
-                logits = self.student(self._format(x[i:i + bs])).logits
-            correct += (logits.argmax(1) == y[i:i + bs]).sum()
-        self.student.train(was_training)
-        return correct
+        return correct_count(self.student, x, y, self.config.eval_batch_size, self._eval_forward)
 
     def val_accuracy(self) -> torch.Tensor:
         return self.split_accuracy(self.val_set)
@@ -297,13 +286,9 @@ class DistillationEngine:
     def test_accuracy(self) -> torch.Tensor:
         return self.split_accuracy(self.test_set)
 
-    def split_accuracy(self, eval_set) -> torch.Tensor:
+    def split_accuracy(self, eval_set: EvalSet) -> torch.Tensor:
         """Student accuracy over an eval set (in device memory or streamed), a 0-d device tensor."""
-        if eval_set.x is not None:
-            return self.correct_count(eval_set.x, eval_set.y) / len(eval_set)
-        correct = torch.zeros((), device=self.device)
-        for x, y in eval_set.batches(self.config.eval_batch_size):
-            correct += self.correct_count(x, y)
+        correct = split_correct(self.student, eval_set, self.config.eval_batch_size, self._eval_forward)
         return correct / len(eval_set)
 
     @torch.no_grad()

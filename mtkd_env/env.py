@@ -14,6 +14,7 @@ import torch
 from gymnasium import spaces
 
 from . import observations as obsmod
+from .actions import to_simplex, weights_to_action
 from .config import ConfigError, EnvConfig
 from .engine import DistillationEngine
 from .rewards import StepResult, make_reward
@@ -137,29 +138,15 @@ class MultiTeacherKDEnv(gym.Env):
         return self._to_simplex(logit_part), self._to_simplex(feat_part)
 
     def _to_simplex(self, a: np.ndarray) -> np.ndarray:
-        if self.config.action_transform == "softmax":
-            z = a / self.config.action_temperature
-            z = np.exp(z - z.max(-1, keepdims=True))
-            return (z / z.sum(-1, keepdims=True)).astype(np.float32)
-        shifted = a + 1.0
-        total = shifted.sum(-1, keepdims=True)
-        uniform = np.full_like(shifted, 1.0 / a.shape[-1])
-        return np.where(total > 0, shifted / np.where(total > 0, total, 1.0), uniform).astype(np.float32)
+        return to_simplex(a, self.config.action_transform, self.config.action_temperature)
 
     def weights_to_action(self, w_logit: np.ndarray, w_feat: Optional[np.ndarray] = None) -> np.ndarray:
         """An action that maps back to these weights (exact for "linear"; for "softmax" exact up
         to the clip of the log-ratio range to [-1, 1])."""
         parts = [w_logit] + ([w_feat if w_feat is not None else w_logit]
                              if self.config.separate_feature_weights else [])
-        out = []
-        for w in parts:
-            w = np.broadcast_to(np.asarray(w, dtype=np.float64), self._weight_shape)
-            if self.config.action_transform == "linear":
-                out.append(2.0 * w / np.maximum(w.max(-1, keepdims=True), 1e-12) - 1.0)
-            else:
-                logw = np.log(np.maximum(w, 1e-12)) * self.config.action_temperature
-                out.append(logw - logw.max(-1, keepdims=True) + 1.0)
-        return np.clip(np.concatenate(out, axis=-1), -1.0, 1.0).astype(np.float32)
+        parts = [np.broadcast_to(np.asarray(w, dtype=np.float64), self._weight_shape) for w in parts]
+        return weights_to_action(parts, self.config.action_transform, self.config.action_temperature)
 
     # --- the step --------------------------------------------------------------------------
     def step_weights(self, w_logit, w_feat=None):

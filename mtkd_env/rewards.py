@@ -7,6 +7,8 @@ from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
+from .runtime.errors import ConfigError, did_you_mean
+
 __all__ = ["StepResult", "Reward", "REWARDS", "register_reward", "make_reward", "paper_reward_vector"]
 
 
@@ -117,5 +119,6 @@ def make_reward(spec, granularity: str) -> Reward:
     if callable(spec):
         return CallableReward(spec)
     if spec not in REWARDS:
-        raise ValueError(f"unknown reward {spec!r}; known rewards: {sorted(REWARDS)} or a callable")
+        raise ConfigError(f"unknown reward {spec!r}{did_you_mean([spec], REWARDS)}; known rewards: {sorted(REWARDS)} "
+                          "or a callable")
     return REWARDS[spec]()

@@ -15,7 +15,9 @@ from typing import Callable, Iterator, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DatasetSplits", "TensorEvalSet", "DeviceLoader", "random_crop_flip", "Augment"]
+from .runtime.errors import ConfigError
+
+__all__ = ["DatasetSplits", "TensorEvalSet", "DeviceLoader", "random_crop_flip", "Augment", "check_batch_size"]
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -99,6 +101,15 @@ def random_crop_flip(padding: int = 4, flip: bool = True, fill: Optional[Sequenc
     return augment
 
 
+def check_batch_size(batch_size: int, n_samples: int, world_size: int) -> None:
+    """A training loader's global batch must fit the split and split evenly over the ranks."""
+    if batch_size > n_samples:
+        raise ConfigError(f"batch_size {batch_size} is larger than the training split ({n_samples} samples)")
+    if batch_size % world_size:
+        raise ConfigError(f"batch_size {batch_size} (the global batch) must be divisible by the world size "
+                          f"{world_size}")
+
+
 class DeviceLoader:
     """Yields fixed-size batches of tensors resident on one device, reshuffled every epoch.
 
@@ -111,11 +122,7 @@ class DeviceLoader:
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int,
                  augment: Optional[Augment] = None, rank: int = 0, world_size: int = 1) -> None:
-        if batch_size > len(x):
-            raise ValueError(f"batch_size {batch_size} is larger than the training split ({len(x)} samples)")
-        if batch_size % world_size:
-            raise ValueError(f"batch_size {batch_size} (the global batch) must be divisible by the world size "
-                             f"{world_size}")
+        check_batch_size(batch_size, len(x), world_size)
         self.x, self.y, self.batch_size, self.augment = x, y, batch_size, augment
         self.rank, self.world_size, self.local_batch = rank, world_size, batch_size // world_size
         self.device = x.device

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from agents import evaluate, train
+import agents.evaluate as evaluate
+import agents.train as train
 
 ROOT = Path(__file__).resolve().parent.parent
 SYNTH = ["dataset=synthetic", "dataset_kwargs={shape: [1, 8, 8], num_classes: 4, n_train: 128, n_val: 64, n_test: 64}",

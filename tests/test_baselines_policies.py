@@ -7,7 +7,7 @@ import pytest
 
 from baselines import POLICIES, make_policy
 from baselines import weights as W
-from baselines.evaluate import run_episode
+from mtkd_env.runtime.episodes import run_episode
 from mtkd_env.env import MultiTeacherKDEnv
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -115,8 +113,11 @@ def fake_agents_api(monkeypatch):
             raise RuntimeError("cannot load this agent")
         return _FixedPreferencePolicy(blob["preference"])
 
-    api = types.SimpleNamespace(ALGOS=("fixed-rl", "broken-rl"), train=train, load_policy=load_policy)
-    monkeypatch.setitem(sys.modules, "agents.api", api)
+    from agents import api
+
+    monkeypatch.setattr(api, "ALGOS", ("fixed-rl", "broken-rl"))
+    monkeypatch.setattr(api, "train", train)
+    monkeypatch.setattr(api, "load_policy", load_policy)
     return calls
 
 

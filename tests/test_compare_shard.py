@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -169,8 +168,11 @@ def fake_agents_api(monkeypatch):
     def load_policy(path):
         return _Preference(json.loads((Path(path) / "policy.json").read_text()))
 
-    monkeypatch.setitem(sys.modules, "agents.api", types.SimpleNamespace(ALGOS=("fixed-rl",), train=train,
-                                                                           load_policy=load_policy))
+    from agents import api
+
+    monkeypatch.setattr(api, "ALGOS", ("fixed-rl",))
+    monkeypatch.setattr(api, "train", train)
+    monkeypatch.setattr(api, "load_policy", load_policy)
     return trained
 
 

@@ -22,7 +22,7 @@ loses at most the runs in flight.
 
 Spreading a comparison over machines: the job list is the (policy, seed) pairs in seed-major
 order (`job_list`); `--shard I/N` (1-based, like Jest/Playwright: 1/N ... N/N) runs the I-th of N
-contiguous, near-equal slices of it into its own `--out`, and `--merge` (`baselines.merge`) checks
+contiguous, near-equal slices of it into its own `--out`, and `--merge` (`baselines.compare.merge`) checks
 the shard folders agree and writes the four artefacts of one unsharded run. Shards never train RL
 agents: they load them from a shared `--agent-dir` (made once with `--train-only`), so every shard
 evaluates the very same agent files.

@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
 from mtkd_env.config import ConfigError, EnvConfig
+from mtkd_env.runtime.files import atomic_write_text
 
 from .. import report
 from .jobs import Job, job_list, parse_shard, shard_of
 from .options import CompareError, CompareOptions
-from .outdir import atomic_write, describe_jobs, read_meta, read_rows, run_file, settings_diff, write_rows
+from .outdir import describe_jobs, read_meta, read_rows, run_file, settings_diff, write_rows
 from .summary import write_report
 
 __all__ = ["merge_outputs", "LOCATION_FIELDS"]
@@ -163,7 +164,7 @@ def merge_outputs(dirs: Sequence[str], out: str, command: str = "") -> List[repo
                            f"{exc}") from None
     _prepare_target(target, settings)
     for (policy, seed), (_, folder) in kept.items():
-        atomic_write(run_file(target, policy, seed), run_file(folder.path, policy, seed).read_text())
+        atomic_write_text(run_file(target, policy, seed), run_file(folder.path, policy, seed).read_text())
     rows = [kept[j][0] for j in jobs]
     write_rows(target / "results.csv", rows)
     agents: Dict[str, Dict[str, str]] = {}
@@ -173,7 +174,7 @@ def merge_outputs(dirs: Sequence[str], out: str, command: str = "") -> List[repo
     meta = {"settings": settings, "wandb_group": first.meta["wandb_group"],
             "jobs": {"policies": policies, "seeds": seeds, "shard": None, "command": command},
             "env_info": first.info, "agents": agents, "merged_from": [str(p.resolve()) for p in paths]}
-    atomic_write(target / "compare.json", json.dumps(meta, indent=1))
+    atomic_write_text(target / "compare.json", json.dumps(meta, indent=1))
     opts = CompareOptions(policies=policies, seeds=seeds, env_config=env_config, out=str(target),
                           eval_every=settings["eval_every"], normalization=settings["normalization"],
                           aekd_cap=settings["aekd_cap"], train_seeds=settings["train_seeds"],

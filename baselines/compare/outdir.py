@@ -7,27 +7,19 @@ import csv
 import hashlib
 import io
 import json
-import os
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from mtkd_env.runtime.files import atomic_write_text, check_output_dir
+
 from .options import CompareError, CompareOptions
 
-__all__ = ["atomic_write", "settings_of", "settings_diff", "describe_jobs", "jobs_record", "open_out", "read_meta",
+__all__ = ["settings_of", "settings_diff", "describe_jobs", "jobs_record", "check_out", "open_out",
+           "remove_if_empty", "read_meta",
            "env_info", "record_env_and_agents", "module_fingerprint", "path_fingerprint", "read_rows", "write_rows",
            "result_row", "run_file"]
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write via a temporary file + os.replace, so an interruption never leaves a torn file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def settings_of(opts: CompareOptions) -> Dict[str, Any]:
@@ -65,10 +57,10 @@ def jobs_record(opts: CompareOptions, shard: Optional[Tuple[int, int]]) -> Dict[
             "shard": None if shard is None else f"{shard[0]}/{shard[1]}", "command": opts.command}
 
 
-def open_out(opts: CompareOptions, shard: Optional[Tuple[int, int]] = None) -> Dict[str, Any]:
-    """Create or reopen `opts.out`; refuse one made with other settings or by another shard.
-    Returns compare.json's content (with this run's job record)."""
-    out = Path(opts.out)
+def check_out(opts: CompareOptions, shard: Optional[Tuple[int, int]] = None) -> Dict[str, Any]:
+    """compare.json's content for this run (with its job record) from `opts.out` (new or reopened);
+    a `CompareError` for a folder made with other settings or by another shard. Writes nothing."""
+    out = check_output_dir(opts.out, "--out")
     meta_path = out / "compare.json"
     settings = settings_of(opts)
     jobs = jobs_record(opts, shard)
@@ -90,11 +82,25 @@ def open_out(opts: CompareOptions, shard: Optional[Tuple[int, int]] = None) -> D
     else:
         group = f"compare-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
         meta = {"settings": settings, "wandb_group": group}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "runs").mkdir(exist_ok=True)
     meta["jobs"] = jobs
-    atomic_write(meta_path, json.dumps(meta, indent=1))
     return meta
+
+
+def open_out(opts: CompareOptions, meta: Dict[str, Any]) -> None:
+    """Create `opts.out` (and runs/) and write `check_out`'s compare.json into it."""
+    out = Path(opts.out)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "compare.json", json.dumps(meta, indent=1))
+
+
+def remove_if_empty(out: Path) -> None:
+    """Undo `open_out` for a folder this run created and left without any result (compare.json
+    and an empty runs/ only)."""
+    runs = out / "runs"
+    if not out.is_dir() or (runs.is_dir() and any(runs.iterdir())):
+        return
+    if {p.name for p in out.iterdir()} <= {"compare.json", "runs"}:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def read_meta(path: Path) -> Dict[str, Any]:
@@ -123,7 +129,7 @@ def record_env_and_agents(opts: CompareOptions, meta: Dict[str, Any], env_info: 
     known = meta.setdefault("agents", {})
     for algo, paths in agents.items():
         known.setdefault(algo, {}).update({str(ts): path_fingerprint(p) for ts, p in paths.items()})
-    atomic_write(Path(opts.out) / "compare.json", json.dumps(meta, indent=1))
+    atomic_write_text(Path(opts.out) / "compare.json", json.dumps(meta, indent=1))
 
 
 def module_fingerprint(module) -> str:
@@ -165,7 +171,7 @@ def write_rows(path: Path, rows: List[Dict[str, Any]]) -> None:
     writer = csv.DictWriter(buf, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write(path, buf.getvalue())
+    atomic_write_text(path, buf.getvalue())
 
 
 def result_row(done: Dict[str, Any]) -> Dict[str, Any]:

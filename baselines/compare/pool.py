@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any, Iterator, Optional, Tuple
 
 __all__ = ["execute"]
@@ -22,10 +21,9 @@ def execute(tasks: list, jobs: int) -> Iterator[Tuple[Any, Optional[dict], Optio
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
     # spawn, not fork: forked workers cannot use CUDA and would inherit the parent's torch threads.
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker,
-                             initargs=(threads,)) as pool:
+                             initargs=(jobs,)) as pool:
         futures = {pool.submit(run_task, task): task for task in tasks}
         try:
             for fut in as_completed(futures):

@@ -1,20 +1,16 @@
-"""Which names of a comparison are formula policies and which are RL agents, and the options of
-each formula policy."""
+"""Which names of a comparison are formula policies (`baselines.POLICIES`) and which are RL agents
+(`agents.api.ALGOS`), and the options of each formula policy."""
 
 from __future__ import annotations
 
 from typing import Any, Dict, List, Sequence, Tuple
 
+from mtkd_env.runtime.errors import did_you_mean
+
 from ..policies import POLICIES
 from .options import CompareError, CompareOptions
 
-__all__ = ["agents_api", "resolve_policies", "formula_options"]
-
-
-def agents_api():
-    import importlib
-
-    return importlib.import_module("agents.api")
+__all__ = ["resolve_policies", "formula_options"]
 
 
 def resolve_policies(names: Sequence[str]) -> Tuple[List[str], List[str]]:
@@ -23,16 +19,13 @@ def resolve_policies(names: Sequence[str]) -> Tuple[List[str], List[str]]:
     other = [n for n in names if n not in POLICIES]
     if not other:
         return formula, []
-    try:
-        algos = tuple(agents_api().ALGOS)
-        rl_note = f"RL policies {list(algos)}"
-    except Exception as exc:  # agents not installed / broken: still name the formula policies
-        algos = ()
-        rl_note = f"RL policies need agents.api, which could not be imported ({type(exc).__name__}: {exc})"
+    from agents import api
+
+    algos = tuple(api.ALGOS)
     unknown = [n for n in other if n not in algos]
     if unknown:
-        raise CompareError(f"unknown policy {unknown[0]!r}; known policies: formula {sorted(POLICIES)}; "
-                           f"{rl_note}")
+        raise CompareError(f"unknown policy {unknown[0]!r}{did_you_mean([unknown[0]], [*POLICIES, *algos])}; known "
+                           f"policies: formula {sorted(POLICIES)}; RL policies {list(algos)}")
     return formula, other
 
 

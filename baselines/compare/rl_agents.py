@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from mtkd_env.runtime.files import atomic_write_text
+
 from .options import CompareError, CompareOptions
-from .outdir import atomic_write
-from .resolve import agents_api
 
 __all__ = ["find_agent", "prepare_agents"]
 
@@ -32,6 +32,8 @@ def prepare_agents(opts: CompareOptions, rl: List[str], group: str) -> Dict[str,
     out = Path(opts.out)
     manifest_path = out / "agents.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    from agents import api
+
     agents: Dict[str, Dict[int, str]] = {}
     for algo in rl:
         agents[algo] = {}
@@ -46,12 +48,12 @@ def prepare_agents(opts: CompareOptions, rl: List[str], group: str) -> Dict[str,
                 path = str(out / manifest[algo][str(ts)])
             else:
                 print(f"training {algo} (train seed {ts}) ...", file=sys.stderr)
-                run_dir = Path(agents_api().train(
+                run_dir = Path(api.train(
                     algo, env_config=opts.env_config, seed=ts, total_timesteps=opts.train_timesteps,
                     out_dir=str(out / "agents" / algo / f"seed{ts}"), wandb_mode=opts.wandb,
                     wandb_project=opts.wandb_project, wandb_group=group, show_progress=opts.progress))
                 manifest.setdefault(algo, {})[str(ts)] = os.path.relpath(run_dir.resolve(), out.resolve())
-                atomic_write(manifest_path, json.dumps(manifest, indent=1))
+                atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
                 path = str(run_dir)
             agents[algo][ts] = path
     return agents

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
+
+from mtkd_env.runtime.files import atomic_write_text
 
 from .. import report
 from ..policies import POLICIES
 from .options import REFERENCE, CompareOptions
-from .outdir import atomic_write, run_file
+from .outdir import run_file
 
 __all__ = ["write_report"]
 
@@ -53,7 +55,7 @@ def write_report(opts: CompareOptions, rows: List[Dict[str, Any]], info: Dict[st
         table, "", report.verdict(stats, REFERENCE), "",
         "Artefacts: `results.csv`, `curves.png` (validation accuracy vs step), `weights.png` "
         "(teacher weights over training), `runs/*.json`.", ""])
-    atomic_write(out / "summary.md", text)
+    atomic_write_text(out / "summary.md", text)
     print(table)
     print(report.verdict(stats, REFERENCE))
     return stats

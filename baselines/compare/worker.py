@@ -7,10 +7,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from mtkd_env.runtime.episodes import EpisodeResult, run_episodes
+from mtkd_env.runtime.errors import UserError, first_line
+from mtkd_env.runtime.resources import configure_threads
 from mtkd_env.runtime.tracking import start_wandb
-from mtkd_env.teachers import CheckpointError
 
-from ..evaluate import EpisodeResult, run_episode
 from ..policies import make_policy
 from .options import CompareError
 
@@ -38,11 +39,9 @@ _ENVS: Dict[str, Any] = {}
 _AGENTS: Dict[str, Any] = {}
 
 
-def init_worker(threads: int) -> None:
-    """Pool initialiser: each worker uses `threads` intra-op threads (no oversubscription)."""
-    import torch
-
-    torch.set_num_threads(max(1, int(threads)))
+def init_worker(workers: int) -> None:
+    """Pool initialiser: the thread default of `workers` concurrent processes (no oversubscription)."""
+    configure_threads(workers)
 
 
 def env_for(config) -> Any:
@@ -59,20 +58,18 @@ def env_for(config) -> Any:
 
 
 def build_env(config):
-    """The env of `config`; user errors (missing data or teachers, bad options) become `CompareError`."""
+    """The env of `config`; bad input (missing data or teachers, bad options) is a `CompareError`."""
     try:
         return env_for(config)
-    except CheckpointError:
-        raise
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        raise CompareError(f"cannot build the env: {str(exc).splitlines()[0]}") from None
+    except UserError as exc:
+        raise CompareError(f"cannot build the env: {first_line(exc)}") from None
 
 
 def _load_agent(path: str):
     if path not in _AGENTS:
-        import importlib
+        from agents import api
 
-        _AGENTS[path] = importlib.import_module("agents.api").load_policy(path)
+        _AGENTS[path] = api.load_policy(path)
     return _AGENTS[path]
 
 
@@ -85,7 +82,7 @@ def run_task(task: EvalTask) -> Dict[str, Any]:
     config = task.env_config.replace(**policy.env_overrides) if policy.env_overrides else task.env_config
     env = env_for(config)
     with WandbRun(task, config, env) as run:
-        result = run_episode(env, policy, task.seed, eval_every=task.eval_every, log=run.log)
+        result = run_episodes(policy, config, [task.seed], env=env, eval_every=task.eval_every, log=run.log)[0]
         run.finish(result)
     return {"policy": task.policy, "seed": task.seed, "agent_seed": task.agent_seed,
             "result": asdict(result), "teacher_names": list(env.teacher_names)}

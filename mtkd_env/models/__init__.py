@@ -13,6 +13,8 @@ from typing import Callable, Dict, NamedTuple, Optional
 import torch
 from torch import nn
 
+from ..runtime.errors import unknown_name
+
 __all__ = ["ModelOutput", "MODELS", "register", "build", "available"]
 
 
@@ -61,7 +63,7 @@ def build(name: str, num_classes: int, input_shape: tuple = (3, 32, 32), **kwarg
     """Build architecture `name` for `num_classes` classes and inputs of shape (C, H, W)."""
     _load_zoo()
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known models: {sorted(MODELS)}")
+        raise unknown_name("model", name, MODELS)
     return MODELS[name](num_classes=num_classes, input_shape=tuple(input_shape), **kwargs)
 
 

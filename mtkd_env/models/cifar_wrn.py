@@ -12,6 +12,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from ..runtime.errors import ConfigError
 from . import ModelOutput, msra_init_, register
 
 
@@ -58,7 +59,7 @@ class WideResNet(nn.Module):
                  drop_rate: float = 0.0) -> None:
         super().__init__()
         if (depth - 4) % 6:
-            raise ValueError(f"WRN depth must be 6n + 4 (16, 22, 28, 40, ...), got {depth}")
+            raise ConfigError(f"WRN depth must be 6n + 4 (16, 22, 28, 40, ...), got {depth}")
         n = (depth - 4) // 6
         widths = [16, 16 * widen, 32 * widen, 64 * widen]
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)

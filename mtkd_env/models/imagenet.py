@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..runtime.errors import CheckpointError, ConfigError, UserError
 from . import ModelOutput, register
 
 __all__ = ["TORCHVISION_MODELS", "TorchvisionModel", "resolve_weights_file", "WeightsNotFoundError"]
@@ -36,7 +37,7 @@ TORCHVISION_MODELS = {
 }
 
 
-class WeightsNotFoundError(FileNotFoundError):
+class WeightsNotFoundError(UserError, FileNotFoundError):
     """Requested pretrained weights are not on disk (nothing is downloaded implicitly)."""
 
 
@@ -107,7 +108,7 @@ def _build(arch: str, num_classes: int, input_shape: tuple, weights: Optional[st
     from torchvision import models as tvm
 
     if input_shape[0] != 3:
-        raise ValueError(f"{arch}: torchvision ImageNet models expect 3-channel input, got input shape "
+        raise ConfigError(f"{arch}: torchvision ImageNet models expect 3-channel input, got input shape "
                          f"{tuple(input_shape)}")
     builder, feature_module, _ = TORCHVISION_MODELS[arch]
     net = getattr(tvm, builder)(weights=None, num_classes=num_classes)
@@ -118,7 +119,7 @@ def _build(arch: str, num_classes: int, input_shape: tuple, weights: Optional[st
             net.load_state_dict(state)
         except RuntimeError as exc:
             lines = str(exc).splitlines()
-            raise ValueError(f"weights {str(path)!r} do not fit {arch} with {num_classes} classes: "
+            raise CheckpointError(f"weights {str(path)!r} do not fit {arch} with {num_classes} classes: "
                              f"{(lines[1] if len(lines) > 1 else lines[0]).strip()}") from None
     return TorchvisionModel(net, feature_module)
 

@@ -1,8 +1,14 @@
 """The runtime layer every entry point stands on: `agents` and `baselines` build on it, and so do
 the env's own CLIs (`python -m mtkd_env`, `python -m mtkd_env.teachers`).
 
+- `errors`: `UserError` (bad input; `ConfigError`, `CheckpointError`, ...) and "did you mean"
+- `cli`: the one CLI wrapper (`run_cli`: one line on stderr, exit 2) and argument parser
+- `options`: validated dataclasses -> checks, CLI flags and --help (a knob is declared once)
+- `files`: atomic writes, weights-only torch loading, output paths checked before any work
+- `resources`: device names, and the default thread count that cannot oversubscribe
 - `collective`: torchrun agreement helpers (one rank's outcome becomes every rank's)
 - `tracking`: W&B start-up (modes, offline fallback) and the metadata every run records
+- `episodes`: the one episode runner and its result type
 
 Importing this package imports nothing else (`import mtkd_env` stays free of torch).
 """

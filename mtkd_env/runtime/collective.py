@@ -16,17 +16,14 @@ from typing import Any, Callable, List, Optional, TypeVar
 import torch
 import torch.distributed as dist
 
-from mtkd_env.config import ConfigError
-from mtkd_env.distributed import DistContext, leave  # noqa: F401  (re-exported: agents leave the group together)
+from mtkd_env.distributed import DistContext, leave  # noqa: F401  (re-exported: entry points leave the group together)
+
+from .errors import ConfigError, first_line, is_user_error
 
 __all__ = ["launched_by_torchrun", "launch_rank", "join", "RankFailed", "on_rank0", "everywhere",
            "broadcast_object", "gather_to_rank0", "agreed_signal", "leave"]
 
 T = TypeVar("T")
-
-# Errors that mean "bad input": re-raised as ConfigError on the other ranks so every rank exits 2.
-_INPUT_ERRORS = (ConfigError, ValueError)
-
 
 class RankFailed(RuntimeError):
     """Another rank failed; the message is that rank's error."""
@@ -64,8 +61,8 @@ def _attempt(fn: Callable[[], T]):
 def _payload(exc: Optional[BaseException]) -> Optional[tuple]:
     if exc is None:
         return None
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return isinstance(exc, _INPUT_ERRORS) or type(exc).__name__ == "CheckpointError", text
+    # Bad input is re-raised as ConfigError on the other ranks, so every rank exits 2.
+    return is_user_error(exc), first_line(exc)
 
 
 def _raise_from(rank: int, payload: tuple) -> None:

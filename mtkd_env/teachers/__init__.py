@@ -20,8 +20,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -31,7 +29,11 @@ from torch import nn
 import torch.nn.functional as F
 
 from .. import models
+from ..accuracy import correct_count, split_correct
 from ..data import DATASETS, DatasetSplits
+from ..protocols import EvalSet, Splits
+from ..runtime.files import load_weights, torch_save_atomic
+from ..runtime.errors import CheckpointError, did_you_mean
 
 __all__ = ["TeacherSpec", "parse_spec", "Teacher", "load_pool", "train_model", "evaluate_accuracy",
            "evaluate_split", "EMBEDDED_DATASETS", "save_checkpoint", "load_checkpoint", "read_checkpoint_meta",
@@ -42,10 +44,6 @@ EMBEDDED_DATASETS = ("digits", "synthetic")
 
 _LOADING_ONLY_KWARGS = ("download", "num_workers")
 """Dataset options that change how data is read, not which samples form which split."""
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable or belongs to another model/dataset."""
 
 
 @dataclass(frozen=True)
@@ -131,30 +129,14 @@ def train_command(dataset: str, arch: str, seed: int, data_seed: int, dataset_kw
 
 
 # --- evaluation -----------------------------------------------------------------------------
-@torch.no_grad()
 def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
     """Top-1 accuracy of `model` on (x, y) in eval mode; restores the previous mode."""
-    was_training = model.training
-    model.eval()
-    correct = torch.zeros((), device=x.device)
-    for i in range(0, len(x), batch_size):
-        correct += (model(x[i:i + batch_size]).logits.argmax(1) == y[i:i + batch_size]).sum()
-    model.train(was_training)
-    return float(correct) / max(1, len(x))
+    return float(correct_count(model, x, y, batch_size)) / max(1, len(x))
 
 
-@torch.no_grad()
-def evaluate_split(model: nn.Module, eval_set, batch_size: int = 512) -> float:
+def evaluate_split(model: nn.Module, eval_set: EvalSet, batch_size: int = 512) -> float:
     """Top-1 accuracy over an eval set (`TensorEvalSet` or a streamed one), in eval mode."""
-    if getattr(eval_set, "x", None) is not None:
-        return evaluate_accuracy(model, eval_set.x, eval_set.y, batch_size)
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for x, y in eval_set.batches(batch_size):
-        correct += int((model(x).logits.argmax(1) == y).sum())
-    model.train(was_training)
-    return correct / max(1, len(eval_set))
+    return float(split_correct(model, eval_set, batch_size)) / max(1, len(eval_set))
 
 
 def corrupt_labels(y: torch.Tensor, num_classes: int, fraction: float, seed: int) -> torch.Tensor:
@@ -174,7 +156,7 @@ class TeacherTraining:
     Data order and augmentation come from the loader seeded with `seed`.
     """
 
-    def __init__(self, model: nn.Module, splits, rec: dict, seed: int, device: torch.device) -> None:
+    def __init__(self, model: nn.Module, splits: Splits, rec: dict, seed: int, device: torch.device) -> None:
         self.model, self.rec, self.device = model.to(device).train(), rec, device
         labels = None
         if rec.get("label_noise", 0) > 0:
@@ -244,35 +226,13 @@ def train_model(model: nn.Module, splits: DatasetSplits, rec: dict, seed: int, d
 
 
 # --- checkpoints ----------------------------------------------------------------------------
-def atomic_torch_save(obj, path: Path) -> None:
-    """Write atomically: a crash never leaves a half-written file behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_checkpoint(path: Path, model: nn.Module, meta: dict) -> None:
     """`{"state_dict", "meta"}`, written atomically."""
-    atomic_torch_save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "meta": meta}, path)
+    torch_save_atomic({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "meta": meta}, path)
 
 
 def _read(path: Path):
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"teacher checkpoint {str(path)!r} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"teacher checkpoint {str(path)!r} could not be read as a weights-only "
-                              f"torch file: {str(exc).splitlines()[0]}") from None
+    return load_weights(path, f"teacher checkpoint {str(path)!r}")
 
 
 def _unpack(path: Path, blob) -> tuple:
@@ -315,13 +275,13 @@ def load_checkpoint(path: Path, model: nn.Module, expect: dict) -> dict:
 
 
 # --- the pool -------------------------------------------------------------------------------
-def _seeded_build(arch: str, splits, seed: int, **kw) -> nn.Module:
+def _seeded_build(arch: str, splits: Splits, seed: int, **kw) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return models.build(arch, num_classes=splits.num_classes, input_shape=splits.input_shape, **kw)
 
 
-def load_pool(specs: List[str], splits, device: torch.device, cache_dir: str, seed: int,
+def load_pool(specs: List[str], splits: Splits, device: torch.device, cache_dir: str, seed: int,
               data_seed: int, epochs: int, noisy_fraction: float, show_progress: bool = True,
               dataset_name: Optional[str] = None, dataset_kwargs: Optional[dict] = None,
               data_dir: Optional[str] = None) -> List[Teacher]:
@@ -338,7 +298,8 @@ def load_pool(specs: List[str], splits, device: torch.device, cache_dir: str, se
     for i, raw in enumerate(specs):
         spec = parse_spec(raw)
         if spec.arch not in models.available():
-            raise CheckpointError(f"teacher {raw!r}: unknown architecture {spec.arch!r}; known: {models.available()}")
+            raise CheckpointError(f"teacher {raw!r}: unknown architecture {spec.arch!r}"
+                                  f"{did_you_mean([spec.arch], models.available())}; known: {models.available()}")
         expect = {"arch": spec.arch, "dataset": dataset, "num_classes": splits.num_classes}
         meta: dict = dict(expect)
         if spec.source == "random":

@@ -13,18 +13,22 @@ dataset, classes, split, accuracies, recipe) at the path that the EnvConfig spec
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
-import torch
+from ..runtime.cli import ArgumentParser, run_cli
+from ..runtime.errors import CheckpointError, ConfigError
+from ..runtime.files import load_weights, torch_save_atomic
+from ..runtime.options import add_options, check_options, knob, options_from
 
-__all__ = ["TeacherTrainConfig", "train_teacher", "list_teachers", "main"]
+__all__ = ["TeacherTrainConfig", "train_teacher", "list_teachers", "main", "DEFAULT_MILESTONES"]
+
+DEFAULT_MILESTONES = (150, 180, 210)
+"""Learning-rate milestones of the reference 240-epoch teacher recipe."""
 
 
 @dataclass
@@ -39,27 +43,27 @@ class TeacherTrainConfig:
     """Root folder of on-disk datasets."""
     dataset_kwargs: dict = field(default_factory=dict)
     """Dataset options as KEY=VALUE (e.g. n_val=0 to train on all 50k CIFAR-100 images)."""
-    epochs: int = 240
+    epochs: int = knob(240, minimum=1)
     """Training epochs."""
-    lr: float = 0.05
+    lr: float = knob(0.05, minimum=0)
     """Initial learning rate (RepDistiller uses 0.01 for MobileNet/ShuffleNet teachers)."""
-    milestones: List[int] = field(default_factory=lambda: [150, 180, 210])
-    """Epochs at which the learning rate is multiplied by `gamma`."""
-    gamma: float = 0.1
+    milestones: Optional[List[int]] = knob(None, cli_help_default=" ".join(map(str, DEFAULT_MILESTONES)), metavar="EPOCH")
+    """Epochs at which the learning rate is multiplied by `gamma` (none given: a constant learning rate)."""
+    gamma: float = knob(0.1, minimum=0)
     """Learning-rate decay factor at each milestone."""
-    weight_decay: float = 5e-4
+    weight_decay: float = knob(5e-4, minimum=0)
     """SGD weight decay."""
-    momentum: float = 0.9
+    momentum: float = knob(0.9, minimum=0)
     """SGD momentum."""
     nesterov: bool = False
     """Nesterov momentum (off in the reference teacher recipe)."""
-    batch_size: int = 64
+    batch_size: int = knob(64, minimum=1)
     """Training batch size (the last partial batch of an epoch is dropped)."""
     augment: bool = True
     """The dataset's standard training augmentation."""
-    seed: int = 0
+    seed: int = knob(0, minimum=0)
     """Seed of initialisation, data order and augmentation (EnvConfig.teacher_seed)."""
-    data_seed: int = 0
+    data_seed: int = knob(0, minimum=0)
     """Seed of the train/val split (EnvConfig.data_seed)."""
     device: str = "auto"
     """"auto", "cpu", "cuda" or "cuda:N"."""
@@ -69,26 +73,23 @@ class TeacherTrainConfig:
     """Write the checkpoint here instead of the cache (use it as "arch=/path" in EnvConfig)."""
     resume: bool = True
     """Continue from this run's resume file if one exists."""
-    eval_every: int = 1
+    eval_every: int = knob(1, minimum=1)
     """Epochs between validation evaluations (the last epoch is always evaluated)."""
-    eval_batch_size: int = 512
+    eval_batch_size: int = knob(512, minimum=1)
     """Batch size of evaluation."""
     show_progress: bool = True
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
-        from ..config import ConfigError
-
-        for name in ("epochs", "batch_size", "eval_every", "eval_batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ConfigError(f"{name}: expected an integer >= 1, got {getattr(self, name)!r}")
-        for name in ("lr", "gamma", "weight_decay", "momentum"):
-            if not isinstance(getattr(self, name), (int, float)) or getattr(self, name) < 0:
-                raise ConfigError(f"{name}: expected a number >= 0, got {getattr(self, name)!r}")
-        if any(not isinstance(m, int) or not 0 < m < self.epochs for m in self.milestones):
+        check_options(self)
+        if self.milestones is None:
+            if any(not 0 < m < self.epochs for m in DEFAULT_MILESTONES):
+                raise ConfigError(f"milestones: the default {list(DEFAULT_MILESTONES)} (epochs of the 240-epoch "
+                                  f"recipe) do not fit in --epochs {self.epochs}; give --milestones with epochs in "
+                                  f"(0, {self.epochs}), or --milestones alone for a constant learning rate")
+            self.milestones = list(DEFAULT_MILESTONES)
+        if any(not 0 < m < self.epochs for m in self.milestones):
             raise ConfigError(f"milestones: expected epochs in (0, {self.epochs}), got {self.milestones!r}")
-        if not isinstance(self.dataset_kwargs, dict):
-            raise ConfigError(f"dataset_kwargs: expected a mapping, got {self.dataset_kwargs!r}")
 
     def recipe(self) -> dict:
         return {"optimizer": "sgd", "lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay,
@@ -109,13 +110,13 @@ def _resume_path(out: Path) -> Path:
 
 def train_teacher(cfg: TeacherTrainConfig, log=print) -> Path:
     """Train (or resume) one teacher as configured; returns the checkpoint path."""
+    import torch
     from tqdm.auto import tqdm
 
     from .. import models
     from ..data import build_dataset
-    from ..engine import resolve_device
-    from . import (CheckpointError, TeacherTraining, atomic_torch_save, evaluate_split, save_checkpoint,
-                           split_key, trained_path)
+    from ..runtime.resources import resolve_device
+    from . import TeacherTraining, evaluate_split, save_checkpoint, split_key, trained_path
 
     splits = build_dataset(cfg.dataset, data_dir=cfg.data_dir, seed=cfg.data_seed, **cfg.dataset_kwargs)
     device = resolve_device(cfg.device)
@@ -133,10 +134,9 @@ def train_teacher(cfg: TeacherTrainConfig, log=print) -> Path:
     resume_file = _resume_path(out)
     if cfg.resume and resume_file.is_file():
         try:
-            saved = torch.load(resume_file, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise CheckpointError(f"resume file {str(resume_file)!r} is unreadable ({str(exc).splitlines()[0]}); "
-                                  f"delete it or pass --no-resume") from None
+            saved = load_weights(resume_file, f"resume file {str(resume_file)!r}")
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc}; delete it or pass --no-resume") from None
         if json.loads(saved["run_key"]) != json.loads(json.dumps(run_key, default=str)):
             raise CheckpointError(f"resume file {str(resume_file)!r} belongs to a different run "
                                   f"({saved['run_key']} vs {json.dumps(run_key, default=str)}); delete it or pass "
@@ -158,7 +158,7 @@ def train_teacher(cfg: TeacherTrainConfig, log=print) -> Path:
             bar.set_postfix(epoch=run.epoch, loss=f"{stats['train_loss']:.3f}",
                             val=f"{entry['val_acc']:.4f}" if "val_acc" in entry else "-")
             if run.epoch < cfg.epochs:
-                atomic_torch_save({"run_key": json.dumps(run_key, default=str), "training": run.state_dict(),
+                torch_save_atomic({"run_key": json.dumps(run_key, default=str), "training": run.state_dict(),
                                    "history": history}, resume_file)
     test_acc = evaluate_split(model, splits.eval_set("test", device), cfg.eval_batch_size)
     meta = {"arch": cfg.arch, "dataset": cfg.dataset, "num_classes": splits.num_classes,
@@ -176,7 +176,7 @@ def train_teacher(cfg: TeacherTrainConfig, log=print) -> Path:
 
 def list_teachers(cache_dir: Optional[str] = None, log=print) -> List[dict]:
     """Print and return the cached teachers (and unfinished runs) of `cache_dir`."""
-    from . import CheckpointError, read_checkpoint_meta
+    from . import read_checkpoint_meta
 
     cache = _cache_dir(cache_dir)
     rows = []
@@ -194,81 +194,52 @@ def list_teachers(cache_dir: Optional[str] = None, log=print) -> List[dict]:
     log(f"{'dataset':<12} {'arch':<18} {'classes':>7} {'epochs':>6} {'val acc':>8} {'test acc':>8}  "
         f"{'source':<14} file")
     for r in rows:
+        if "error" in r:
+            continue
         recipe = r.get("recipe") or {}
         fmt = lambda v: f"{v:.4f}" if isinstance(v, (int, float)) else "-"  # noqa: E731
         log(f"{str(r.get('dataset', '?')):<12} {str(r.get('arch', '?')):<18} {str(r.get('num_classes', '?')):>7} "
             f"{str(r.get('epochs_trained', recipe.get('epochs', '?'))):>6} {fmt(r.get('val_acc')):>8} "
-            f"{fmt(r.get('test_acc')):>8}  {str(r.get('source', r.get('error', '?')))[:14]:<14} {r['file']}")
+            f"{fmt(r.get('test_acc')):>8}  {str(r.get('source', '?'))[:14]:<14} {r['file']}")
+    for r in rows:
+        if "error" in r:
+            log(f"unreadable file: {r['file']} ({r['error']})")
     for p in partial:
         try:
-            saved = torch.load(p, map_location="cpu", weights_only=True)
+            saved = load_weights(p, f"resume file {p.name!r}")
             done, total = saved["training"]["epoch"], json.loads(saved["run_key"])["recipe"]["epochs"]
             log(f"unfinished run: {p.name} (epoch {done}/{total}; run the same train command to resume)")
-        except Exception:
+        except (CheckpointError, KeyError, TypeError, ValueError):
             log(f"unfinished run: {p.name} (unreadable)")
     return rows
 
 
-# --- argparse wiring: one flag per TeacherTrainConfig field ----------------------------------
-def _add_train_flags(parser: argparse.ArgumentParser) -> None:
-    docs = _field_docs()
-    hints = typing.get_type_hints(TeacherTrainConfig)
-    for f in dataclasses.fields(TeacherTrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        tp, help_ = hints[f.name], docs.get(f.name, "")
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        default = None if required else (f.default if f.default is not dataclasses.MISSING else f.default_factory())
-        if not required:
-            help_ += f" (default: {default})"
-        if tp is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_)
-        elif f.name == "dataset_kwargs":
-            parser.add_argument(flag, nargs="*", action="extend", default=[], metavar="KEY=VALUE", help=help_)
-        elif f.name == "milestones":
-            parser.add_argument(flag, nargs="*", type=int, default=default, metavar="EPOCH", help=help_)
-        else:
-            base = {Optional[str]: str}.get(tp, tp)
-            parser.add_argument(flag, type=base, default=default, required=required, help=help_)
-
-
-def _field_docs() -> dict:
-    import ast
-    import inspect
-
-    body = ast.parse(inspect.getsource(TeacherTrainConfig)).body[0].body
-    return {n.target.id: " ".join(d.value.value.split()) for n, d in zip(body, body[1:])
-            if isinstance(n, ast.AnnAssign) and isinstance(d, ast.Expr) and isinstance(d.value, ast.Constant)}
-
-
-def main(argv: Optional[list] = None) -> int:
-    from ..config import ConfigError, parse_overrides
-    from . import CheckpointError
-
-    parser = argparse.ArgumentParser(prog="python -m mtkd_env.teachers", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+# --- command line ------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog="python -m mtkd_env.teachers", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train one teacher into the cache (resumable)")
-    _add_train_flags(train)
+    add_options(train, TeacherTrainConfig)
     lister = sub.add_parser("list", help="show cached teachers with their accuracy")
     lister.add_argument("--cache-dir", default=None, help="teacher cache (default: default_cache_dir()/teachers)")
-    args = parser.parse_args(argv)
-    if args.command == "list":
-        list_teachers(args.cache_dir)
-        return 0
-    from ..engine import resolve_device
+    return parser
 
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TeacherTrainConfig)}
-    try:
-        values["dataset_kwargs"] = parse_overrides(values["dataset_kwargs"])
-        cfg = TeacherTrainConfig(**values)
-        try:
-            resolve_device(cfg.device)
-        except RuntimeError as exc:  # CUDA asked for but absent: bad input, not a crash
-            raise ConfigError(str(exc)) from None
-        train_teacher(cfg)
-    except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_cli(_main, argv)
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
+    args = vars(build_parser().parse_args(argv))
+    if args["command"] == "list":
+        list_teachers(args["cache_dir"])
+        return 0
+    from ..runtime.resources import resolve_device
+
+    cfg = options_from(TeacherTrainConfig, args)
+    resolve_device(cfg.device)  # CUDA asked for but absent: one line before any data is read
+    train_teacher(cfg)
     return 0
 
 
