@@ -23,7 +23,9 @@ import numpy as np
 import torch
 
 from mtkd_env.data import DeviceLoader, random_crop_flip
-from mtkd_env.engine import resolve_device
+from mtkd_env.runtime.cli import ArgumentParser, run_cli
+from mtkd_env.runtime.files import atomic_write_text
+from mtkd_env.runtime.resources import resolve_device
 
 MEAN = (0.5071, 0.4867, 0.4408)
 STD = (0.2675, 0.2565, 0.2761)
@@ -93,8 +95,12 @@ def bench_device_loader(images, labels, device, batch, batches) -> float:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.loader", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    return run_cli(_main, argv)
+
+
+def _main(argv=None) -> int:
+    parser = ArgumentParser(prog="python -m benchmarks.loader", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--batches", type=int, default=200)
@@ -116,8 +122,7 @@ def main(argv=None) -> int:
     print(f"  DeviceLoader:             {dev:12.0f} images/s")
     print(f"  speedup:                  {dev / dl:12.2f}x")
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=2)
+        atomic_write_text(args.json, json.dumps(out, indent=2))
     return 0
 
 

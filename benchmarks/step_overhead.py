@@ -32,6 +32,8 @@ from mtkd_env import EnvConfig
 from mtkd_env import models
 from mtkd_env.env import MultiTeacherKDEnv
 from mtkd_env.projectors import ProjectorBank
+from mtkd_env.runtime.cli import ArgumentParser, run_cli
+from mtkd_env.runtime.files import atomic_write_text
 
 PAPER_TEACHERS = ["RegNetY_400MF=random", "RegNetX_400MF=random", "resnet32x4=random", "wrn_28_4=random"]
 
@@ -203,8 +205,12 @@ def run(config: str, batch: int, device: str, amp: str, channels_last: bool, war
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.step_overhead", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    return run_cli(_main, argv)
+
+
+def _main(argv=None) -> int:
+    parser = ArgumentParser(prog="python -m benchmarks.step_overhead", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", choices=sorted(CONFIGS), default="digits")
     parser.add_argument("--batch", type=int, nargs="+", default=[64])
     parser.add_argument("--device", default="auto")
@@ -233,8 +239,7 @@ def main(argv=None) -> int:
                "device": runs[-1]["device"], "device_name": runs[-1]["device_name"], "runs": runs}
     print(f"device {summary['device_name']}  b/a {summary['ratio_b_a']:.3f}  c/a {summary['ratio_c_a']:.3f}")
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(summary, fh, indent=2)
+        atomic_write_text(args.json, json.dumps(summary, indent=2))
     return 0
 
 
