@@ -23,6 +23,9 @@ from .sb3_agent import SB3_CLASSES, SB3Agent, load_sb3_policy
 
 __all__ = ["AlgoSpec", "REGISTRY", "get_spec", "MTKDAgent", "MTKDRLPolicy"]
 
+_RUN_KEYS = ("n_timesteps", "env_kwargs")
+"""Hyperparameter keys read by the run, not by the agent's config."""
+
 
 @dataclass(frozen=True)
 class AlgoSpec:
@@ -43,7 +46,7 @@ class MTKDAgent:
 
         self.algo = algo
         self.hyperparams = dict(hyperparams)
-        config = MTKDRLConfig(**{k: v for k, v in hyperparams.items() if k != "n_timesteps"})
+        config = MTKDRLConfig(**{k: v for k, v in hyperparams.items() if k not in _RUN_KEYS})
         self.env = MultiTeacherKDEnv(env_config)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -83,8 +86,8 @@ class MTKDRLPolicy(Policy):
 
 def _validate_mtkd(name: str) -> Callable[[dict], dict]:
     def validate(hp: dict) -> dict:
-        out = validate_dataclass(name, MTKDRLConfig, hp, extra={"n_timesteps": int})
-        MTKDRLConfig(**{k: v for k, v in out.items() if k != "n_timesteps"}).validate()
+        out = validate_dataclass(name, MTKDRLConfig, hp, extra={"n_timesteps": int, "env_kwargs": dict})
+        MTKDRLConfig(**{k: v for k, v in out.items() if k not in _RUN_KEYS}).validate()
         if "n_timesteps" in out and out["n_timesteps"] < 1:
             raise ConfigError(f"hyperparameter n_timesteps: expected an integer >= 1, got {out['n_timesteps']}")
         return out

@@ -10,6 +10,8 @@ Run directory (`{out}/{env_id}__{algo}__{seed}__{unix_time}`, the rl-zoo3/CleanR
     tb/                  TensorBoard events of the same scalars
     wandb/               the local W&B run (offline/online modes)
     summary.json         final summary (written when the budget is done)
+    learning_curve.png   per training episode: mean weight per teacher, advantage over the AVER
+                         twin (twin rewards), return (`agents.curves`)
 
 Checkpoints are taken only at safe points (before an env step for the MTKD-RL agents, at
 rollout boundaries for SB3), so a resumed run continues exactly where it stopped. SIGINT and
@@ -28,7 +30,7 @@ import signal
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -40,6 +42,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from mtkd_env import ENV_ID, EnvConfig
 from mtkd_env.config import ConfigError
 from mtkd_env.distributed import context as dist_context
+from mtkd_env.stats import paired_stats
 
 from . import collective, tracking
 from .algos import get_spec
@@ -263,6 +266,9 @@ class RunCallback(BaseCallback):
             rec("episode/final_val_acc", float(info.get("final_val_acc", float("nan"))))
             rec("episode/final_test_acc", self.last_test_acc)
             rec("episode/diverged", float(info.get("diverged", False)))
+            if "twin_final_test_acc" in info:  # the lockstep AVER twin: the episode's advantage over equal weights
+                rec("episode/advantage_val", float(info["final_val_acc"] - info["twin_final_val_acc"]))
+                rec("episode/advantage_test", self.last_test_acc - float(info["twin_final_test_acc"]))
             for name, wl, wf in zip(names, self.ep_weight_logit / self.ep_steps, self.ep_weight_feat / self.ep_steps):
                 rec(f"episode/weight_logit/{name}", float(wl))
                 if self.run.separate_weights:
@@ -499,6 +505,11 @@ class Run:
         if self.dist.is_main:
             atomic_write_text(self.run_dir / SUMMARY_NAME, json.dumps(summary, indent=1))
         self._finish(interrupted=False, summary=summary)
+        if self.dist.is_main:
+            from .curves import CURVE_NAME, plot_learning_curve
+
+            plot_learning_curve(tracking.read_metrics(self.run_dir / "metrics.jsonl"), self.run_dir / CURVE_NAME,
+                                title=self.run_dir.name)
         return self.run_dir
 
     def _finish(self, interrupted: bool, summary: Optional[dict] = None) -> None:
@@ -553,6 +564,8 @@ class Run:
                 "policy_test_acc_mean_std": mean_std([r.final_test_acc for r in trained]),
                 "equal_test_acc_mean_std": mean_std([r.final_test_acc for r in equal]),
                 "test_acc_diff_mean_std": mean_std(diff),
+                "test_acc_paired": asdict(paired_stats([r.final_test_acc for r in equal],
+                                                       [r.final_test_acc for r in trained])),
                 "mean_weight_logit": dict(zip(names, np.mean([r.mean_weight_logit for r in trained], 0).tolist())),
                 "mean_weight_feat": dict(zip(names, np.mean([r.mean_weight_feat for r in trained], 0).tolist())),
             }
@@ -567,6 +580,14 @@ def _flatten(d: dict, prefix: str = "summary/") -> dict:
         elif isinstance(value, (int, float, str)) and not (isinstance(value, float) and math.isnan(value)):
             out[f"{prefix}{key}"] = value
     return out
+
+
+def _test_note(paired: Optional[dict]) -> str:
+    if not paired or paired.get("p_ttest") is None:
+        return ""
+    mde = paired.get("mde")
+    return (f"   (paired t-test p = {paired['p_ttest']:.3g}"
+            + (f"; minimum detectable effect {mde:.4f} at α 0.05, power 0.8)" if mde is not None else ")"))
 
 
 def format_summary(summary: dict) -> str:
@@ -586,7 +607,7 @@ def format_summary(summary: dict) -> str:
         lines += [f"final student test accuracy, {n} fresh student(s), seeds {ev['seeds'][0]}..{ev['seeds'][-1]}:",
                   f"  trained policy        {pm:.4f} ± {ps:.4f}",
                   f"  equal weights (AVER)  {em:.4f} ± {es:.4f}",
-                  f"  difference (paired)   {dm:+.4f} ± {ds:.4f}",
+                  f"  difference (paired)   {dm:+.4f} ± {ds:.4f}{_test_note(ev.get('test_acc_paired'))}",
                   "mean weight per teacher under the trained policy (logit KD / feature KD):"]
         width = max(len(n) for n in ev["mean_weight_logit"])
         for name in ev["mean_weight_logit"]:

@@ -87,7 +87,7 @@ def _build_run(args: argparse.Namespace, command: List[str], ctx):
             run.settings.eval_episodes = args.eval_episodes
         return run
     return api.prepare_run(
-        args.algo, env_config=args.env_config_obj, seed=args.seed or 0,
+        args.algo, env_config=args.env_config_data, seed=args.seed or 0,
         total_timesteps=args.total_timesteps, out_dir=args.out or "runs", wandb_mode=args.wandb,
         wandb_project=args.wandb_project or "mtkd-rl", wandb_group=args.wandb_group,
         hyperparams_file=args.hyperparams, show_progress=args.progress, device=args.device or "cpu",
@@ -144,8 +144,8 @@ def _main(args: argparse.Namespace, argv: Optional[List[str]]) -> int:
 
             data = load_config_file(args.env_config) if args.env_config else {}
             data.update(parse_overrides(args.env or []))
-            args.env_config_obj = EnvConfig.from_dict(data)
-            device = args.env_config_obj.device
+            args.env_config_data = data  # the fields the user set: they win over the algo's env_kwargs
+            device = EnvConfig.from_dict(data).device
         ctx = collective.join(device)  # before any env exists: the env shards itself over the group
         run = _build_run(args, command, ctx)
     except (ConfigError, CheckpointError, ValueError) as exc:

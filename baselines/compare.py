@@ -1,7 +1,7 @@
 """`python -m baselines.compare`: rank teacher-weighting policies on the same students and seeds.
 
     python -m baselines.compare --policies aver,ca-mkd,ebkd,aekd,best,random,no-kd,ppo,mtkd-rl \\
-        --seeds 0 1 2 3 4 [--env-config FILE] [--env K=V ...] [--agent-dir DIR] [--wandb MODE] \\
+        --seeds 0 1 2 3 4 5 6 7 8 9 [--env-config FILE] [--env K=V ...] [--agent-dir DIR] [--wandb MODE] \\
         [--out DIR] [--jobs N] [--shard I/N]
     python -m baselines.compare --merge DIR [DIR ...] --out DIR
     python -m baselines.compare --policies ppo --train-only --out AGENTS     # then --agent-dir AGENTS
@@ -81,7 +81,7 @@ class CompareOptions:
 
     policies: List[str] = field(default_factory=lambda: list(DEFAULT_POLICIES))
     """Formula policy names (`baselines.POLICIES`) and RL algorithm names (`agents.api.ALGOS`)."""
-    seeds: List[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    seeds: List[int] = field(default_factory=lambda: list(range(10)))
     """Evaluation seeds: `env.reset(seed=s)` for every policy (same students, same data order)."""
     env_config: EnvConfig = field(default_factory=EnvConfig)
     """The env every policy is evaluated on (RL policies add their `env_overrides`)."""
@@ -670,7 +670,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--policies", nargs="+", default=[",".join(DEFAULT_POLICIES)], metavar="NAMES",
                    help=f"comma-separated policy names: formula {sorted(POLICIES)} and RL algorithms of "
                         f"agents.api.ALGOS (e.g. ppo, mtkd-rl)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="evaluation seeds")
+    p.add_argument("--seeds", nargs="+", type=int, default=list(range(10)), help="evaluation seeds")
     p.add_argument("--env-config", help="YAML/JSON file of EnvConfig fields")
     p.add_argument("--env", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="EnvConfig overrides, e.g. --env max_steps=50 device=cpu")

@@ -143,6 +143,14 @@ class Best(FormulaPolicy):
         return {"val_acc": self.env.teacher_val_acc}
 
 
+@register_policy("drop-worst")
+class DropWorst(FormulaPolicy):
+    weight_fn = staticmethod(W.drop_worst)
+
+    def function_kwargs(self) -> Dict[str, Any]:
+        return {"val_acc": self.env.teacher_val_acc}
+
+
 @register_policy("random")
 class Random(FormulaPolicy):
     weight_fn = staticmethod(W.random)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from .qp import capped_simplex_min_norm
 
-__all__ = ["aver", "no_kd", "best", "random", "ebkd", "ca_mkd", "aekd", "aekd_logit_gradients",
+__all__ = ["aver", "no_kd", "best", "drop_worst", "random", "ebkd", "ca_mkd", "aekd", "aekd_logit_gradients",
            "WEIGHT_FUNCTIONS", "NORMALIZATIONS"]
 
 NORMALIZATIONS = ("sum_to_one", "reference")
@@ -89,6 +89,28 @@ def best(teacher_logits: torch.Tensor, targets: torch.Tensor, student_logits: to
         raise ValueError(f"val_acc: expected {m} validation accuracies (one per teacher), got shape {acc.shape}")
     w = torch.zeros((b, m), dtype=torch.float32, device=teacher_logits.device)
     w[:, int(np.argmax(acc))] = 1.0
+    return w
+
+
+def drop_worst(teacher_logits: torch.Tensor, targets: torch.Tensor, student_logits: torch.Tensor, *,
+               val_acc: Sequence[float]) -> torch.Tensor:
+    """Drop the weakest teacher: `w_im = 0` for the teacher with the lowest **validation**
+    accuracy, `1 / (M - 1)` for the others (ties drop the last such teacher). With M = 1 there is
+    nothing to drop while keeping KD, so the only teacher keeps weight 1 (= AVER). The fixed
+    weighting that the embedded benchmark's unreliable teacher calls for, and the default
+    comparison arm of `baselines.diagnose`.
+
+    Args:
+        val_acc: (M,) the teachers' validation accuracies.
+    Returns (B, M) rows.
+    """
+    m, b, _c = _check(teacher_logits, targets, student_logits)
+    acc = np.asarray(val_acc, dtype=np.float64).reshape(-1)
+    if acc.shape != (m,):
+        raise ValueError(f"val_acc: expected {m} validation accuracies (one per teacher), got shape {acc.shape}")
+    w = torch.full((b, m), 1.0 / max(m - 1, 1), dtype=torch.float32, device=teacher_logits.device)
+    if m > 1:
+        w[:, m - 1 - int(np.argmin(acc[::-1]))] = 0.0
     return w
 
 
@@ -215,7 +237,7 @@ def aekd(teacher_logits: torch.Tensor, targets: torch.Tensor, student_logits: to
 
 
 WEIGHT_FUNCTIONS: Dict[str, WeightFn] = {
-    "aver": aver, "no-kd": no_kd, "best": best, "random": random, "ebkd": ebkd, "ca-mkd": ca_mkd,
-    "aekd": aekd,
+    "aver": aver, "no-kd": no_kd, "best": best, "drop-worst": drop_worst, "random": random, "ebkd": ebkd,
+    "ca-mkd": ca_mkd, "aekd": aekd,
 }
 """Policy name -> weight function."""

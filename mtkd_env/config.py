@@ -123,7 +123,12 @@ class EnvConfig:
     """Reward name from `mtkd_env.rewards.REWARDS`, or a callable `f(StepResult) -> float`.
     None = "probe_loss_drop" for teacher granularity, "paper" for sample granularity."""
     reward_interval: int = 10
-    """Steps between validation evaluations for "val_acc_delta"."""
+    """Steps between validation evaluations of the rewards that use them ("val_acc_delta",
+    "twin_val_acc", "twin_val_loss"); they are also evaluated at the episode's end."""
+    log_rewards: list = field(default_factory=list)
+    """Further reward names computed every step next to `reward` and reported in
+    `info["rewards"]` (for logging and `baselines.diagnose`; they do not drive the agent). A
+    "twin_*" name here also creates the twin student."""
     probe_size: int = 256
     """Samples in the fixed held-out probe batch (taken from the validation split)."""
     divergence_penalty: float = -1.0
@@ -193,6 +198,8 @@ class EnvConfig:
                               "set augment=false or cache_teacher_outputs=false")
         if any(not isinstance(m, (int, float)) or not 0 < m < 1 for m in self.lr_milestones):
             raise ConfigError(f"lr_milestones: expected fractions in (0, 1), got {self.lr_milestones!r}")
+        if any(not isinstance(name, str) for name in self.log_rewards):
+            raise ConfigError(f"log_rewards: expected a list of reward names, got {self.log_rewards!r}")
         if self.granularity == "sample" and self.steps_per_action != 1:
             raise ConfigError("steps_per_action: sample granularity weights one batch per action, "
                               f"so it must be 1, got {self.steps_per_action}")

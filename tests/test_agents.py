@@ -80,8 +80,9 @@ def test_each_algo_trains_and_saves_a_run(algo, synthetic_config, tmp_path):
 
 def test_policy_applies_saved_observation_normalisation(synthetic_config, tmp_path):
     """With VecNormalize, predict(raw obs) equals the SB3 model on the normalised obs."""
+    hp = {**TINY_HP["ppo"], "normalize": {"norm_obs": True, "norm_reward": True}}  # the shipped PPO uses raw obs
     run_dir = api.train("ppo", env_config=synthetic_config(), total_timesteps=32, out_dir=str(tmp_path),
-                        hyperparams=TINY_HP["ppo"], show_progress=False)
+                        hyperparams=hp, show_progress=False)
     state = torch.load(run_dir / "checkpoint/state.pt", weights_only=True)
     rms = state["agent"]["vecnorm"]["obs_rms"]
     policy = api.load_policy(run_dir)
