@@ -11,6 +11,18 @@ The env, the agents, the baselines and the benchmarks all drive this class. One 
 
 Keeping the student forward of step 1 for step 3 (as MTKD-RL's code does) means the state costs
 no extra forward pass.
+
+Methods that need more of the step than weights use two further APIs, which never touch the real
+student, projectors, optimiser or BatchNorm statistics:
+
+- `forward_with(x, y, params)`: the same per-sample quantities for any inputs, with the student and
+  projectors evaluated under the given parameters (`torch.func.functional_call`), so gradients flow
+  into those parameters;
+- `virtual_optimizer()`: a differentiable copy of the optimiser step (`mtkd_env.virtual.VirtualSGD`)
+  starting from the current parameters and momentum buffers.
+
+Together they unroll "virtual" steps of the student (MMKD's meta step) without a second copy of
+the step.
 """
 
 from __future__ import annotations
@@ -30,6 +42,7 @@ from .data import DeviceLoader, build_dataset
 from .distributed import DistContext
 from .projectors import ProjectorBank
 from .teachers import Teacher, load_pool
+from .virtual import VirtualSteps
 
 __all__ = ["DistillationEngine", "Batch", "resolve_device"]
 
@@ -60,10 +73,18 @@ class Batch:
     teacher_entropy: torch.Tensor        # (B, M) entropy of softmax(teacher logits) (T = 1)
     teacher_correct: torch.Tensor        # (B, M) float 0/1
     student_correct: torch.Tensor        # (B,) float 0/1
+    student_embedding: Optional[torch.Tensor] = None   # (B, D_s) pooled student feature map, detached
+    # Kept only with `EnvConfig.keep_feature_maps` (and always by `forward_with`), all detached:
+    student_feature_map: Optional[torch.Tensor] = None  # (B, C_s, H_s, W_s)
+    teacher_feature_maps: Optional[List[torch.Tensor]] = None  # M x (B, C_m, H_m, W_m)
+    projected: Optional[List[torch.Tensor]] = None     # M x (B, C_m, H_m, W_m) Phi_m(F_s); None without feature KD
 
 
-class DistillationEngine:
-    """Owns data, teachers, student, projectors, optimiser and LR schedule of one episode."""
+class DistillationEngine(VirtualSteps):
+    """Owns data, teachers, student, projectors, optimiser and LR schedule of one episode.
+
+    The virtual-step API (`trainable_parameters`, `forward_with`, `virtual_optimizer`) comes from
+    `mtkd_env.virtual.VirtualSteps`."""
 
     def __init__(self, config: EnvConfig, dist_ctx: Optional[DistContext] = None) -> None:
         self.config = cfg = config
@@ -95,6 +116,11 @@ class DistillationEngine:
             outs = [t.model(self._shape_probe) for t in self.teachers]
         self.teacher_feature_shapes = [tuple(o.feature_map.shape[1:]) for o in outs]
         self.teacher_embedding_dims = [int(o.embedding.shape[1]) for o in outs]
+        self.student_embedding_dim: Optional[int] = None  # (D_s,), measured only when the state needs it
+        if cfg.sample_obs_student:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):  # the throw-away init leaves the RNG alone
+                probe = models.build(cfg.student, num_classes=self.num_classes, input_shape=self.input_shape).eval()
+                self.student_embedding_dim = int(probe(self._shape_probe.cpu()).embedding.shape[1])
         if cfg.max_steps is not None:
             self.total_iterations = cfg.max_steps * cfg.steps_per_action
         else:
@@ -206,11 +232,20 @@ class DistillationEngine:
 
     def prepare(self) -> Batch:
         """Draw the next batch; forward teachers (no grad) and student + projectors (grad)."""
-        cfg = self.config
         self._loader_state_before_batch = self.loader.state_dict()
         x, y, index = self.loader.next()
         x = self._format(x)
         t_outs = self._teacher_outputs(x, index)
+        with self._autocast():
+            s_out = self._student_forward(x)
+            projected = None if self._projector_forward is None else self._projector_forward(s_out.feature_map)
+        return self._measure(x, y, index, t_outs, s_out, projected, self.config.keep_feature_maps)
+
+    def _measure(self, x: torch.Tensor, y: torch.Tensor, index: Optional[torch.Tensor],
+                 t_outs: List[models.ModelOutput], s_out: models.ModelOutput,
+                 projected: Optional[List[torch.Tensor]], keep_maps: bool) -> Batch:
+        """The per-sample quantities of a batch from the teachers' and the student's outputs."""
+        cfg = self.config
         with torch.no_grad():
             t_logits = torch.stack([o.logits for o in t_outs]).float()           # (M, B, C)
             log_pt = F.log_softmax(t_logits / cfg.kd_temperature, dim=-1)
@@ -219,9 +254,6 @@ class DistillationEngine:
             teacher_entropy = -(logp1.exp() * logp1).sum(-1).T                   # (B, M)
             teacher_ce = -logp1.gather(-1, y.expand(len(t_outs), -1)[..., None]).squeeze(-1).T
             teacher_correct = (t_logits.argmax(-1) == y).T.float()
-        with self._autocast():
-            s_out = self._student_forward(x)
-            projected = None if self._projector_forward is None else self._projector_forward(s_out.feature_map)
         s_logits = s_out.logits.float()
         log_ps = F.log_softmax(s_logits / cfg.kd_temperature, dim=-1)            # (B, C)
         kl = cfg.kd_temperature ** 2 * (pt * (log_pt - log_ps)).sum(-1).T        # (B, M)
@@ -235,8 +267,14 @@ class DistillationEngine:
                 cos = torch.stack([F.cosine_similarity(p.float().mean((2, 3)), o.embedding.float(), dim=1)
                                    for p, o in zip(projected, t_outs)], dim=1)
         student_correct = (s_logits.detach().argmax(-1) == y).float()
-        return Batch(x, y, index, t_logits, [o.embedding for o in t_outs], s_logits, student_ce,
-                     kl, feat_mse, cos, teacher_ce, teacher_entropy, teacher_correct, student_correct)
+        batch = Batch(x, y, index, t_logits, [o.embedding for o in t_outs], s_logits, student_ce,
+                      kl, feat_mse, cos, teacher_ce, teacher_entropy, teacher_correct, student_correct,
+                      student_embedding=s_out.embedding.detach())
+        if keep_maps:
+            batch.student_feature_map = s_out.feature_map.detach()
+            batch.teacher_feature_maps = [o.feature_map for o in t_outs]
+            batch.projected = None if projected is None else [p.detach() for p in projected]
+        return batch
 
     def loss_terms(self, batch: Batch, w_logit: torch.Tensor, w_feat: torch.Tensor):
         """Per-sample total loss (B,) and the batch-mean KD and feature terms.
