@@ -47,6 +47,11 @@ from .virtual import VirtualSteps
 __all__ = ["DistillationEngine", "Batch", "resolve_device"]
 
 
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """Autocast's half-precision outputs in float32; float32 and float64 as they are."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -247,24 +252,24 @@ class DistillationEngine(VirtualSteps):
         """The per-sample quantities of a batch from the teachers' and the student's outputs."""
         cfg = self.config
         with torch.no_grad():
-            t_logits = torch.stack([o.logits for o in t_outs]).float()           # (M, B, C)
+            t_logits = _full(torch.stack([o.logits for o in t_outs]))           # (M, B, C)
             log_pt = F.log_softmax(t_logits / cfg.kd_temperature, dim=-1)
             pt = log_pt.exp()
             logp1 = F.log_softmax(t_logits, dim=-1)
             teacher_entropy = -(logp1.exp() * logp1).sum(-1).T                   # (B, M)
             teacher_ce = -logp1.gather(-1, y.expand(len(t_outs), -1)[..., None]).squeeze(-1).T
             teacher_correct = (t_logits.argmax(-1) == y).T.float()
-        s_logits = s_out.logits.float()
+        s_logits = _full(s_out.logits)
         log_ps = F.log_softmax(s_logits / cfg.kd_temperature, dim=-1)            # (B, C)
         kl = cfg.kd_temperature ** 2 * (pt * (log_pt - log_ps)).sum(-1).T        # (B, M)
         student_ce = F.cross_entropy(s_logits, y, reduction="none")
         feat_mse = None
         cos = torch.zeros_like(teacher_ce)
         if projected is not None:
-            feat_mse = torch.stack([((p.float() - o.feature_map.float()) ** 2).flatten(1).mean(1)
+            feat_mse = torch.stack([((_full(p) - _full(o.feature_map)) ** 2).flatten(1).mean(1)
                                     for p, o in zip(projected, t_outs)], dim=1)  # (B, M)
             with torch.no_grad():
-                cos = torch.stack([F.cosine_similarity(p.float().mean((2, 3)), o.embedding.float(), dim=1)
+                cos = torch.stack([F.cosine_similarity(_full(p).mean((2, 3)), _full(o.embedding), dim=1)
                                    for p, o in zip(projected, t_outs)], dim=1)
         student_correct = (s_logits.detach().argmax(-1) == y).float()
         batch = Batch(x, y, index, t_logits, [o.embedding for o in t_outs], s_logits, student_ce,
