@@ -17,14 +17,12 @@ were, so there is nothing to roll back.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from .engine import Batch
-    from .models import ModelOutput
+from .models import ModelOutput
 
 __all__ = ["VirtualSGD", "VirtualSteps"]
 
@@ -97,10 +95,10 @@ class VirtualSteps:
         return out
 
     def forward_with(self, x: torch.Tensor, y: torch.Tensor, params: Mapping[str, torch.Tensor],
-                     index: Optional[torch.Tensor] = None) -> "Batch":
-        """The `Batch` of `prepare()` for inputs x (B, ...) and labels y (B,), with the student and
-        projectors evaluated under `params` (names as `trainable_parameters()`; missing names use
-        the live parameters) through `torch.func.functional_call`.
+                     index: Optional[torch.Tensor] = None) -> Any:
+        """The `mtkd_env.engine.Batch` of `prepare()` for inputs x (B, ...) and labels y (B,), with
+        the student and projectors evaluated under `params` (names as `trainable_parameters()`;
+        missing names use the live parameters) through `torch.func.functional_call`.
 
         Gradients flow into `params`, so `loss_terms` on the result is a differentiable function of
         them (e.g. for `VirtualSGD.step`). Nothing real changes: the modules' parameters stay as
@@ -141,6 +139,6 @@ class VirtualSteps:
                           lr=group["lr"], momentum=group["momentum"], weight_decay=group["weight_decay"],
                           nesterov=group["nesterov"], dampening=group["dampening"])
 
-    def _live_teacher_outputs(self, x: torch.Tensor) -> List["ModelOutput"]:
+    def _live_teacher_outputs(self, x: torch.Tensor) -> List[ModelOutput]:
         with torch.no_grad(), self._autocast():
             return [f(x) for f in self._teacher_forwards]
