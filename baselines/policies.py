@@ -200,8 +200,11 @@ class CAMKD(FormulaPolicy):
                 raise RuntimeError("ca-mkd: the batch has no projected student maps; build the env with "
                                    "keep_feature_maps=True (policy.env_overrides)")
             return None
-        heads = [models.classifier_head(t.model) for t in self.env.engine.teachers]
-        return torch.stack([head(p).float() for head, p in zip(heads, batch.projected)])   # (M, b, C)
+        outs = []
+        for teacher, projected in zip(self.env.engine.teachers, batch.projected):
+            dtype = next(teacher.model.parameters()).dtype  # autocast may have given bfloat16 maps
+            outs.append(models.classifier_head(teacher.model)(projected.to(dtype)).float())
+        return torch.stack(outs)   # (M, b, C)
 
     def feature_weights(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return W.ca_mkd_feature(logits, targets, **self.options)
