@@ -60,7 +60,9 @@ def formula_weights(policy: FormulaPolicy, env) -> Tuple[np.ndarray, Optional[np
     rank takes its own rows) and batch-level ones (AEKD) average over the whole batch, so the
     formula reads the rows of every rank, gathered in rank order: exactly the 1-process batch.
     Gathered: teacher logits (M, B, C), labels (B,) and student logits (B, C), what the weight
-    functions read. Returns (w_logit, None): (B, M) for per-sample policies, else (M,).
+    functions read, and the policy's `feature_logits` (M, B, C) when it has separate feature
+    weights. Returns (w_logit, w_feat): (B, M) for per-sample policies, else (M,); w_feat None
+    means the logit weights.
     """
     ctx = env.dist
     if not ctx.enabled:
@@ -72,7 +74,12 @@ def formula_weights(policy: FormulaPolicy, env) -> Tuple[np.ndarray, Optional[np
         teacher_logits=ctx.gather_rows(batch.teacher_logits.transpose(0, 1)).transpose(0, 1),
         y=ctx.gather_rows(batch.y), student_logits=ctx.gather_rows(batch.student_logits.detach()))
     w = policy.batch_weights(whole)
-    return (w if policy.per_sample else w[0]).cpu().numpy(), None
+    feature = policy.feature_logits(batch)
+    w_feat = None
+    if feature is not None:
+        w_feat = policy.feature_weights(ctx.gather_rows(feature.transpose(0, 1)).transpose(0, 1), whole.y)
+        w_feat = w_feat.cpu().numpy()
+    return (w if policy.per_sample else w[0]).cpu().numpy(), w_feat
 
 
 def run_episode(env, policy, seed: int, *, eval_every: int = 10, log: Optional[LogFn] = None) -> EpisodeResult:

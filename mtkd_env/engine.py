@@ -12,6 +12,18 @@ The env, the agents, the baselines and the benchmarks all drive this class. One 
 Keeping the student forward of step 1 for step 3 (as MTKD-RL's code does) means the state costs
 no extra forward pass.
 
+Methods that need more of the step than weights use two further APIs, which never touch the real
+student, projectors, optimiser or BatchNorm statistics:
+
+- `forward_with(x, y, params)`: the same per-sample quantities for any inputs, with the student and
+  projectors evaluated under the given parameters (`torch.func.functional_call`), so gradients flow
+  into those parameters;
+- `virtual_optimizer()`: a differentiable copy of the optimiser step (`mtkd_env.virtual.VirtualSGD`)
+  starting from the current parameters and momentum buffers.
+
+Together they unroll "virtual" steps of the student (MMKD's meta step) without a second copy of
+the step.
+
 **Twin.** With `twin=True` the engine trains a second student in lockstep: a reference trained with
 equal weights 1/M (AVER) on exactly the agent's batches, from exactly the agent's initialisation
 (a copy made at `reset`). It shares the teachers' forward of every batch, so it costs one more
@@ -24,7 +36,6 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
@@ -35,9 +46,11 @@ from . import distributed, models
 from .config import ConfigError, EnvConfig, default_cache_dir
 from .data import DeviceLoader, build_dataset
 from .distributed import DistContext
+from .batch import Batch, TeacherStats, measure, teacher_stats
 from .projectors import ProjectorBank
 from .teachers import Teacher, load_pool
 from .trainee import Trainee
+from .virtual import VirtualSteps
 
 __all__ = ["DistillationEngine", "Batch", "resolve_device"]
 
@@ -50,28 +63,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-@dataclass
-class Batch:
-    """Everything computed for one batch before the update. Shapes: B batch, M teachers, C classes."""
+class DistillationEngine(VirtualSteps):
+    """Owns data, teachers, student, projectors, optimiser and LR schedule of one episode.
 
-    x: torch.Tensor                      # (B, ...) inputs
-    y: torch.Tensor                      # (B,) labels
-    index: torch.Tensor                  # (B,) dataset indices
-    teacher_logits: torch.Tensor         # (M, B, C), no grad
-    teacher_embeddings: List[torch.Tensor]  # M x (B, D_m), no grad
-    student_logits: torch.Tensor         # (B, C), with grad
-    student_ce: torch.Tensor             # (B,), with grad
-    kl: torch.Tensor                     # (B, M) T^2 KL(p_t^m || p_s), with grad
-    feat_mse: Optional[torch.Tensor]     # (B, M) with grad, None when feature KD is off
-    cos: torch.Tensor                    # (B, M) cosine(GAP(proj_m(F_s)), e_t^m), detached
-    teacher_ce: torch.Tensor             # (B, M) CE of teacher logits vs labels (T = 1)
-    teacher_entropy: torch.Tensor        # (B, M) entropy of softmax(teacher logits) (T = 1)
-    teacher_correct: torch.Tensor        # (B, M) float 0/1
-    student_correct: torch.Tensor        # (B,) float 0/1
-
-
-class DistillationEngine:
-    """Owns data, teachers, student, projectors, optimiser and LR schedule of one episode."""
+    The virtual-step API (`trainable_parameters`, `forward_with`, `virtual_optimizer`) comes from
+    `mtkd_env.virtual.VirtualSteps`."""
 
     def __init__(self, config: EnvConfig, dist_ctx: Optional[DistContext] = None, twin: bool = False) -> None:
         self.config = cfg = config
@@ -104,6 +100,11 @@ class DistillationEngine:
             outs = [t.model(self._shape_probe) for t in self.teachers]
         self.teacher_feature_shapes = [tuple(o.feature_map.shape[1:]) for o in outs]
         self.teacher_embedding_dims = [int(o.embedding.shape[1]) for o in outs]
+        self.student_embedding_dim: Optional[int] = None  # (D_s,), measured only when the state needs it
+        if cfg.sample_obs_student:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):  # the throw-away init leaves the RNG alone
+                probe = models.build(cfg.student, num_classes=self.num_classes, input_shape=self.input_shape).eval()
+                self.student_embedding_dim = int(probe(self._shape_probe.cpu()).embedding.shape[1])
         if cfg.max_steps is not None:
             self.total_iterations = cfg.max_steps * cfg.steps_per_action
         else:
@@ -241,44 +242,25 @@ class DistillationEngine:
         x, y, index = self.loader.next()
         x = self._format(x)
         t_outs = self._teacher_outputs(x, index)
-        teacher = self._teacher_stats(t_outs, y)
+        teacher = teacher_stats(t_outs, y, self.config.kd_temperature)
         self.twin_batch = None if self.twin is None else self._student_pass(self.twin, x, y, index, t_outs, teacher)
         return self._student_pass(self.main, x, y, index, t_outs, teacher)
 
-    def _teacher_stats(self, t_outs: List[models.ModelOutput], y: torch.Tensor) -> dict:
-        """Per-sample teacher quantities (no grad): logits (M, B, C), tempered log-probs and
-        probs (M, B, C), entropy, CE and correctness (B, M)."""
-        with torch.no_grad():
-            t_logits = torch.stack([o.logits for o in t_outs]).float()           # (M, B, C)
-            log_pt = F.log_softmax(t_logits / self.config.kd_temperature, dim=-1)
-            logp1 = F.log_softmax(t_logits, dim=-1)
-            return {"logits": t_logits, "log_pt": log_pt, "pt": log_pt.exp(),
-                    "entropy": -(logp1.exp() * logp1).sum(-1).T,
-                    "ce": -logp1.gather(-1, y.expand(len(t_outs), -1)[..., None]).squeeze(-1).T,
-                    "correct": (t_logits.argmax(-1) == y).T.float()}
-
     def _student_pass(self, trainee: Trainee, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
-                      t_outs: List[models.ModelOutput], teacher: dict) -> Batch:
+                      t_outs: List[models.ModelOutput], teacher: TeacherStats) -> Batch:
         """The trainee's forward (with grad) and everything the loss and the state need."""
-        cfg = self.config
         with self._autocast():
             s_out = trainee.forward(x)
             projected = None if trainee.projector_forward is None else trainee.projector_forward(s_out.feature_map)
-        s_logits = s_out.logits.float()
-        log_ps = F.log_softmax(s_logits / cfg.kd_temperature, dim=-1)            # (B, C)
-        kl = cfg.kd_temperature ** 2 * (teacher["pt"] * (teacher["log_pt"] - log_ps)).sum(-1).T  # (B, M)
-        student_ce = F.cross_entropy(s_logits, y, reduction="none")
-        feat_mse = None
-        cos = torch.zeros_like(teacher["ce"])
-        if projected is not None:
-            feat_mse = torch.stack([((p.float() - o.feature_map.float()) ** 2).flatten(1).mean(1)
-                                    for p, o in zip(projected, t_outs)], dim=1)  # (B, M)
-            with torch.no_grad():
-                cos = torch.stack([F.cosine_similarity(p.float().mean((2, 3)), o.embedding.float(), dim=1)
-                                   for p, o in zip(projected, t_outs)], dim=1)
-        student_correct = (s_logits.detach().argmax(-1) == y).float()
-        return Batch(x, y, index, teacher["logits"], [o.embedding for o in t_outs], s_logits, student_ce,
-                     kl, feat_mse, cos, teacher["ce"], teacher["entropy"], teacher["correct"], student_correct)
+        return measure(x, y, index, t_outs, teacher, s_out, projected, self.config.kd_temperature,
+                       self.config.keep_feature_maps)
+
+    def _measure(self, x: torch.Tensor, y: torch.Tensor, index: Optional[torch.Tensor],
+                 t_outs: List[models.ModelOutput], s_out: models.ModelOutput,
+                 projected: Optional[List[torch.Tensor]], keep_maps: bool) -> Batch:
+        """The per-sample quantities of a batch from the teachers' and the student's outputs."""
+        t = self.config.kd_temperature
+        return measure(x, y, index, t_outs, teacher_stats(t_outs, y, t), s_out, projected, t, keep_maps)
 
     def loss_terms(self, batch: Batch, w_logit: torch.Tensor, w_feat: torch.Tensor):
         """Per-sample total loss (B,) and the batch-mean KD and feature terms.

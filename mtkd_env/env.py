@@ -48,7 +48,8 @@ class MultiTeacherKDEnv(gym.Env):
     Observation (`granularity="sample"`): (B, F) per-sample state of the MTKD-RL paper, columns
     described by `sample_layout`. Action: `Box(-1, 1, (B, M))` or `(B, 2M)`.
 
-    Actions become simplex weights by `action_transform`; the weights used are in `info`.
+    Actions become simplex weights by `action_transform` (or, with "select", equal weights over
+    the selected teachers, zero when none is); the weights used are in `info`.
     `step_weights(w_logit, w_feat)` applies explicit non-negative weights instead (for formula
     baselines and agents that output weights).
     """
@@ -79,7 +80,8 @@ class MultiTeacherKDEnv(gym.Env):
             self.action_space = spaces.Box(-1.0, 1.0, (self.action_width,), dtype=np.float32)
         else:
             self.sample_layout = obsmod.sample_layout(self.engine.num_classes, self.engine.teacher_embedding_dims,
-                                                      cfg.sample_obs_embeddings, cfg.sample_obs_logits)
+                                                      cfg.sample_obs_embeddings, cfg.sample_obs_logits,
+                                                      self.engine.student_embedding_dim if cfg.sample_obs_student else 0)
             low, high = obsmod.sample_bounds(self.sample_layout, cfg.batch_size)
             self.feature_names = None
             self.action_space = spaces.Box(-1.0, 1.0, (cfg.batch_size, self.action_width), dtype=np.float32)
@@ -134,6 +136,10 @@ class MultiTeacherKDEnv(gym.Env):
         return self._to_simplex(logit_part), self._to_simplex(feat_part)
 
     def _to_simplex(self, a: np.ndarray) -> np.ndarray:
+        if self.config.action_transform == "select":
+            chosen = (a > 0).astype(np.float64)
+            count = chosen.sum(-1, keepdims=True)
+            return (chosen / np.maximum(count, 1.0)).astype(np.float32)
         if self.config.action_transform == "softmax":
             z = a / self.config.action_temperature
             z = np.exp(z - z.max(-1, keepdims=True))
@@ -151,7 +157,9 @@ class MultiTeacherKDEnv(gym.Env):
         out = []
         for w in parts:
             w = np.broadcast_to(np.asarray(w, dtype=np.float64), self._weight_shape)
-            if self.config.action_transform == "linear":
+            if self.config.action_transform == "select":  # exact for equal shares of a selection
+                out.append(np.where(w > 0, 1.0, -1.0))
+            elif self.config.action_transform == "linear":
                 out.append(2.0 * w / np.maximum(w.max(-1, keepdims=True), 1e-12) - 1.0)
             else:
                 logw = np.log(np.maximum(w, 1e-12)) * self.config.action_temperature
@@ -274,7 +282,7 @@ class MultiTeacherKDEnv(gym.Env):
         batch, cfg = self.engine.batch, self.config
         if cfg.granularity == "teacher":
             return obsmod.teacher_obs(batch)
-        return obsmod.sample_obs(batch, cfg.sample_obs_embeddings, cfg.sample_obs_logits)
+        return obsmod.sample_obs(batch, cfg.sample_obs_embeddings, cfg.sample_obs_logits, cfg.sample_obs_student)
 
     def _gather_to_host(self, per_sample: Optional[torch.Tensor], scalars: list,
                         evals: Optional[torch.Tensor] = None):
