@@ -16,22 +16,32 @@ from mtkd_env import EnvConfig
 from mtkd_env.runtime.errors import ConfigError, did_you_mean
 
 from .hyperparams import validate_dataclass, validate_sb3
-from .mtkd_rl import ENV_OVERRIDES, MTKDRL, MTKDRLConfig
 from .modelfile import MODEL_NAME, read_meta
+from .mtkd_rl import ENV_OVERRIDES as MTKD_ENV_OVERRIDES
+from .mtkd_rl import MTKDRL, MTKDRLConfig
+from .online import OnlineAgent
 from .policy import Policy
+from .rmts import ENV_OVERRIDES as RMTS_ENV_OVERRIDES
+from .rmts import RMTS, RMTSConfig
 from .sb3_agent import SB3_CLASSES, SB3Agent, load_sb3_policy
 
-__all__ = ["Agent", "AlgoSpec", "REGISTRY", "get_spec", "load_policy", "MTKDAgent", "MTKDRLPolicy"]
+__all__ = ["Agent", "AlgoSpec", "REGISTRY", "get_spec", "load_policy", "OwnAgent", "OwnPolicy"]
+
+ModelFactory = Callable[[Any, dict, int, str], OnlineAgent]
+"""(env, hyperparameters without the run's keys, seed, device) -> the agent's model."""
+
+_RUN_KEYS = ("n_timesteps", "env_kwargs")
+"""Hyperparameter keys read by the run, not by the agent's config."""
 
 
 class Agent(Protocol):
-    """What a training run drives (`SB3Agent`, `MTKDAgent`). Checkpoints are taken only at safe
+    """What a training run drives (`SB3Agent`, `OwnAgent`). Checkpoints are taken only at safe
     points (`callback.on_rollout_start()`), where `training_state()` is complete."""
 
     env: Any
     """The agent's `MultiTeacherKDEnv`."""
     model: Any
-    """The SB3 model or `MTKDRL`: `set_logger`, `predict` and SB3's callback interface."""
+    """The SB3 model or an `OnlineAgent`: `set_logger`, `predict` and SB3's callback interface."""
 
     @property
     def num_timesteps(self) -> int: ...
@@ -60,20 +70,21 @@ class AlgoSpec:
     load_policy: Callable[[Path, dict], Policy]
 
 
-class MTKDAgent:
-    """`MTKDRL` plus its env, with the run-facing interface of `SB3Agent`."""
+class OwnAgent:
+    """One of the project's own agents (`OnlineAgent`: MTKD-RL, RMTS) plus its env, with the
+    run-facing interface of `SB3Agent`."""
 
-    def __init__(self, algo: str, variant: str, env_config: EnvConfig, hyperparams: dict, seed: int,
-                 device: str) -> None:
+    def __init__(self, algo: str, env_config: EnvConfig, hyperparams: dict, seed: int, device: str,
+                 make_model: ModelFactory, env_overrides: Dict[str, Any]) -> None:
         from mtkd_env.env import MultiTeacherKDEnv
 
         self.algo = algo
         self.hyperparams = dict(hyperparams)
-        config = MTKDRLConfig(**{k: v for k, v in hyperparams.items() if k != "n_timesteps"})
+        self.env_overrides = dict(env_overrides)
         self.env = MultiTeacherKDEnv(env_config)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = MTKDRL(self.env, variant, config, seed=seed, device=device)
+        self.model = make_model(self.env, {k: v for k, v in hyperparams.items() if k not in _RUN_KEYS}, seed, device)
 
     @property
     def num_timesteps(self) -> int:
@@ -93,13 +104,13 @@ class MTKDAgent:
         self.env.load_state_dict(state["env"])
 
     def save_model(self, path: Path, meta: dict) -> None:
-        self.model.save(path, {**meta, "env_overrides": dict(ENV_OVERRIDES)})
+        self.model.save(path, {**meta, "env_overrides": dict(self.env_overrides)})
 
 
-class MTKDRLPolicy(Policy):
-    """A saved MTKD-RL agent: (B, F) per-sample state -> (B, 2M) "linear" action of its weights."""
+class OwnPolicy(Policy):
+    """A saved own agent: (B, F) per-sample state -> its env action."""
 
-    def __init__(self, model: MTKDRL, meta: dict) -> None:
+    def __init__(self, model: OnlineAgent, meta: dict) -> None:
         super().__init__(meta["algo"], meta["env_overrides"], meta)
         self.model = model
 
@@ -107,23 +118,20 @@ class MTKDRLPolicy(Policy):
         return self.model.predict(obs, state, episode_start, deterministic)
 
     def trained_shapes(self):
-        layout = self.model.layout  # any batch size B: (B, F) states, (B, 2M) actions
-        return (None, layout.width), (None, 2 * layout.num_teachers)
+        layout = self.model.layout  # any batch size B: (B, F) states, (B, M) or (B, 2M) actions
+        m = layout.num_teachers
+        return (None, layout.width), (None, 2 * m if self.env_overrides.get("separate_feature_weights") else m)
 
 
-def _validate_mtkd(name: str) -> Callable[[dict], dict]:
+def _validator(name: str, config_class: type) -> Callable[[dict], dict]:
     def validate(hp: dict) -> dict:
-        out = validate_dataclass(name, MTKDRLConfig, hp, extra={"n_timesteps": int})
-        MTKDRLConfig(**{k: v for k, v in out.items() if k != "n_timesteps"}).validate()
+        out = validate_dataclass(name, config_class, hp, extra={"n_timesteps": int, "env_kwargs": dict})
+        config_class(**{k: v for k, v in out.items() if k not in _RUN_KEYS}).validate()
         if "n_timesteps" in out and out["n_timesteps"] < 1:
             raise ConfigError(f"hyperparameter n_timesteps: expected an integer >= 1, got {out['n_timesteps']}")
         return out
 
     return validate
-
-
-def _load_mtkd(path: Path, meta: dict) -> Policy:
-    return MTKDRLPolicy(MTKDRL.load(path), meta)
 
 
 def _sb3_spec(name: str) -> AlgoSpec:
@@ -134,9 +142,24 @@ def _sb3_spec(name: str) -> AlgoSpec:
 
 
 def _mtkd_spec(name: str, variant: str) -> AlgoSpec:
-    return AlgoSpec(name=name, env_overrides=dict(ENV_OVERRIDES), validate=_validate_mtkd(name),
-                    build=lambda cfg, hp, seed, device: MTKDAgent(name, variant, cfg, hp, seed, device),
-                    load_policy=_load_mtkd)
+    def make(env, hp, seed, device):
+        return MTKDRL(env, variant, MTKDRLConfig(**hp), seed=seed, device=device)
+
+    return AlgoSpec(name=name, env_overrides=dict(MTKD_ENV_OVERRIDES), validate=_validator(name, MTKDRLConfig),
+                    build=lambda cfg, hp, seed, device: OwnAgent(name, cfg, hp, seed, device, make, MTKD_ENV_OVERRIDES),
+                    load_policy=lambda path, meta: OwnPolicy(MTKDRL.load(path), meta))
+
+
+def _rmts_spec() -> AlgoSpec:
+    def make(env, hp, seed, device):
+        return RMTS(env, RMTSConfig(**hp), seed=seed, device=device)
+
+    # Its reward (`env_kwargs` in rmts.yml) is the probe-loss drop: the sample-granularity default,
+    # "paper", would reward selecting no teacher (the training loss is then lower).
+    return AlgoSpec(name="rmts", env_overrides=dict(RMTS_ENV_OVERRIDES), validate=_validator("rmts", RMTSConfig),
+                    build=lambda cfg, hp, seed, device: OwnAgent("rmts", cfg, hp, seed, device, make,
+                                                                 RMTS_ENV_OVERRIDES),
+                    load_policy=lambda path, meta: OwnPolicy(RMTS.load(path), meta))
 
 
 REGISTRY: Dict[str, AlgoSpec] = {
@@ -146,6 +169,7 @@ REGISTRY: Dict[str, AlgoSpec] = {
     "td3": _sb3_spec("td3"),
     "mtkd-rl": _mtkd_spec("mtkd-rl", "code"),
     "mtkd-rl-pg": _mtkd_spec("mtkd-rl-pg", "pg"),
+    "rmts": _rmts_spec(),
 }
 
 

@@ -12,10 +12,10 @@ import pathlib
 from typing import List, Optional, Union
 
 from mtkd_env import EnvConfig
-from mtkd_env.config import ConfigError
+from mtkd_env.config import ConfigError, load_config_file
 
 from .algos import REGISTRY, get_spec, load_policy
-from .hyperparams import resolve_hyperparams
+from .hyperparams import apply_env_kwargs, resolve_hyperparams
 from .policy import Policy
 from .run import Run, RunSettings, TrainingInterrupted
 
@@ -38,7 +38,10 @@ def prepare_run(algo: str, *, env_config: Union[EnvConfig, dict, str, None], see
 
     spec = get_spec(algo)
     hp = resolve_hyperparams(algo, spec.validate, hyperparams_file, hyperparams)
-    cfg = make_config(env_config)
+    if isinstance(env_config, str):
+        env_config = load_config_file(env_config)
+    explicit = set(env_config) if isinstance(env_config, dict) else None
+    cfg = apply_env_kwargs(make_config(env_config), hp.get("env_kwargs"), explicit)
     total = total_timesteps if total_timesteps is not None else hp.get("n_timesteps")
     if total is None:
         raise ConfigError(f"total_timesteps: not given and the {algo} hyperparameters have no n_timesteps")

@@ -76,6 +76,9 @@ class RunCallback(BaseCallback):
             rec("episode/final_val_acc", float(info.get("final_val_acc", float("nan"))))
             rec("episode/final_test_acc", self.last_test_acc)
             rec("episode/diverged", float(info.get("diverged", False)))
+            if "twin_final_test_acc" in info:  # the lockstep AVER twin: the episode's advantage over equal weights
+                rec("episode/advantage_val", float(info["final_val_acc"] - info["twin_final_val_acc"]))
+                rec("episode/advantage_test", self.last_test_acc - float(info["twin_final_test_acc"]))
             for name, wl, wf in zip(names, self.ep_weight_logit / self.ep_steps, self.ep_weight_feat / self.ep_steps):
                 rec(f"episode/weight_logit/{name}", float(wl))
                 if self.run.separate_weights:

@@ -15,7 +15,7 @@ import dataclasses
 import inspect
 import typing
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, Iterable, Optional, Union
 
 from mtkd_env import ENV_ID
 from mtkd_env.config import ConfigError, load_config_file
@@ -23,7 +23,7 @@ from mtkd_env.runtime.errors import did_you_mean
 from mtkd_env.runtime.options import check_type, is_instance
 
 __all__ = ["HYPERPARAMS_DIR", "default_hyperparams", "load_hyperparams_file", "resolve_hyperparams",
-           "validate_sb3", "sb3_kwargs", "validate_dataclass", "activations"]
+           "validate_sb3", "sb3_kwargs", "validate_dataclass", "activations", "apply_env_kwargs"]
 
 HYPERPARAMS_DIR = Path(__file__).resolve().parent / "hyperparams"
 
@@ -32,7 +32,7 @@ _SB3_RUN_ARGS = {"self", "policy", "env", "tensorboard_log", "verbose", "seed", 
                  "action_noise", "replay_buffer_class", "replay_buffer_kwargs", "rollout_buffer_class",
                  "rollout_buffer_kwargs", "policy_kwargs"}
 # rl-zoo3 keys that are not constructor arguments.
-_SB3_EXTRA = {"n_timesteps": int, "policy": str, "normalize": (bool, dict), "policy_kwargs": dict}
+_SB3_EXTRA = {"n_timesteps": int, "policy": str, "normalize": (bool, dict), "policy_kwargs": dict, "env_kwargs": dict}
 _NOISE_KEYS = {"noise_type": str, "noise_std": float}
 _SCHEDULABLE = {"learning_rate", "clip_range", "clip_range_vf"}
 _NORMALIZE_KEYS = {"norm_obs": bool, "norm_reward": bool, "clip_obs": float, "clip_reward": float,
@@ -97,6 +97,26 @@ def _refuse_unknown(algo_name: str, hp: dict, known: set) -> None:
     if unknown:
         raise ConfigError(f"unknown {algo_name} hyperparameter(s) {unknown}{did_you_mean(unknown, known)}; known: "
                           f"{sorted(known)}")
+
+
+def apply_env_kwargs(config, env_kwargs: Optional[dict], explicit: Optional[Iterable[str]] = None):
+    """The algorithm's env defaults (`env_kwargs` of its hyperparameters, as in rl-zoo3) under the
+    user's env config: each field takes its `env_kwargs` value unless the user set it — named in
+    `explicit` (the CLI knows which `--env`/`--env-config` fields were given) or, without that
+    list, holding a value other than the `EnvConfig` default. Returns an `EnvConfig`."""
+    from mtkd_env import EnvConfig
+
+    if not env_kwargs:
+        return config
+    known = {f.name for f in dataclasses.fields(EnvConfig)}
+    unknown = sorted(set(env_kwargs) - known)
+    if unknown:
+        raise ConfigError(f"hyperparameter env_kwargs: unknown EnvConfig field(s) {unknown}"
+                          f"{did_you_mean(unknown, known)}")
+    if explicit is None:
+        defaults = EnvConfig()
+        explicit = {k for k in env_kwargs if getattr(config, k) != getattr(defaults, k)}
+    return config.replace(**{k: v for k, v in env_kwargs.items() if k not in set(explicit)})
 
 
 # --- SB3 -------------------------------------------------------------------------------------

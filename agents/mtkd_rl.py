@@ -23,16 +23,13 @@ Variants:
   batch-mean reward as baseline, `-(1/B) sum_i (r_i - mean r) [log p(aL_i) + log p(aF_i)]`.
   Evaluation uses the mean `w`.
 
-Both follow SB3's model interface (`learn`, `predict`, `save`, `load`, `get_env`, `logger`) and
-call SB3 callbacks, so the run, checkpoint and evaluation code treats every algorithm alike.
-Each env step is a safe point: `callback.on_rollout_start()` fires before it.
+Both follow SB3's model interface through `agents.online.OnlineAgent` (`learn`, `predict`, `save`,
+`load`, `get_env`, `logger`), so the run, checkpoint and evaluation code treats every algorithm alike.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
-import zipfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -44,8 +41,10 @@ from mtkd_env.actions import weights_to_action
 from mtkd_env.config import ConfigError
 
 from .mtkd_rl_network import MTKDRLConfig, PolicyTrans, StateLayout
+from .online import OnlineAgent
 
-__all__ = ["MTKDRL", "VARIANTS", "ENV_OVERRIDES", "weights_to_linear_action"]
+__all__ = ["MTKDRLConfig", "StateLayout", "PolicyTrans", "MTKDRL", "VARIANTS", "ENV_OVERRIDES",
+           "weights_to_linear_action"]
 
 VARIANTS: Tuple[str, ...] = ("code", "pg")
 ENV_OVERRIDES = {"granularity": "sample", "separate_feature_weights": True, "action_transform": "linear"}
@@ -64,7 +63,7 @@ def _sample_simplex(dist: torch.distributions.Dirichlet, floor: float = 1e-6) ->
     return a / a.sum(-1, keepdim=True)
 
 
-class MTKDRL:
+class MTKDRL(OnlineAgent):
     """The MTKD-RL agent on a `MultiTeacherKDEnv` with sample granularity.
 
     `env` may be None for a model used only to `predict` (loaded) or to `update` hand-built
@@ -80,7 +79,6 @@ class MTKDRL:
         self.variant = variant
         self.config = config = config or MTKDRLConfig()
         config.validate()
-        self.env = env
         if env is not None:
             if env.config.granularity != "sample":
                 raise ConfigError("MTKD-RL needs the per-sample state: env granularity must be 'sample', got "
@@ -90,42 +88,16 @@ class MTKDRL:
             raise ValueError("MTKDRL needs an env or a StateLayout")
         self.layout = layout
         self.num_teachers = layout.num_teachers
-        self.seed = seed
-        self.device = torch.device(device)
-        if seed is not None:
-            from stable_baselines3.common.utils import set_random_seed
-
-            set_random_seed(seed)
+        super().__init__(env, seed, device)
         self.net = PolicyTrans(layout, config.hidden_size, config.dynamic,
                                config.concentration if variant == "pg" else None,
                                config.learn_concentration).to(self.device)
         self.optimizer = torch.optim.SGD([p for p in self.net.parameters() if p.requires_grad], lr=config.lr,
                                          momentum=config.momentum)
-        self.num_timesteps = 0
         self._n_updates = 0          # agent SGD steps
         self._n_rounds = 0           # update events (the warm-up ends at the first)
-        self._episode_num = 0
         self._steps_since_update = 0
         self._buffer: List[Dict[str, torch.Tensor]] = []
-        self._last_obs: Optional[np.ndarray] = None
-        self._batch_epoch = 0
-        self._reset_seed: Optional[int] = seed
-        self._logger = None
-
-    # --- SB3-style plumbing -----------------------------------------------------------------
-    def get_env(self) -> Any:
-        return self.env
-
-    @property
-    def logger(self):
-        if self._logger is None:
-            from stable_baselines3.common.logger import Logger
-
-            self._logger = Logger(folder=None, output_formats=[])  # records are dropped until a logger is set
-        return self._logger
-
-    def set_logger(self, logger) -> None:
-        self._logger = logger
 
     @property
     def warming_up(self) -> bool:
@@ -169,71 +141,29 @@ class MTKDRL:
         return (out if batched else out[0]), state
 
     # --- learning ---------------------------------------------------------------------------
-    def _init_callback(self, callback):
-        from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ConvertCallback
-
-        if isinstance(callback, list):
-            callback = CallbackList(callback)
-        elif callback is None:
-            callback = CallbackList([])
-        elif not isinstance(callback, BaseCallback):
-            callback = ConvertCallback(callback)
-        callback.init_callback(self)
-        return callback
-
-    def learn(self, total_timesteps: int, callback: Any = None, log_interval: int = 1,
-              reset_num_timesteps: bool = True, progress_bar: bool = False) -> "MTKDRL":
-        """Run `total_timesteps` env steps (distillation iterations), updating the agent as configured."""
+    def _step(self, obs: np.ndarray):
         env = self.env
-        if env is None:
-            raise RuntimeError("this MTKDRL model has no env; pass one to the constructor or to load()")
-        if reset_num_timesteps:
-            self.num_timesteps, self._episode_num = 0, 0
+        batch_epoch = env.engine.loader.epoch  # the epoch of the prepared batch
+        sampled = None
+        if self.warming_up:
+            w_l = w_f = self._warmup_weights()
         else:
-            total_timesteps += self.num_timesteps
-        callback = self._init_callback(callback)
-        if reset_num_timesteps or self._last_obs is None:
-            self._last_obs, _ = env.reset(seed=self._reset_seed)
-            self._reset_seed = None  # as SB3's VecEnv.seed: only the first reset is seeded
-            self._batch_epoch = env.engine.loader.epoch
-        callback.on_training_start(locals(), globals())
-        while self.num_timesteps < total_timesteps:
-            callback.on_rollout_start()
-            obs = self._last_obs
-            sampled = None
-            if self.warming_up:
-                w_l = w_f = self._warmup_weights()
-            else:
-                w_l, w_f = self.weights(obs, deterministic=self.variant == "code")
-                sampled = (w_l, w_f) if self.variant == "pg" else None
-            new_obs, reward, terminated, truncated, info = env.step_weights(w_l, w_f)
-            self.num_timesteps += 1
-            reward_vector = info.get("reward_vector")
-            if reward_vector is None:  # a scalar reward (not "paper"): every sample shares it
-                reward_vector = np.full(obs.shape[0], reward, dtype=np.float32)
-            item = {"state": torch.as_tensor(obs), "reward": torch.as_tensor(np.asarray(reward_vector, np.float32))}
-            if self.variant == "code" or sampled is not None:
-                if sampled is not None:
-                    item["a_logit"], item["a_feat"] = torch.as_tensor(sampled[0]), torch.as_tensor(sampled[1])
-                self._buffer.append(item)
-            done = bool(terminated or truncated)
-            epoch_end = done or env.engine.loader.epoch != self._batch_epoch
-            self._steps_since_update += 1
-            if self._steps_since_update >= self.config.agent_step or (self.config.update_at_epoch_end and epoch_end):
-                self._train_round()
-            if done:
-                self._episode_num += 1
-                new_obs, _ = env.reset()
-            self._last_obs = new_obs
-            self._batch_epoch = env.engine.loader.epoch
-            # The step's bookkeeping is complete, so a callback that stops training leaves a
-            # consistent state behind.
-            rewards, dones, infos = np.array([reward]), np.array([done]), [info]
-            callback.update_locals(locals())
-            if not callback.on_step():
-                break
-        callback.on_training_end()
-        return self
+            w_l, w_f = self.weights(obs, deterministic=self.variant == "code")
+            sampled = (w_l, w_f) if self.variant == "pg" else None
+        new_obs, reward, terminated, truncated, info = env.step_weights(w_l, w_f)
+        reward_vector = info.get("reward_vector")
+        if reward_vector is None:  # a scalar reward (not "paper"): every sample shares it
+            reward_vector = np.full(obs.shape[0], reward, dtype=np.float32)
+        item = {"state": torch.as_tensor(obs), "reward": torch.as_tensor(np.asarray(reward_vector, np.float32))}
+        if self.variant == "code" or sampled is not None:
+            if sampled is not None:
+                item["a_logit"], item["a_feat"] = torch.as_tensor(sampled[0]), torch.as_tensor(sampled[1])
+            self._buffer.append(item)
+        epoch_end = terminated or truncated or env.engine.loader.epoch != batch_epoch
+        self._steps_since_update += 1
+        if self._steps_since_update >= self.config.agent_step or (self.config.update_at_epoch_end and epoch_end):
+            self._train_round()
+        return new_obs, reward, terminated, truncated, info
 
     def _train_round(self) -> None:
         stats = self.update(self._buffer) if self._buffer else {}
@@ -285,51 +215,27 @@ class MTKDRL:
         return {"variant": self.variant, "config": dataclasses.asdict(self.config), "layout": self.layout.to_dict(),
                 "n_rounds": self._n_rounds}
 
-    def save(self, path: Union[str, Path], meta: Optional[dict] = None) -> None:
-        """Write a zip with `mtkd_meta.json` (variant, config, layout + `meta`) and `agent.pth`."""
-        from mtkd_env.runtime.files import atomic_path
-
-        from .modelfile import META_NAME
-        import json
-
-        full = dict(meta or {})
-        full["agent"] = self._meta()
-        buf = io.BytesIO()
-        torch.save({k: v.cpu() for k, v in self.net.state_dict().items()}, buf)
-        with atomic_path(path) as tmp:
-            with zipfile.ZipFile(tmp, "w") as archive:
-                archive.writestr(META_NAME, json.dumps(full, indent=1, sort_keys=True))
-                archive.writestr("agent.pth", buf.getvalue())
-
     @classmethod
     def load(cls, path: Union[str, Path], env: Any = None, device: Union[str, torch.device] = "cpu") -> "MTKDRL":
         """Rebuild a saved agent (weights read with `weights_only=True`)."""
-        from .modelfile import read_meta, read_torch_member
-
-        meta = read_meta(path)["agent"]
+        meta, weights = cls.saved(path)
         config = MTKDRLConfig(**meta["config"])
         with torch.random.fork_rng(devices=[]):  # the throw-away initialisation leaves the caller's RNG alone
             model = cls(env, meta["variant"], config, seed=None, device=device,
                         layout=StateLayout.from_dict(meta["layout"]))
-        model.net.load_state_dict(read_torch_member(path, "agent.pth"))
+        model.net.load_state_dict(weights)
         model._n_rounds = int(meta.get("n_rounds", 1))
         return model
 
     def training_state(self) -> dict:
         """Everything (but the env and global RNGs) needed to continue `learn` bit-identically."""
-        return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "buffer": [dict(b) for b in self._buffer], "num_timesteps": self.num_timesteps,
-                "n_updates": self._n_updates, "n_rounds": self._n_rounds, "episode_num": self._episode_num,
-                "steps_since_update": self._steps_since_update, "batch_epoch": self._batch_epoch,
-                "reset_seed": self._reset_seed,
-                "last_obs": None if self._last_obs is None else torch.as_tensor(self._last_obs)}
+        return {**self.base_training_state(), "optimizer": self.optimizer.state_dict(),
+                "buffer": [dict(b) for b in self._buffer], "n_updates": self._n_updates, "n_rounds": self._n_rounds,
+                "steps_since_update": self._steps_since_update}
 
     def load_training_state(self, state: dict) -> None:
-        self.net.load_state_dict(state["net"])
+        self.load_base_training_state(state)
         self.optimizer.load_state_dict(state["optimizer"])
         self._buffer = [dict(b) for b in state["buffer"]]
-        self.num_timesteps = int(state["num_timesteps"])
         self._n_updates, self._n_rounds = int(state["n_updates"]), int(state["n_rounds"])
-        self._episode_num, self._steps_since_update = int(state["episode_num"]), int(state["steps_since_update"])
-        self._batch_epoch, self._reset_seed = int(state["batch_epoch"]), state["reset_seed"]
-        self._last_obs = None if state["last_obs"] is None else state["last_obs"].numpy()
+        self._steps_since_update = int(state["steps_since_update"])

@@ -18,7 +18,8 @@ from mtkd_env.runtime.errors import ConfigError
 __all__ = ["Policy", "INTERFACE_FIELDS", "interface_overrides"]
 
 INTERFACE_FIELDS: Tuple[str, ...] = ("granularity", "separate_feature_weights", "action_transform",
-                                     "action_temperature", "sample_obs_embeddings", "sample_obs_logits")
+                                     "action_temperature", "sample_obs_embeddings", "sample_obs_logits",
+                                     "sample_obs_student")
 """EnvConfig fields that define the observation and action spaces a policy was trained on."""
 
 

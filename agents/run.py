@@ -10,6 +10,8 @@ Run directory (`{out}/{env_id}__{algo}__{seed}__{unix_time}`, the rl-zoo3/CleanR
     tb/                  TensorBoard events of the same scalars
     wandb/               the local W&B run (offline/online modes)
     summary.json         final summary (written when the budget is done)
+    learning_curve.png   per training episode: mean weight per teacher, advantage over the AVER
+                         twin (twin rewards), return (`agents.curves`)
 
 Checkpoints are taken only at safe points (before an env step for the MTKD-RL agents, at
 rollout boundaries for SB3), so a resumed run continues exactly where it stopped. SIGINT and
@@ -341,6 +343,11 @@ class Run:
         if self.dist.is_main:
             atomic_write_text(self.run_dir / SUMMARY_NAME, json.dumps(summary, indent=1))
         self._finish(interrupted=False, summary=summary)
+        if self.dist.is_main:
+            from .curves import CURVE_NAME, plot_learning_curve
+
+            plot_learning_curve(tracking.read_metrics(self.run_dir / "metrics.jsonl"), self.run_dir / CURVE_NAME,
+                                title=self.run_dir.name)
         return self.run_dir
 
     def _discard_if_unsaved(self) -> None:

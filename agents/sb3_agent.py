@@ -91,7 +91,21 @@ class SB3Agent:
         except (TypeError, ValueError, AssertionError, KeyError) as exc:
             raise ConfigError(f"{algo} could not be built with these hyperparameters: "
                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        self._noise_drawn_at: Optional[int] = None
+        if getattr(self.model, "use_sde", False):
+            self._track_noise_draws()
 
+    def _track_noise_draws(self) -> None:
+        """Remember the step of the last gSDE noise draw. SB3 draws at the start of every rollout,
+        just before the callback's `on_rollout_start` where checkpoints are taken; a checkpoint
+        taken there holds noise that the rollout has not used yet (see `load_training_state`)."""
+        policy, draw = self.model.policy, self.model.policy.reset_noise
+
+        def reset_noise(n_envs: int = 1) -> None:
+            draw(n_envs)
+            self._noise_drawn_at = self.model.num_timesteps
+
+        policy.reset_noise = reset_noise
     # --- training ----------------------------------------------------------------------------
     @property
     def num_timesteps(self) -> int:
@@ -126,11 +140,12 @@ class SB3Agent:
                         "episode_returns": list(self.monitor.episode_returns),
                         "episode_lengths": list(self.monitor.episode_lengths),
                         "episode_times": list(self.monitor.episode_times), "total_steps": self.monitor.total_steps},
-            "vecnorm": None, "replay_buffer": None, "action_noise": None,
+            "vecnorm": None, "replay_buffer": None, "action_noise": None, "sde": None,
         }
         if self.vecnorm is not None:
             v = self.vecnorm
-            state["vecnorm"] = {"obs_rms": _rms_state(v.obs_rms), "ret_rms": _rms_state(v.ret_rms),
+            state["vecnorm"] = {"obs_rms": _rms_state(v.obs_rms) if v.norm_obs else None,
+                                "ret_rms": _rms_state(v.ret_rms),
                                 "returns": _t(v.returns), "old_obs": _t(getattr(v, "old_obs", None)),
                                 "old_reward": _t(v.old_reward)}
         rb = getattr(m, "replay_buffer", None)
@@ -140,6 +155,11 @@ class SB3Agent:
             if not rb.optimize_memory_usage:
                 fields.append("next_observations")
             state["replay_buffer"] = {"pos": rb.pos, "full": rb.full, **{f: _t(getattr(rb, f)[:n]) for f in fields}}
+        if self._noise_drawn_at is not None:
+            dist = m.policy.action_dist
+            state["sde"] = {"exploration_mat": dist.exploration_mat.detach().clone(),
+                            "exploration_matrices": dist.exploration_matrices.detach().clone(),
+                            "unused": self._noise_drawn_at == m.num_timesteps}
         noise = getattr(m, "action_noise", None)
         if noise is not None and hasattr(noise, "noise_prev"):
             state["action_noise"] = _t(noise.noise_prev)
@@ -169,7 +189,8 @@ class SB3Agent:
         self.monitor.episode_times, self.monitor.total_steps = list(mon["episode_times"]), int(mon["total_steps"])
         if state["vecnorm"] is not None:
             v, vs = self.vecnorm, state["vecnorm"]
-            _load_rms(v.obs_rms, vs["obs_rms"])
+            if vs["obs_rms"] is not None:
+                _load_rms(v.obs_rms, vs["obs_rms"])
             _load_rms(v.ret_rms, vs["ret_rms"])
             v.returns, v.old_reward = _n(vs["returns"]), _n(vs["old_reward"])
             if vs["old_obs"] is not None:
@@ -183,6 +204,25 @@ class SB3Agent:
             rb.pos, rb.full = int(rs["pos"]), bool(rs["full"])
         if state["action_noise"] is not None:
             m.action_noise.noise_prev = _n(state["action_noise"])
+        if state.get("sde") is not None:
+            self._restore_noise(state["sde"])
+
+    def _restore_noise(self, sde: dict) -> None:
+        """Put back the saved gSDE noise. When the checkpoint was taken between a draw and the
+        rollout that uses it, the resumed `learn` starts with that rollout and SB3 would draw again
+        (and the saved RNG state is already past the first draw): the first draw after a resume
+        then restores the saved noise instead, so the run continues bit-identically."""
+        dist, policy = self.model.policy.action_dist, self.model.policy
+        dist.exploration_mat = sde["exploration_mat"].to(self.model.device)
+        dist.exploration_matrices = sde["exploration_matrices"].to(self.model.device)
+        self._noise_drawn_at = self.model.num_timesteps if sde["unused"] else None
+        if sde["unused"]:
+            tracked = policy.reset_noise
+
+            def restore_once(n_envs: int = 1) -> None:
+                policy.reset_noise = tracked
+
+            policy.reset_noise = restore_once
 
     # --- model file --------------------------------------------------------------------------
     def policy_meta(self) -> dict:

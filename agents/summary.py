@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import math
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
 from mtkd_env import ENV_ID
 from mtkd_env.runtime import collective
+from mtkd_env.stats import paired_stats
 
 from .algos import load_policy
 from .evaluation import eval_seeds, evaluate_equal, evaluate_policy, mean_std
@@ -59,6 +61,7 @@ def summarize(run: Any) -> dict:
             "policy_test_acc_mean_std": mean_std([r.test_acc for r in trained]),
             "equal_test_acc_mean_std": mean_std([r.test_acc for r in equal]),
             "test_acc_diff_mean_std": mean_std(diff),
+            "test_acc_paired": asdict(paired_stats([r.test_acc for r in equal], [r.test_acc for r in trained])),
             "mean_weight_logit": dict(zip(names, np.mean([r.mean_w_logit for r in trained], 0).tolist())),
             "mean_weight_feat": dict(zip(names, np.mean([r.mean_w_feat for r in trained], 0).tolist())),
         }
@@ -73,6 +76,14 @@ def flatten(d: dict, prefix: str = "summary/") -> dict:
         elif isinstance(value, (int, float, str)) and not (isinstance(value, float) and math.isnan(value)):
             out[f"{prefix}{key}"] = value
     return out
+
+
+def _test_note(paired: Optional[dict]) -> str:
+    if not paired or paired.get("p_ttest") is None:
+        return ""
+    mde = paired.get("mde")
+    return (f"   (paired t-test p = {paired['p_ttest']:.3g}"
+            + (f"; minimum detectable effect {mde:.4f} at α 0.05, power 0.8)" if mde is not None else ")"))
 
 
 def format_summary(summary: dict) -> str:
@@ -92,7 +103,7 @@ def format_summary(summary: dict) -> str:
         lines += [f"final student test accuracy, {n} fresh student(s), seeds {ev['seeds'][0]}..{ev['seeds'][-1]}:",
                   f"  trained policy        {pm:.4f} ± {ps:.4f}",
                   f"  equal weights (AVER)  {em:.4f} ± {es:.4f}",
-                  f"  difference (paired)   {dm:+.4f} ± {ds:.4f}",
+                  f"  difference (paired)   {dm:+.4f} ± {ds:.4f}{_test_note(ev.get('test_acc_paired'))}",
                   "mean weight per teacher under the trained policy (logit KD / feature KD):"]
         width = max(len(n) for n in ev["mean_weight_logit"])
         for name in ev["mean_weight_logit"]:

@@ -21,9 +21,9 @@ import sys
 from dataclasses import fields
 from typing import Any, Dict, List, Optional, Sequence
 
-from mtkd_env.config import ConfigError
+from mtkd_env.config import ConfigError, EnvConfig
 from mtkd_env.runtime import collective
-from mtkd_env.runtime.cli import ArgumentParser, add_env_flags, env_config_from, given_flags, run_cli, say
+from mtkd_env.runtime.cli import ArgumentParser, add_env_flags, env_config_data, given_flags, run_cli, say
 
 _RUN_DEFINING = ("seed", "env_config", "env", "hyperparams", "out_dir", "save_freq", "wandb_project", "wandb_group")
 """Flags that define a run: `--resume` continues the saved run, so none of them may be given."""
@@ -112,8 +112,8 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     else:
         if "algo" not in args:
             raise ConfigError("--algo is required (or --resume DIR)")
-        env_config = env_config_from(args)
-        device = env_config.device
+        env_config = env_config_data(args)  # the fields the user set: they win over the algo's env_kwargs
+        device = EnvConfig.from_dict(env_config).device
     ctx = collective.join(device)  # before any env exists: the env shards itself over the group
     run = _build_run(args, env_config, command, ctx)
     say(f"run directory: {run.run_dir}", file=sys.stderr)

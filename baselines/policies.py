@@ -14,8 +14,9 @@ from `baselines.weights`, and either
 Like an agent, each policy has `.algo` and `.env_overrides` (EnvConfig fields its env needs on top of
 the user's config): per-sample methods (EBKD, CA-MKD) need `granularity="sample"`, and no-kd sets
 `kd_alpha = feat_beta = 0` so that the loss is CE alone whatever the action. Feature weights equal
-the logit weights for every formula (CA-MKD's separate feature confidences need the teachers'
-classifier heads, which the engine does not expose).
+the logit weights for every formula but CA-MKD, whose feature confidences read the projected
+student maps through each teacher's classifier head (`feature_logits`, `feature_weights`; its env
+keeps the feature maps, `keep_feature_maps=True`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from mtkd_env.runtime.errors import ConfigError, did_you_mean
+from mtkd_env import models
 
 from . import weights as W
 
@@ -110,7 +112,9 @@ class FormulaPolicy:
         rank takes its own rows) and batch-level ones (AEKD) average over the whole batch, so the
         formula reads the rows of every rank, gathered in rank order: exactly the 1-process batch.
         Gathered: teacher logits (M, B, C), labels (B,) and student logits (B, C), what the weight
-        functions read. Returns (w_logit, None): (B, M) for per-sample policies, else (M,).
+        functions read, and the policy's `feature_logits` (M, B, C) when it has separate feature
+        weights. Returns (w_logit, w_feat): (B, M) for per-sample policies, else (M,); w_feat None
+        means the logit weights.
         """
         ctx = env.dist
         if not ctx.enabled:
@@ -122,7 +126,12 @@ class FormulaPolicy:
             teacher_logits=ctx.gather_rows(batch.teacher_logits.transpose(0, 1)).transpose(0, 1),
             y=ctx.gather_rows(batch.y), student_logits=ctx.gather_rows(batch.student_logits.detach()))
         w = self.batch_weights(whole)
-        return (w if self.per_sample else w[0]).cpu().numpy(), None
+        feature = self.feature_logits(batch)
+        w_feat = None
+        if feature is not None:
+            w_feat = self.feature_weights(ctx.gather_rows(feature.transpose(0, 1)).transpose(0, 1), whole.y)
+            w_feat = w_feat.cpu().numpy()
+        return (w if self.per_sample else w[0]).cpu().numpy(), w_feat
 
     def predict(self, obs: np.ndarray, state: Any = None, episode_start: Any = None,
                 deterministic: bool = True) -> Tuple[np.ndarray, Any]:
@@ -140,16 +149,28 @@ class FormulaPolicy:
         return type(self).weight_fn(batch.teacher_logits, batch.y, batch.student_logits.detach(),
                                     **self.function_kwargs())
 
+    def feature_logits(self, batch) -> Optional[torch.Tensor]:
+        """(M, b, C) per-sample inputs of separate feature weights for this rank's rows of
+        `batch`, or None when the feature weights are the logit weights (the default)."""
+        return None
+
+    def feature_weights(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(B, M) feature weights from `feature_logits` (gathered over ranks) and labels (B,)."""
+        raise NotImplementedError(f"policy {self.algo!r} has no separate feature weights")
+
     def act(self) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         """(w_logit, w_feat) for `env.step_weights`: (B, M) for per-sample policies, else (M,);
-        w_feat is None (= the logit weights)."""
+        w_feat is None (= the logit weights) unless the policy has separate feature weights."""
         if self.env is None:
             raise RuntimeError(f"policy {self.algo!r} is not bound to an env; call bind(env) first")
-        if self.env.engine.batch is None:
+        batch = self.env.engine.batch
+        if batch is None:
             raise RuntimeError("the env has no prepared batch; call env.reset() first")
-        w = self.batch_weights(self.env.engine.batch)
+        w = self.batch_weights(batch)
         w = w if self.per_sample else w[0]
-        return w.cpu().numpy(), None
+        feature = self.feature_logits(batch)
+        w_feat = None if feature is None else self.feature_weights(feature, batch.y).cpu().numpy()
+        return w.cpu().numpy(), w_feat
 
 
 @register_policy("aver")
@@ -170,6 +191,14 @@ class NoKD(FormulaPolicy):
 @register_policy("best")
 class Best(FormulaPolicy):
     weight_fn = staticmethod(W.best)
+
+    def function_kwargs(self) -> Dict[str, Any]:
+        return {"val_acc": self.env.teacher_val_acc}
+
+
+@register_policy("drop-worst")
+class DropWorst(FormulaPolicy):
+    weight_fn = staticmethod(W.drop_worst)
 
     def function_kwargs(self) -> Dict[str, Any]:
         return {"val_acc": self.env.teacher_val_acc}
@@ -198,9 +227,33 @@ class EBKD(FormulaPolicy):
 
 @register_policy("ca-mkd")
 class CAMKD(FormulaPolicy):
+    """Logit weights from the teachers' CE (`W.ca_mkd`); feature weights from the CE of each
+    teacher's classifier head on the projected student map (`W.ca_mkd_feature`). Without feature
+    KD (no projectors) the feature weights are the logit weights."""
+
     weight_fn = staticmethod(W.ca_mkd)
     per_sample = True
     options_allowed = ("normalization",)
+
+    @property
+    def env_overrides(self) -> Dict[str, Any]:
+        return {"granularity": "sample", "keep_feature_maps": True}
+
+    @torch.no_grad()
+    def feature_logits(self, batch) -> Optional[torch.Tensor]:
+        if batch.projected is None:
+            if self.env.config.feature_kd and not self.env.config.keep_feature_maps:
+                raise RuntimeError("ca-mkd: the batch has no projected student maps; build the env with "
+                                   "keep_feature_maps=True (policy.env_overrides)")
+            return None
+        outs = []
+        for teacher, projected in zip(self.env.engine.teachers, batch.projected):
+            dtype = next(teacher.model.parameters()).dtype  # autocast may have given bfloat16 maps
+            outs.append(models.classifier_head(teacher.model)(projected.to(dtype)).float())
+        return torch.stack(outs)   # (M, b, C)
+
+    def feature_weights(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return W.ca_mkd_feature(logits, targets, **self.options)
 
 
 @register_policy("aekd")

@@ -3,8 +3,10 @@
 Policies are compared to a reference (AVER) on paired seeds: every policy trained the same students
 (same seed -> same initialisation and data order), so the per-seed differences are paired samples.
 Reported: mean ± std (ddof 1) test accuracy, mean paired difference, two-sided paired t-test and
-Wilcoxon signed-rank p-values (scipy), and wins/ties/losses; the verdict uses Holm-corrected
-t-test p-values over all comparisons.
+Wilcoxon signed-rank p-values (scipy), wins/ties/losses, and the minimum detectable effect (MDE)
+of each comparison: the true mean difference a paired t-test over these seeds detects at α = 0.05
+with 80 % power, from the observed sd of the differences (`mtkd_env.stats`). The verdict uses
+Holm-corrected t-test p-values over all comparisons.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["PolicyStats", "policy_stats", "holm", "summary_table", "verdict", "plot_curves", "plot_weights"]
+from mtkd_env.stats import ALPHA, POWER, minimum_detectable_effect
 
-ALPHA = 0.05
+__all__ = ["PolicyStats", "policy_stats", "holm", "summary_table", "verdict", "plot_curves", "plot_weights"]
 
 
 @dataclass
@@ -37,6 +39,8 @@ class PolicyStats:
     ties: int = 0
     losses: int = 0
     n_paired: int = 0
+    diff_std: Optional[float] = None     # sd (ddof 1) of the paired differences
+    mde: Optional[float] = None          # minimum detectable effect at alpha 0.05, power 0.8
 
 
 def _std(x: np.ndarray) -> float:
@@ -97,6 +101,8 @@ def policy_stats(rows: List[dict], policies: Sequence[str], reference: str = "av
                 st.wins = int((diff > 1e-12).sum())
                 st.losses = int((diff < -1e-12).sum())
                 st.ties = len(seeds) - st.wins - st.losses
+                st.diff_std = _std(diff)
+                st.mde = minimum_detectable_effect(st.diff_std, len(seeds), ALPHA, POWER)
         out.append(st)
     adjusted = holm([s.p_ttest for s in out])
     for s, p in zip(out, adjusted):
@@ -112,17 +118,22 @@ def _p(p: Optional[float]) -> str:
     return "—" if p is None or math.isnan(p) else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}")
 
 
+def _pp(x: Optional[float]) -> str:
+    return "—" if x is None or math.isnan(x) else f"{100 * x:.2f}"
+
+
 def summary_table(stats: List[PolicyStats], reference: str = "aver") -> str:
     """Markdown table, best mean test accuracy first."""
     ref = reference.upper() if reference == "aver" else reference
     lines = [f"| rank | policy | seeds | test acc % (mean ± std) | val acc % | Δ test vs {ref} (pp) | "
-             f"p (paired t) | p (Wilcoxon) | W/T/L vs {ref} | steps/s |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|:---:|---:|"]
+             f"sd of Δ (pp) | MDE (pp) | p (paired t) | p (Wilcoxon) | W/T/L vs {ref} | steps/s |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---:|"]
     for rank, s in enumerate(stats, 1):
         delta = "—" if s.delta is None else f"{round(100 * s.delta, 2) + 0.0:+.2f}"  # no "-0.00"
         wtl = "—" if s.delta is None else f"{s.wins}/{s.ties}/{s.losses}"
         lines.append(f"| {rank} | {s.policy} | {s.n} | {_pct(s.test_mean, s.test_std)} | "
-                     f"{_pct(s.val_mean, s.val_std)} | {delta} | {_p(s.p_ttest)} | {_p(s.p_wilcoxon)} | "
+                     f"{_pct(s.val_mean, s.val_std)} | {delta} | {_pp(s.diff_std)} | {_pp(s.mde)} | "
+                     f"{_p(s.p_ttest)} | {_p(s.p_wilcoxon)} | "
                      f"{wtl} | {s.steps_per_s:.1f} |")
     return "\n".join(lines)
 
@@ -151,6 +162,11 @@ def verdict(stats: List[PolicyStats], reference: str = "aver") -> str:
             f"{s.policy} ({100 * s.delta:+.2f} pp, p_Holm = {_p(s.p_holm)})" for s in worse) + ".")
     if better:
         parts.append(f"Test: {test}.")
+    mdes = [s.mde for s in compared if s.mde is not None]
+    if mdes:
+        parts.append(f"Power: with {n} seeds a comparison detects (alpha {ALPHA}, power {POWER:.0%}) a true "
+                     f"difference of {100 * min(mdes):.2f}–{100 * max(mdes):.2f} pp (MDE column, from each "
+                     f"comparison's sd of differences); smaller true effects are likely missed.")
     if n < 6:
         parts.append(f"With {n} seeds the two-sided Wilcoxon test cannot reach p < 0.05 "
                      f"(its smallest p is {2 / 2 ** n:.3f}).")

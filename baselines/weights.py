@@ -16,7 +16,7 @@ original weights divided by M (see /work/shared/reference/kd-baselines.md, secti
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 from .qp import capped_simplex_min_norm
 
-__all__ = ["aver", "no_kd", "best", "random", "ebkd", "ca_mkd", "aekd", "aekd_logit_gradients",
+__all__ = ["aver", "no_kd", "best", "drop_worst", "random", "ebkd", "ca_mkd", "ca_mkd_feature", "aekd",
+           "aekd_logit_gradients",
            "WEIGHT_FUNCTIONS", "NORMALIZATIONS"]
 
 NORMALIZATIONS = ("sum_to_one", "reference")
@@ -92,6 +93,28 @@ def best(teacher_logits: torch.Tensor, targets: torch.Tensor, student_logits: to
     return w
 
 
+def drop_worst(teacher_logits: torch.Tensor, targets: torch.Tensor, student_logits: torch.Tensor, *,
+               val_acc: Sequence[float]) -> torch.Tensor:
+    """Drop the weakest teacher: `w_im = 0` for the teacher with the lowest **validation**
+    accuracy, `1 / (M - 1)` for the others (ties drop the last such teacher). With M = 1 there is
+    nothing to drop while keeping KD, so the only teacher keeps weight 1 (= AVER). The fixed
+    weighting that the embedded benchmark's unreliable teacher calls for, and the default
+    comparison arm of `baselines.diagnose`.
+
+    Args:
+        val_acc: (M,) the teachers' validation accuracies.
+    Returns (B, M) rows.
+    """
+    m, b, _c = _check(teacher_logits, targets, student_logits)
+    acc = np.asarray(val_acc, dtype=np.float64).reshape(-1)
+    if acc.shape != (m,):
+        raise ValueError(f"val_acc: expected {m} validation accuracies (one per teacher), got shape {acc.shape}")
+    w = torch.full((b, m), 1.0 / max(m - 1, 1), dtype=torch.float32, device=teacher_logits.device)
+    if m > 1:
+        w[:, m - 1 - int(np.argmin(acc[::-1]))] = 0.0
+    return w
+
+
 @torch.no_grad()
 def random(teacher_logits: torch.Tensor, targets: torch.Tensor, student_logits: torch.Tensor, *,
            rng: np.random.Generator, concentration: float = 1.0, per_sample: bool = False) -> torch.Tensor:
@@ -150,8 +173,8 @@ def ca_mkd(teacher_logits: torch.Tensor, targets: torch.Tensor, student_logits: 
 
     Teachers whose prediction is closer to the label get more weight; sums to 1 per sample.
     "reference" also divides by M, as the original loss (`sum w KL / (B * M)`). M = 1 gives
-    weight 1 (the formula is 0/0). Only the logit weights: the original's feature weights need
-    the teachers' classifier heads.
+    weight 1 (the formula is 0/0). These are the logit weights; `ca_mkd_feature` gives the
+    feature weights.
 
     Returns (B, M).
     """
@@ -163,6 +186,27 @@ def ca_mkd(teacher_logits: torch.Tensor, targets: torch.Tensor, student_logits: 
     ce = F.cross_entropy(logits.permute(1, 2, 0), targets.expand(m, b).T, reduction="none")  # (B, M)
     w = (1.0 - torch.softmax(ce, dim=1)) / (m - 1)
     return (w if normalization == "sum_to_one" else w / m).float()
+
+
+@torch.no_grad()
+def ca_mkd_feature(head_logits: torch.Tensor, targets: torch.Tensor, student_logits: Optional[torch.Tensor] = None,
+                   *, normalization: str = "sum_to_one") -> torch.Tensor:
+    """CA-MKD's feature weights (Rorozhl/CA-MKD `distiller_zoo/CAMKD.py`, `models/util.py` `CalWeight`).
+
+    `head_logits[m]` (M, B, C) are teacher m's own classifier head (its pooling and fc, the last
+    element of the original's `distill_seq()`) applied to the student feature map projected to
+    teacher m, `head_m(Phi_m(F_s))`. The confidence formula of the logit weights is applied to
+    them:
+
+        CE_im = CE(head_m(Phi_m(F_s))(i), y_i),   w_im = (1 - softmax_m(CE_i)_m) / (M - 1)
+
+    so a teacher gets more feature weight where the student's feature, read through that
+    teacher's classifier, already predicts the label. "reference" divides by M, as the original
+    feature loss (`sum w MSE / (B * M)`). Detached: the original lets the loss back-propagate into
+    the weights (through the projectors and the frozen heads); every policy here gives constant
+    weights. Returns (B, M).
+    """
+    return ca_mkd(head_logits, targets, student_logits, normalization=normalization)
 
 
 @torch.no_grad()
@@ -215,7 +259,7 @@ def aekd(teacher_logits: torch.Tensor, targets: torch.Tensor, student_logits: to
 
 
 WEIGHT_FUNCTIONS: Dict[str, WeightFn] = {
-    "aver": aver, "no-kd": no_kd, "best": best, "random": random, "ebkd": ebkd, "ca-mkd": ca_mkd,
-    "aekd": aekd,
+    "aver": aver, "no-kd": no_kd, "best": best, "drop-worst": drop_worst, "random": random, "ebkd": ebkd,
+    "ca-mkd": ca_mkd, "aekd": aekd,
 }
 """Policy name -> weight function."""

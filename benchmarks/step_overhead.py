@@ -1,7 +1,7 @@
 """Overhead of one env step against a hand-written equal-weight KD iteration (the floor).
 
     python -m benchmarks.step_overhead [--config digits|paper-cifar] [--batch 64 128] [--device auto]
-                                       [--amp none|bf16] [--channels-last] [--json FILE]
+                                       [--amp none|bf16] [--channels-last] [--methods NAME ...] [--json FILE]
 
 In one process, on one device, with the same teachers, student architecture and device-resident
 batches, it times
@@ -9,9 +9,12 @@ batches, it times
       equal weights, optimiser step — written by hand, no env;
   (b) `env.step` at teacher granularity (equal-weight action; reward "neg_loss", which measures
       nothing extra);
-  (c) `env.step` at sample granularity with the MTKD-RL agent's forward choosing per-sample weights.
-It prints median ms/step, steps/s, peak GPU memory and the ratios b/a and c/a; `--json` writes them
-with top-level keys `ratio_b_a` and `ratio_c_a` (for the largest batch).
+  (c) `env.step` at sample granularity with the MTKD-RL agent's forward choosing per-sample weights;
+  then one row per weighting method of `--methods` (default: all of `benchmarks.policy_steps`:
+  ca-mkd, mmkd, mtkd-rl, mtkd-rl-pg, rmts, ppo), each one env step as the method trains, with its
+  own overhead (feature heads, meta steps, agent updates).
+It prints median ms/step, steps/s, peak GPU memory and the ratios to (a); `--json` writes them
+with top-level keys `ratio_b_a`, `ratio_c_a` and `ratio_to_floor` (per method; for the largest batch).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from mtkd_env.env import MultiTeacherKDEnv
 from mtkd_env.projectors import ProjectorBank
 from mtkd_env.runtime.cli import ArgumentParser, run_cli
 from mtkd_env.runtime.files import atomic_write_text
+
+from .policy_steps import METHODS
 
 PAPER_TEACHERS = ["RegNetY_400MF=random", "RegNetX_400MF=random", "resnet32x4=random", "wrn_28_4=random"]
 
@@ -161,7 +166,7 @@ def agent_step_fn(env: MultiTeacherKDEnv, seed: int) -> Callable[[], None]:
 
 
 def run(config: str, batch: int, device: str, amp: str, channels_last: bool, warmup: int, blocks: int,
-        per_block: int, cache_dir: str | None) -> dict:
+        per_block: int, cache_dir: str | None, methods: tuple = tuple(METHODS)) -> dict:
     base = dict(CONFIGS[config], batch_size=batch, device=device, amp=amp, channels_last=channels_last,
                 reward="neg_loss", show_progress=False, epochs=1000.0)
     if cache_dir:
@@ -186,15 +191,27 @@ def run(config: str, batch: int, device: str, amp: str, channels_last: bool, war
     memory["c_env_sample_agent"] = peak_memory_mb(agent_step_fn(env_c, 0), dev)
     del env_c
     gc.collect()
+    for name in methods:
+        overrides, build = METHODS[name]
+        env_m = MultiTeacherKDEnv(cfg.replace(**overrides))
+        memory[name] = peak_memory_mb(build(env_m, 0), dev)
+        del env_m
+        gc.collect()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
 
-    # Pass 2, time: all three modes alive, measured in interleaved blocks.
+    # Pass 2, time: all modes alive, measured in interleaved blocks.
     env_ab, env_c = MultiTeacherKDEnv(cfg), MultiTeacherKDEnv(cfg_c)
-    results = time_interleaved({"a_floor": floor_step_fn(env_ab, 0), "b_env_teacher": env_step_fn(env_ab, 0),
-                                "c_env_sample_agent": agent_step_fn(env_c, 0)}, dev, warmup, blocks, per_block)
+    steps = {"a_floor": floor_step_fn(env_ab, 0), "b_env_teacher": env_step_fn(env_ab, 0),
+             "c_env_sample_agent": agent_step_fn(env_c, 0)}
+    for name in methods:
+        overrides, build = METHODS[name]
+        steps[name] = build(MultiTeacherKDEnv(cfg.replace(**overrides)), 0)
+    results = time_interleaved(steps, dev, warmup, blocks, per_block)
     for name, mb in memory.items():
         results[name]["peak_mem_mb"] = mb
     a = results["a_floor"]
-    for key in ("b_env_teacher", "c_env_sample_agent"):
+    for key in ("b_env_teacher", "c_env_sample_agent", *methods):
         results[key]["ratio_to_floor"] = results[key]["ms_per_step"] / a["ms_per_step"]
         if dev.type == "cuda":
             results[key]["mem_ratio_to_floor"] = results[key]["peak_mem_mb"] / a["peak_mem_mb"]
@@ -220,13 +237,15 @@ def _main(argv=None) -> int:
     parser.add_argument("--blocks", type=int, default=9)
     parser.add_argument("--per-block", type=int, default=30)
     parser.add_argument("--teacher-cache-dir", default=None)
+    parser.add_argument("--methods", nargs="*", choices=list(METHODS), default=list(METHODS),
+                        help="weighting methods with a row each (none: only a, b, c)")
     parser.add_argument("--json", default=None, help="write the figures to this JSON file")
     args = parser.parse_args(argv)
     runs = []
     print(f"{'config':12s} {'batch':>5s} {'mode':22s} {'ms/step':>9s} {'steps/s':>9s} {'peak MB':>9s} {'ratio':>7s}")
     for batch in args.batch:
         out = run(args.config, batch, args.device, args.amp, args.channels_last, args.warmup, args.blocks,
-                  args.per_block, args.teacher_cache_dir)
+                  args.per_block, args.teacher_cache_dir, tuple(args.methods))
         runs.append(out)
         for mode, r in out["results"].items():
             print(f"{args.config:12s} {batch:5d} {mode:22s} {r['ms_per_step']:9.3f} {r['steps_per_s']:9.1f} "
@@ -236,6 +255,8 @@ def _main(argv=None) -> int:
                "ratio_c_a": last["c_env_sample_agent"]["ratio_to_floor"],
                "mem_ratio_b_a": last["b_env_teacher"].get("mem_ratio_to_floor"),
                "mem_ratio_c_a": last["c_env_sample_agent"].get("mem_ratio_to_floor"),
+               "ratio_to_floor": {m: last[m]["ratio_to_floor"] for m in args.methods},
+               "mem_ratio_to_floor": {m: last[m].get("mem_ratio_to_floor") for m in args.methods},
                "device": runs[-1]["device"], "device_name": runs[-1]["device_name"], "runs": runs}
     print(f"device {summary['device_name']}  b/a {summary['ratio_b_a']:.3f}  c/a {summary['ratio_c_a']:.3f}")
     if args.json:

@@ -110,18 +110,28 @@ class EnvConfig:
     """Separate logit and feature weights: action width 2M instead of M."""
     action_transform: str = "softmax"
     """How actions in [-1, 1] become simplex weights: "softmax" = softmax(a / action_temperature),
-    "linear" = (a + 1) / sum(a + 1) (exactly invertible; uniform if all are -1)."""
+    "linear" = (a + 1) / sum(a + 1) (exactly invertible; uniform if all are -1), "select" = teacher
+    m is selected iff a_m > 0 and the selected teachers share the weight equally (1 / #selected);
+    none selected gives all-zero weights, i.e. CE only (Reinforced Multi-Teacher Selection)."""
     action_temperature: float = 0.5
     """Softmax temperature of the action transform."""
     sample_obs_embeddings: bool = True
     """Sample granularity: include each teacher's pooled embedding in the state."""
     sample_obs_logits: bool = True
     """Sample granularity: include each teacher's logits in the state."""
+    sample_obs_student: bool = False
+    """Sample granularity: append the student's pooled embedding (D_s) to every state row, after
+    the teacher blocks (the student representation of Reinforced Multi-Teacher Selection)."""
     reward: Union[str, Callable, None] = None
     """Reward name from `mtkd_env.rewards.REWARDS`, or a callable `f(StepResult) -> float`.
     None = "probe_loss_drop" for teacher granularity, "paper" for sample granularity."""
     reward_interval: int = 10
-    """Steps between validation evaluations for "val_acc_delta"."""
+    """Steps between validation evaluations of the rewards that use them ("val_acc_delta",
+    "twin_val_acc", "twin_val_loss"); they are also evaluated at the episode's end."""
+    log_rewards: list = field(default_factory=list)
+    """Further reward names computed every step next to `reward` and reported in
+    `info["rewards"]` (for logging and `baselines.diagnose`; they do not drive the agent). A
+    "twin_*" name here also creates the twin student."""
     probe_size: int = 256
     """Samples in the fixed held-out probe batch (taken from the validation split)."""
     divergence_penalty: float = -1.0
@@ -140,6 +150,10 @@ class EnvConfig:
     """Run teachers, student and inputs in channels_last memory format (faster convs on GPUs)."""
     compile: bool = False
     """`torch.compile` the student and the teachers (first steps are slow while it compiles)."""
+    keep_feature_maps: bool = False
+    """Keep the student's and teachers' feature maps and the projected student maps (detached) in
+    `engine.batch` for policies that read them (CA-MKD's feature weights, MMKD's Gram rows); they
+    then stay in memory until the next batch. Does not change training."""
     cache_teacher_outputs: bool = False
     """Run the frozen teachers once over the training split and reuse their outputs (logits,
     embeddings, feature maps) every epoch. Needs `augment=False`; costs N x (sum of teacher output
@@ -183,7 +197,7 @@ class EnvConfig:
             raise ConfigError(f"noisy_label_fraction: expected a number in [0, 1], got "
                               f"{self.noisy_label_fraction!r}")
         _check_choice("granularity", self.granularity, ("teacher", "sample"))
-        _check_choice("action_transform", self.action_transform, ("softmax", "linear"))
+        _check_choice("action_transform", self.action_transform, ("softmax", "linear", "select"))
         _check_choice("lr_schedule", self.lr_schedule, ("multistep", "cosine", "constant"))
         _check_choice("amp", self.amp, ("none", "bf16"))
         if self.cache_teacher_outputs and self.augment:
@@ -191,6 +205,8 @@ class EnvConfig:
                               "set augment=false or cache_teacher_outputs=false")
         if any(not isinstance(m, (int, float)) or not 0 < m < 1 for m in self.lr_milestones):
             raise ConfigError(f"lr_milestones: expected fractions in (0, 1), got {self.lr_milestones!r}")
+        if any(not isinstance(name, str) for name in self.log_rewards):
+            raise ConfigError(f"log_rewards: expected a list of reward names, got {self.log_rewards!r}")
         if self.granularity == "sample" and self.steps_per_action != 1:
             raise ConfigError("steps_per_action: sample granularity weights one batch per action, "
                               f"so it must be 1, got {self.steps_per_action}")

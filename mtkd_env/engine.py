@@ -11,57 +11,61 @@ The env, the agents, the baselines and the benchmarks all drive this class. One 
 
 Keeping the student forward of step 1 for step 3 (as MTKD-RL's code does) means the state costs
 no extra forward pass.
+
+Methods that need more of the step than weights use two further APIs, which never touch the real
+student, projectors, optimiser or BatchNorm statistics:
+
+- `forward_with(x, y, params)`: the same per-sample quantities for any inputs, with the student and
+  projectors evaluated under the given parameters (`torch.func.functional_call`), so gradients flow
+  into those parameters;
+- `virtual_optimizer()`: a differentiable copy of the optimiser step (`mtkd_env.virtual.VirtualSGD`)
+  starting from the current parameters and momentum buffers.
+
+Together they unroll "virtual" steps of the student (MMKD's meta step) without a second copy of
+the step.
+
+**Twin.** With `twin=True` the engine trains a second student in lockstep: a reference trained with
+equal weights 1/M (AVER) on exactly the agent's batches, from exactly the agent's initialisation
+(a copy made at `reset`). It shares the teachers' forward of every batch, so it costs one more
+student forward + backward per iteration and nothing on the teacher side. Paired rewards measure
+the agent's student against it (`probe_loss(twin=True)`, `split_metrics(..., twin=True)`); the
+agent's own trajectory is the same with or without a twin.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
 from torch import nn
-import torch.nn.functional as F
 
 from . import distributed, models
-from .accuracy import correct_count, split_correct
+from .accuracy import correct_and_ce, correct_count, split_sums
 from .config import ConfigError, EnvConfig, default_cache_dir
 from .data import DeviceLoader, build_dataset
+from .batch import Batch, TeacherStats, measure, teacher_stats
 from .distributed import DistContext
 from .protocols import EvalSet, TrainLoader
 from .projectors import ProjectorBank
 from .runtime.resources import resolve_device
 from .teachers import Teacher, load_pool
+from .trainee import Trainee
+from .virtual import VirtualSteps
 
 __all__ = ["DistillationEngine", "Batch", "resolve_device"]
 
 
-@dataclass
-class Batch:
-    """Everything computed for one batch before the update. Shapes: B batch, M teachers, C classes."""
+class DistillationEngine(VirtualSteps):
+    """Owns data, teachers, student, projectors, optimiser and LR schedule of one episode.
 
-    x: torch.Tensor                      # (B, ...) inputs
-    y: torch.Tensor                      # (B,) labels
-    index: torch.Tensor                  # (B,) dataset indices
-    teacher_logits: torch.Tensor         # (M, B, C), no grad
-    teacher_embeddings: List[torch.Tensor]  # M x (B, D_m), no grad
-    student_logits: torch.Tensor         # (B, C), with grad
-    student_ce: torch.Tensor             # (B,), with grad
-    kl: torch.Tensor                     # (B, M) T^2 KL(p_t^m || p_s), with grad
-    feat_mse: Optional[torch.Tensor]     # (B, M) with grad, None when feature KD is off
-    cos: torch.Tensor                    # (B, M) cosine(GAP(proj_m(F_s)), e_t^m), detached
-    teacher_ce: torch.Tensor             # (B, M) CE of teacher logits vs labels (T = 1)
-    teacher_entropy: torch.Tensor        # (B, M) entropy of softmax(teacher logits) (T = 1)
-    teacher_correct: torch.Tensor        # (B, M) float 0/1
-    student_correct: torch.Tensor        # (B,) float 0/1
+    The virtual-step API (`trainable_parameters`, `forward_with`, `virtual_optimizer`) comes from
+    `mtkd_env.virtual.VirtualSteps`."""
 
-
-class DistillationEngine:
-    """Owns data, teachers, student, projectors, optimiser and LR schedule of one episode."""
-
-    def __init__(self, config: EnvConfig, dist_ctx: Optional[DistContext] = None) -> None:
+    def __init__(self, config: EnvConfig, dist_ctx: Optional[DistContext] = None, twin: bool = False) -> None:
         self.config = cfg = config
+        self.has_twin = bool(twin)
         self.dist = dist_ctx or distributed.context()
         self.device = distributed.device_for(self.dist, resolve_device(cfg.device))
         splits = build_dataset(cfg.dataset, data_dir=cfg.data_dir, seed=cfg.data_seed, **cfg.dataset_kwargs)
@@ -90,6 +94,11 @@ class DistillationEngine:
             outs = [t.model(self._shape_probe) for t in self.teachers]
         self.teacher_feature_shapes = [tuple(o.feature_map.shape[1:]) for o in outs]
         self.teacher_embedding_dims = [int(o.embedding.shape[1]) for o in outs]
+        self.student_embedding_dim: Optional[int] = None  # (D_s,), measured only when the state needs it
+        if cfg.sample_obs_student:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):  # the throw-away init leaves the RNG alone
+                probe = models.build(cfg.student, num_classes=self.num_classes, input_shape=self.input_shape).eval()
+                self.student_embedding_dim = int(probe(self._shape_probe.cpu()).embedding.shape[1])
         if cfg.max_steps is not None:
             self.total_iterations = cfg.max_steps * cfg.steps_per_action
         else:
@@ -101,42 +110,63 @@ class DistillationEngine:
         self._teacher_cache: Optional[List[torch.Tensor]] = None
         if cfg.cache_teacher_outputs:
             self._teacher_cache = self._run_teachers_over(self.loader.x)
-        self.student: Optional[nn.Module] = None
-        self.projectors: Optional[ProjectorBank] = None
-        self.optimizer: Optional[torch.optim.Optimizer] = None
-        self.scheduler = None
+        self.main: Optional[Trainee] = None
+        self.twin: Optional[Trainee] = None
         self.iteration = 0
         self.batch: Optional[Batch] = None
+        self.twin_batch: Optional[Batch] = None
+        """The twin's view of the prepared batch (same teachers' outputs), None without a twin."""
         self._loader_state_before_batch: Optional[dict] = None
 
     # --- episode lifecycle -----------------------------------------------------------------
     def reset(self, seed: int) -> Batch:
-        """Fresh student, projectors, optimiser and data order, all from `seed`."""
+        """Fresh student, projectors, optimiser and data order, all from `seed` (and a twin that
+        starts as an exact copy of the student when the engine has one)."""
         cfg = self.config
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
-            self.student = models.build(cfg.student, num_classes=self.num_classes,
-                                        input_shape=self.input_shape).to(self.device).train()
-            self.projectors = None
+            student = models.build(cfg.student, num_classes=self.num_classes,
+                                   input_shape=self.input_shape).to(self.device).train()
+            projectors = None
             if cfg.feature_kd:
                 with torch.no_grad():  # eval mode: the shape probe must not touch BN statistics
-                    s_channels = self.student.eval()(self._shape_probe).feature_map.shape[1]
-                self.student.train()
-                self.projectors = ProjectorBank(s_channels, self.teacher_feature_shapes).to(self.device).train()
-        params = list(self.student.parameters())
-        if self.projectors is not None:
-            params += list(self.projectors.parameters())
-        self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                                         weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        self._student_forward = self._prepare_module(self.student, trained=True)
-        self._projector_forward = (None if self.projectors is None
-                                   else self._prepare_module(self.projectors, trained=True))
+                    s_channels = student.eval()(self._shape_probe).feature_map.shape[1]
+                student.train()
+                projectors = ProjectorBank(s_channels, self.teacher_feature_shapes).to(self.device).train()
+        twin_modules = (copy.deepcopy(student), copy.deepcopy(projectors)) if self.has_twin else None
+        self.main = self._trainee(student, projectors)
+        self.twin = None if twin_modules is None else self._trainee(*twin_modules)
         self.loader.reset(seed + 1)
         self.iteration = 0
         self.batch = self.prepare()
         return self.batch
+
+    def _trainee(self, student: nn.Module, projectors: Optional[ProjectorBank]) -> Trainee:
+        cfg = self.config
+        params = list(student.parameters()) + ([] if projectors is None else list(projectors.parameters()))
+        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                                    weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
+        return Trainee(student, projectors, optimizer, scheduler, self._prepare_module(student, trained=True),
+                       None if projectors is None else self._prepare_module(projectors, trained=True))
+
+    # The agent's student, under the names the rest of the code uses.
+    @property
+    def student(self) -> Optional[nn.Module]:
+        return None if self.main is None else self.main.student
+
+    @property
+    def projectors(self) -> Optional[ProjectorBank]:
+        return None if self.main is None else self.main.projectors
+
+    @property
+    def optimizer(self) -> Optional[torch.optim.Optimizer]:
+        return None if self.main is None else self.main.optimizer
+
+    @property
+    def scheduler(self):
+        return None if self.main is None else self.main.scheduler
 
     def _lr_factor(self, iteration: int) -> float:
         cfg, progress = self.config, iteration / self.total_iterations
@@ -200,38 +230,31 @@ class DistillationEngine:
         return outs
 
     def prepare(self) -> Batch:
-        """Draw the next batch; forward teachers (no grad) and student + projectors (grad)."""
-        cfg = self.config
+        """Draw the next batch; forward teachers (no grad) and student + projectors (grad); the
+        twin's forward of the same batch goes to `twin_batch`."""
         self._loader_state_before_batch = self.loader.state_dict()
         x, y, index = self.loader.next()
         x = self._format(x)
         t_outs = self._teacher_outputs(x, index)
-        with torch.no_grad():
-            t_logits = torch.stack([o.logits for o in t_outs]).float()           # (M, B, C)
-            log_pt = F.log_softmax(t_logits / cfg.kd_temperature, dim=-1)
-            pt = log_pt.exp()
-            logp1 = F.log_softmax(t_logits, dim=-1)
-            teacher_entropy = -(logp1.exp() * logp1).sum(-1).T                   # (B, M)
-            teacher_ce = -logp1.gather(-1, y.expand(len(t_outs), -1)[..., None]).squeeze(-1).T
-            teacher_correct = (t_logits.argmax(-1) == y).T.float()
+        teacher = teacher_stats(t_outs, y, self.config.kd_temperature)
+        self.twin_batch = None if self.twin is None else self._student_pass(self.twin, x, y, index, t_outs, teacher)
+        return self._student_pass(self.main, x, y, index, t_outs, teacher)
+
+    def _student_pass(self, trainee: Trainee, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
+                      t_outs: List[models.ModelOutput], teacher: TeacherStats) -> Batch:
+        """The trainee's forward (with grad) and everything the loss and the state need."""
         with self._autocast():
-            s_out = self._student_forward(x)
-            projected = None if self._projector_forward is None else self._projector_forward(s_out.feature_map)
-        s_logits = s_out.logits.float()
-        log_ps = F.log_softmax(s_logits / cfg.kd_temperature, dim=-1)            # (B, C)
-        kl = cfg.kd_temperature ** 2 * (pt * (log_pt - log_ps)).sum(-1).T        # (B, M)
-        student_ce = F.cross_entropy(s_logits, y, reduction="none")
-        feat_mse = None
-        cos = torch.zeros_like(teacher_ce)
-        if projected is not None:
-            feat_mse = torch.stack([((p.float() - o.feature_map.float()) ** 2).flatten(1).mean(1)
-                                    for p, o in zip(projected, t_outs)], dim=1)  # (B, M)
-            with torch.no_grad():
-                cos = torch.stack([F.cosine_similarity(p.float().mean((2, 3)), o.embedding.float(), dim=1)
-                                   for p, o in zip(projected, t_outs)], dim=1)
-        student_correct = (s_logits.detach().argmax(-1) == y).float()
-        return Batch(x, y, index, t_logits, [o.embedding for o in t_outs], s_logits, student_ce,
-                     kl, feat_mse, cos, teacher_ce, teacher_entropy, teacher_correct, student_correct)
+            s_out = trainee.forward(x)
+            projected = None if trainee.projector_forward is None else trainee.projector_forward(s_out.feature_map)
+        return measure(x, y, index, t_outs, teacher, s_out, projected, self.config.kd_temperature,
+                       self.config.keep_feature_maps)
+
+    def _measure(self, x: torch.Tensor, y: torch.Tensor, index: Optional[torch.Tensor],
+                 t_outs: List[models.ModelOutput], s_out: models.ModelOutput,
+                 projected: Optional[List[torch.Tensor]], keep_maps: bool) -> Batch:
+        """The per-sample quantities of a batch from the teachers' and the student's outputs."""
+        t = self.config.kd_temperature
+        return measure(x, y, index, t_outs, teacher_stats(t_outs, y, t), s_out, projected, t, keep_maps)
 
     def loss_terms(self, batch: Batch, w_logit: torch.Tensor, w_feat: torch.Tensor):
         """Per-sample total loss (B,) and the batch-mean KD and feature terms.
@@ -248,19 +271,28 @@ class DistillationEngine:
         return total, kd.mean(), feat.mean()
 
     def apply(self, w_logit: torch.Tensor, w_feat: torch.Tensor) -> dict:
-        """Update the student on the prepared batch with the given weights. The caller measures
-        what it needs on the updated student, then calls `advance()` for the next batch (so that
-        measurements never see a forward of a batch the student has not trained on).
+        """Update the student on the prepared batch with the given weights (and the twin, when
+        there is one, with 1/M). The caller measures what it needs on the updated student, then
+        calls `advance()` for the next batch (so that measurements never see a forward of a batch
+        the student has not trained on).
 
         Returns device tensors: per-sample loss (B,), mean loss, KD and feature terms.
         """
         batch = self.batch
         total, kd, feat = self.loss_terms(batch, w_logit, w_feat)
         loss = total.mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.scheduler.step()
+        objective, trainees = loss, [self.main]
+        if self.twin is not None:
+            # The twin's graph is disjoint from the student's, so one backward of the sum gives each
+            # exactly its own gradient.
+            equal = torch.full((self.num_teachers,), 1.0 / self.num_teachers, device=self.device)
+            objective = objective + self.loss_terms(self.twin_batch, equal, equal)[0].mean()
+            trainees.append(self.twin)
+        for trainee in trainees:
+            trainee.zero_grad()
+        objective.backward()
+        for trainee in trainees:
+            trainee.step()
         self.iteration += 1
         out = {"per_sample_loss": total.detach(), "loss": loss.detach(), "kd_loss": kd.detach(),
                "feat_loss": feat.detach(), "student_ce": batch.student_ce.detach().mean(),
@@ -272,63 +304,72 @@ class DistillationEngine:
         self.batch = self.prepare()
 
     # --- measurements ----------------------------------------------------------------------
-    def _eval_forward(self, x: torch.Tensor) -> models.ModelOutput:
-        with self._autocast():  # the bare module: a DDP forward here would re-broadcast BN buffers in place
-            return self.student(self._format(x))
+    def _evaluated(self, twin: bool) -> nn.Module:
+        if twin and self.twin is None:
+            raise RuntimeError("this engine has no twin (construct it with twin=True)")
+        return self.twin.student if twin else self.main.student
 
-    def correct_count(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _eval_forward(self, module: nn.Module):
+        def forward(x: torch.Tensor) -> models.ModelOutput:
+            with self._autocast():  # the bare module: a DDP forward here would re-broadcast BN buffers in place
+                return module(self._format(x))
+
+        return forward
+
+    def correct_count(self, x: torch.Tensor, y: torch.Tensor, twin: bool = False) -> torch.Tensor:
         """Number of correct student predictions on (x, y), as a 0-d device tensor (no sync)."""
-        return correct_count(self.student, x, y, self.config.eval_batch_size, self._eval_forward)
+        module = self._evaluated(twin)
+        return correct_count(module, x, y, self.config.eval_batch_size, self._eval_forward(module))
 
-    def val_accuracy(self) -> torch.Tensor:
-        return self.split_accuracy(self.val_set)
+    def val_accuracy(self, twin: bool = False) -> torch.Tensor:
+        return self.split_accuracy(self.val_set, twin)
 
-    def test_accuracy(self) -> torch.Tensor:
-        return self.split_accuracy(self.test_set)
+    def test_accuracy(self, twin: bool = False) -> torch.Tensor:
+        return self.split_accuracy(self.test_set, twin)
 
-    def split_accuracy(self, eval_set: EvalSet) -> torch.Tensor:
+    def split_accuracy(self, eval_set: EvalSet, twin: bool = False) -> torch.Tensor:
         """Student accuracy over an eval set (in device memory or streamed), a 0-d device tensor."""
-        correct = split_correct(self.student, eval_set, self.config.eval_batch_size, self._eval_forward)
-        return correct / len(eval_set)
+        return self.split_metrics(eval_set, twin)[0]
 
-    @torch.no_grad()
-    def probe_loss(self) -> torch.Tensor:
-        """Student CE on the fixed probe batch, in eval mode, as a 0-d device tensor."""
-        was_training = self.student.training
-        self.student.eval()
-        with self._autocast():
-            logits = self.student(self._format(self.probe_x)).logits
-        loss = F.cross_entropy(logits.float(), self.probe_y)
-        self.student.train(was_training)
-        return loss
+    def split_metrics(self, eval_set: EvalSet, twin: bool = False) -> torch.Tensor:
+        """(accuracy, mean CE) of the student (or the twin) over an eval set: a (2,) device tensor."""
+        module = self._evaluated(twin)
+        return split_sums(module, eval_set, self.config.eval_batch_size, self._eval_forward(module)) / len(eval_set)
+
+    def probe_loss(self, twin: bool = False) -> torch.Tensor:
+        """Student (or twin) CE on the fixed probe batch, in eval mode, as a 0-d device tensor."""
+        module = self._evaluated(twin)
+        sums = correct_and_ce(module, self.probe_x, self.probe_y, self.config.eval_batch_size,
+                              self._eval_forward(module))
+        return sums[1] / len(self.probe_y)
 
     # --- checkpointing ---------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Everything needed to continue the episode bit-identically (the prepared batch is
         recomputed from the loader state saved before it was drawn). A deep copy: later steps
         do not change it."""
-        if self.student is None:
+        if self.main is None:
             raise RuntimeError("call reset() before state_dict(): there is no episode to save")
-        return copy.deepcopy({"student": self.student.state_dict(),
-                "projectors": None if self.projectors is None else self.projectors.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "iteration": self.iteration, "loader": self._loader_state_before_batch})
+        state = {**self.main.state_dict(), "iteration": self.iteration, "loader": self._loader_state_before_batch}
+        if self.twin is not None:
+            state["twin"] = self.twin.state_dict()
+        return copy.deepcopy(state)
 
     def load_state_dict(self, state: dict) -> None:
-        if self.student is None:
+        if self.main is None:
             raise RuntimeError("call reset() before load_state_dict() so the modules exist")
-        self.student.load_state_dict(state["student"])
-        if self.projectors is not None:
-            self.projectors.load_state_dict(state["projectors"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        if (self.twin is not None) != ("twin" in state):
+            raise ValueError(f"episode state {'has' if 'twin' in state else 'has no'} twin student but this "
+                             f"engine {'has' if self.twin is not None else 'has none'}; the reward must match")
+        self.main.load_state_dict(state)
+        if self.twin is not None:
+            self.twin.load_state_dict(state["twin"])
         self.iteration = int(state["iteration"])
         self.loader.load_state_dict(state["loader"])
         # The saved BN running stats already include the prepared batch's forward. Train-mode BN
         # normalises with batch statistics, so re-running that forward without touching the
         # running stats reproduces both the batch and the saved state exactly.
-        norms = [m for mod in (self.student, self.projectors) if mod is not None
-                 for m in mod.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        norms = [m for t in (self.main, self.twin) if t is not None for m in t.batch_norms()]
         for m in norms:
             m.track_running_stats = False
         try:

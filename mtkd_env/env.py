@@ -17,7 +17,8 @@ from . import observations as obsmod
 from .actions import to_simplex, weights_to_action
 from .config import ConfigError, EnvConfig
 from .engine import DistillationEngine
-from .rewards import StepResult, make_reward
+from .measurements import MeasurementPlan
+from .rewards import StepResult, make_reward, needs_twin
 
 __all__ = ["MultiTeacherKDEnv", "make_config"]
 
@@ -48,7 +49,8 @@ class MultiTeacherKDEnv(gym.Env):
     Observation (`granularity="sample"`): (B, F) per-sample state of the MTKD-RL paper, columns
     described by `sample_layout`. Action: `Box(-1, 1, (B, M))` or `(B, 2M)`.
 
-    Actions become simplex weights by `action_transform`; the weights used are in `info`.
+    Actions become simplex weights by `action_transform` (or, with "select", equal weights over
+    the selected teachers, zero when none is); the weights used are in `info`.
     `step_weights(w_logit, w_feat)` applies explicit non-negative weights instead (for formula
     baselines and agents that output weights).
     """
@@ -61,13 +63,16 @@ class MultiTeacherKDEnv(gym.Env):
             raise ValueError(f"render_mode: MultiTeacherKDEnv renders nothing; expected None, got {render_mode!r}")
         self.render_mode = None
         self.config = cfg = make_config(config, **overrides)
-        self.engine = DistillationEngine(cfg)
+        self.reward_fn = make_reward(cfg.reward, cfg.granularity)
+        self.logged_rewards = {name: make_reward(name, cfg.granularity) for name in cfg.log_rewards}
+        rewards = [self.reward_fn, *self.logged_rewards.values()]
+        self.engine = DistillationEngine(cfg, twin=needs_twin(rewards))
+        self.measurements = MeasurementPlan(self.engine, rewards, cfg.reward_interval)
         self.dist = self.engine.dist
         self.num_teachers = m = self.engine.num_teachers
         self.batch_size = cfg.batch_size
         self.teacher_names = [t.name for t in self.engine.teachers]
         self.teacher_val_acc = np.array([t.val_acc for t in self.engine.teachers], dtype=np.float64)
-        self.reward_fn = make_reward(cfg.reward, cfg.granularity)
         self.action_width = 2 * m if cfg.separate_feature_weights else m
         if cfg.granularity == "teacher":
             low, high = obsmod.teacher_bounds(m)
@@ -76,7 +81,8 @@ class MultiTeacherKDEnv(gym.Env):
             self.action_space = spaces.Box(-1.0, 1.0, (self.action_width,), dtype=np.float32)
         else:
             self.sample_layout = obsmod.sample_layout(self.engine.num_classes, self.engine.teacher_embedding_dims,
-                                                      cfg.sample_obs_embeddings, cfg.sample_obs_logits)
+                                                      cfg.sample_obs_embeddings, cfg.sample_obs_logits,
+                                                      self.engine.student_embedding_dim if cfg.sample_obs_student else 0)
             low, high = obsmod.sample_bounds(self.sample_layout, cfg.batch_size)
             self.feature_names = None
             self.action_space = spaces.Box(-1.0, 1.0, (cfg.batch_size, self.action_width), dtype=np.float32)
@@ -88,8 +94,8 @@ class MultiTeacherKDEnv(gym.Env):
         self._t = 0
         self._episode_over = False
         self._episode_seed: Optional[int] = None
-        self._probe_before: Optional[float] = None
-        self._last_val_acc: Optional[float] = None
+        self._previous: dict = {}
+        """The latest value of every reward measurement (`StepResult.previous`)."""
 
     # --- gymnasium API ---------------------------------------------------------------------
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
@@ -98,16 +104,9 @@ class MultiTeacherKDEnv(gym.Env):
         self.engine.reset(self._episode_seed)
         self._t = 0
         self._episode_over = False
-        evaluations = []
-        if self.reward_fn.needs_probe:
-            evaluations.append(self.engine.probe_loss)
-        if self.reward_fn.needs_val:
-            evaluations.append(self.engine.val_accuracy)
-        obs, _, rest = self._gather_to_host(None, [], self._evaluate(evaluations))
-        if self.reward_fn.needs_probe:
-            self._probe_before, rest = rest[0], rest[1:]
-        if self.reward_fn.needs_val:
-            self._last_val_acc = rest[0]
+        plan = self.measurements.at_reset()
+        obs, _, values = self._gather_to_host(None, [], self._evaluate(plan))
+        self._previous = MeasurementPlan.kept(plan, values, self.measurements.needs)
         info = {"episode_seed": self._episode_seed, "teacher_names": list(self.teacher_names),
                 "teacher_val_acc": self.teacher_val_acc.copy(), "total_steps": self.total_steps}
         return obs, info
@@ -180,15 +179,10 @@ class MultiTeacherKDEnv(gym.Env):
         iterations = i + 1
         self._t += 1
         terminated = engine.done
-        val_step = self.reward_fn.needs_val and (self._t % cfg.reward_interval == 0 or terminated)
 
         # Measure the updated student before the next batch's forward touches its BN statistics.
-        evaluations = [engine.probe_loss] if self.reward_fn.needs_probe else []
-        if val_step and not terminated:
-            evaluations.append(engine.val_accuracy)
-        if terminated:
-            evaluations += [engine.val_accuracy, engine.test_accuracy]
-        evals = self._evaluate(evaluations)
+        plan = self.measurements.at_step(self._t, terminated)
+        evals = self._evaluate(plan)
         if not terminated:
             engine.advance()  # the observation describes the batch the next action will weight
 
@@ -196,13 +190,16 @@ class MultiTeacherKDEnv(gym.Env):
         scalars = [loss_sum / iterations, out["kd_loss"], out["feat_loss"], out["student_ce"], out["student_acc"]]
         obs, per_sample, vals = self._gather_to_host(out["per_sample_loss"], scalars, evals)
         loss, kd_loss, feat_loss, student_ce, student_acc = (float(v) for v in vals[:5])
-        vals = vals[5:]
-        probe_after = float(vals.pop(0)) if self.reward_fn.needs_probe else None
-        val_acc = float(vals[0]) if val_step else None  # at the end: the final validation accuracy
+        everything = dict(zip(MeasurementPlan.names(plan), vals[5:]))
+        measured = {n: v for n, v in everything.items() if n in self.measurements.needs}
+        val_step = self.measurements.is_val_step(self._t, terminated)
+        val_acc = measured.get("val_acc") if val_step else None
 
         result = StepResult(step=self._t, loss=loss, per_sample_loss=per_sample, student_ce=student_ce,
-                            student_acc=student_acc, probe_loss_before=self._probe_before,
-                            probe_loss_after=probe_after, val_acc=val_acc, prev_val_acc=self._last_val_acc)
+                            student_acc=student_acc, probe_loss_before=self._previous.get("probe_loss"),
+                            probe_loss_after=measured.get("probe_loss"), val_acc=val_acc,
+                            prev_val_acc=self._previous.get("val_acc"), terminal=terminated,
+                            measured=measured, previous=dict(self._previous))
         info = {"step": self._t, "iteration": engine.iteration, "epoch": engine.loader.epoch,
                 "weights_logit": np.asarray(wl, dtype=np.float32).copy(),
                 "weights_feat": np.asarray(wf, dtype=np.float32).copy(),
@@ -217,29 +214,35 @@ class MultiTeacherKDEnv(gym.Env):
             info.update(extra)
             if not np.isfinite(reward):
                 reward = float(cfg.divergence_penalty)
+        if self.logged_rewards:
+            info["rewards"] = {name: (float(cfg.divergence_penalty) if diverged else float(fn(result)[0]))
+                               for name, fn in self.logged_rewards.items()}
         if val_acc is not None:
             info["val_acc"] = val_acc
-            self._last_val_acc = val_acc
-        self._probe_before = probe_after
+        self._previous.update(measured)
         if terminated:
-            if engine.done:
-                final_val, final_test = vals[-2], vals[-1]
-            else:  # ended early by divergence: the final measurements were not in the copy above
-                final_val, final_test = self._gather_to_host(
-                    None, [], self._evaluate([engine.val_accuracy, engine.test_accuracy]))[2]
-            info["final_val_acc"], info["final_test_acc"] = float(final_val), float(final_test)
+            if not engine.done:  # ended early by divergence: the final measurements are not in the copy above
+                final = self.measurements.final()
+                everything = dict(zip(MeasurementPlan.names(final),
+                                      self._gather_to_host(None, [], self._evaluate(final))[2]))
+            info["final_val_acc"], info["final_test_acc"] = everything["val_acc"], everything["test_acc"]
+            if engine.has_twin:
+                info["twin_final_val_acc"] = everything["twin_val_acc"]
+                info["twin_final_test_acc"] = everything["twin_test_acc"]
             info["episode_seed"] = self._episode_seed
             self._episode_over = True
         return obs, float(reward), bool(terminated), False, info
 
-    def _evaluate(self, measurements) -> torch.Tensor:
-        """Run zero-argument measurements (0-d tensors) on rank 0; zeros elsewhere (broadcast later)."""
+    def _evaluate(self, plan) -> torch.Tensor:
+        """Run a measurement plan's evaluations on rank 0, as one flat device tensor; zeros
+        elsewhere (broadcast later)."""
         device = self.engine.device
-        if not measurements:
+        size = len(MeasurementPlan.names(plan))
+        if not size:
             return torch.zeros(0, device=device)
         if self.dist.is_main:
-            return torch.stack([f().float() for f in measurements])
-        return torch.zeros(len(measurements), device=device)
+            return torch.cat([fn().float().reshape(-1) for _, fn in plan])
+        return torch.zeros(size, device=device)
 
     def _check_weights(self, name: str, w) -> np.ndarray:
         arr = np.asarray(w, dtype=np.float32)
@@ -260,7 +263,7 @@ class MultiTeacherKDEnv(gym.Env):
         batch, cfg = self.engine.batch, self.config
         if cfg.granularity == "teacher":
             return obsmod.teacher_obs(batch)
-        return obsmod.sample_obs(batch, cfg.sample_obs_embeddings, cfg.sample_obs_logits)
+        return obsmod.sample_obs(batch, cfg.sample_obs_embeddings, cfg.sample_obs_logits, cfg.sample_obs_student)
 
     def _gather_to_host(self, per_sample: Optional[torch.Tensor], scalars: list,
                         evals: Optional[torch.Tensor] = None):
@@ -305,15 +308,14 @@ class MultiTeacherKDEnv(gym.Env):
         """Episode state: engine (student, projectors, optimiser, scheduler, data position) plus
         the env's own counters and RNG."""
         return {"engine": self.engine.state_dict(), "t": self._t, "episode_seed": self._episode_seed,
-                "probe_before": self._probe_before, "last_val_acc": self._last_val_acc,
-                "np_random": self.np_random.bit_generator.state}
+                "previous": dict(self._previous), "np_random": self.np_random.bit_generator.state}
 
     def load_state_dict(self, state: dict) -> None:
         if self.engine.student is None:
             self.reset()
         self.engine.load_state_dict(state["engine"])
         self._t, self._episode_seed = int(state["t"]), state["episode_seed"]
-        self._probe_before, self._last_val_acc = state["probe_before"], state["last_val_acc"]
+        self._previous = dict(state["previous"])
         self._episode_over = False
         self.np_random.bit_generator.state = state["np_random"]
 

@@ -51,10 +51,11 @@ def teacher_obs(batch: Batch) -> torch.Tensor:
 
 
 def sample_layout(num_classes: int, embedding_dims: Sequence[int], embeddings: bool,
-                  logits: bool) -> List[Tuple[int, str, slice]]:
+                  logits: bool, student_dim: int = 0) -> List[Tuple[int, str, slice]]:
     """(teacher, quantity, column slice) for each block of a sample-granularity state row.
 
-    Per teacher, in the official code's order: cos, kl, ce, [embedding (D_m)], [logits (C)].
+    Per teacher, in the official code's order: cos, kl, ce, [embedding (D_m)], [logits (C)]; then,
+    when `student_dim` > 0, the student's pooled embedding as (-1, "student_embedding", slice).
     """
     layout, col = [], 0
     for m, dim in enumerate(embedding_dims):
@@ -66,6 +67,8 @@ def sample_layout(num_classes: int, embedding_dims: Sequence[int], embeddings: b
         for name, width in blocks:
             layout.append((m, name, slice(col, col + width)))
             col += width
+    if student_dim:
+        layout.append((-1, "student_embedding", slice(col, col + student_dim)))
     return layout
 
 
@@ -81,8 +84,9 @@ def sample_bounds(layout, batch_size: int) -> Tuple[np.ndarray, np.ndarray]:
     return np.tile(low, (batch_size, 1)), np.tile(high, (batch_size, 1))
 
 
-def sample_obs(batch: Batch, embeddings: bool, logits: bool) -> torch.Tensor:
-    """(B, F) per-sample state: for each teacher [cos, kl, ce, embedding, logits]."""
+def sample_obs(batch: Batch, embeddings: bool, logits: bool, student: bool = False) -> torch.Tensor:
+    """(B, F) per-sample state: for each teacher [cos, kl, ce, embedding, logits], then (with
+    `student`) the student's pooled embedding."""
     cols = []
     for m in range(batch.teacher_logits.shape[0]):
         cols += [batch.cos[:, m:m + 1], batch.kl.detach()[:, m:m + 1], batch.teacher_ce[:, m:m + 1]]
@@ -90,4 +94,6 @@ def sample_obs(batch: Batch, embeddings: bool, logits: bool) -> torch.Tensor:
             cols.append(batch.teacher_embeddings[m])
         if logits:
             cols.append(batch.teacher_logits[m])
+    if student:
+        cols.append(batch.student_embedding)
     return torch.cat(cols, dim=1).float()

@@ -22,16 +22,16 @@ from agents.tracking import read_metrics
 # Small rollouts/warm-ups so every algorithm updates several times within 160 steps (20 episodes).
 TINY_HP = {"ppo": {"n_steps": 32, "batch_size": 16, "n_epochs": 2}, "a2c": {"n_steps": 8},
            "sac": {"learning_starts": 16, "batch_size": 16}, "td3": {"learning_starts": 16, "batch_size": 16},
-           "mtkd-rl": {}, "mtkd-rl-pg": {}}
+           "mtkd-rl": {}, "mtkd-rl-pg": {}, "rmts": {}}
 
 
 def test_algos_match_contract():
-    assert api.ALGOS == ("ppo", "a2c", "sac", "td3", "mtkd-rl", "mtkd-rl-pg")
+    assert api.ALGOS == ("ppo", "a2c", "sac", "td3", "mtkd-rl", "mtkd-rl-pg", "rmts")
     for algo in api.ALGOS:
         assert default_hyperparams(algo)["n_timesteps"] >= 1
 
 
-@pytest.mark.parametrize("algo", ["ppo", "a2c", "sac", "td3", "mtkd-rl", "mtkd-rl-pg"])
+@pytest.mark.parametrize("algo", ["ppo", "a2c", "sac", "td3", "mtkd-rl", "mtkd-rl-pg", "rmts"])
 def test_each_algo_trains_and_saves_a_run(algo, synthetic_config, tmp_path):
     cfg = synthetic_config()
     run_dir = api.train(algo, env_config=cfg, total_timesteps=160, out_dir=str(tmp_path), hyperparams=TINY_HP[algo],
@@ -62,6 +62,8 @@ def test_each_algo_trains_and_saves_a_run(algo, synthetic_config, tmp_path):
     if algo.startswith("mtkd-rl"):
         assert policy.env_overrides == {"granularity": "sample", "separate_feature_weights": True,
                                         "action_transform": "linear"}
+    elif algo == "rmts":
+        assert policy.env_overrides["action_transform"] == "select" and policy.env_overrides["sample_obs_student"]
     else:
         assert policy.env_overrides == {}
     env = MultiTeacherKDEnv(cfg.replace(**policy.env_overrides))
@@ -80,8 +82,9 @@ def test_each_algo_trains_and_saves_a_run(algo, synthetic_config, tmp_path):
 
 def test_policy_applies_saved_observation_normalisation(synthetic_config, tmp_path):
     """With VecNormalize, predict(raw obs) equals the SB3 model on the normalised obs."""
+    hp = {**TINY_HP["ppo"], "normalize": {"norm_obs": True, "norm_reward": True}}  # the shipped PPO uses raw obs
     run_dir = api.train("ppo", env_config=synthetic_config(), total_timesteps=32, out_dir=str(tmp_path),
-                        hyperparams=TINY_HP["ppo"], show_progress=False)
+                        hyperparams=hp, show_progress=False)
     state = torch.load(run_dir / "checkpoint/state.pt", weights_only=True)
     rms = state["agent"]["vecnorm"]["obs_rms"]
     policy = api.load_policy(run_dir)

@@ -15,7 +15,7 @@ from agents import api
 from agents.run import Run, TrainingInterrupted
 
 HP = {"ppo": {"n_steps": 16, "batch_size": 8, "n_epochs": 2}, "sac": {"learning_starts": 8, "batch_size": 8},
-      "mtkd-rl-pg": {"agent_step": 5}, "mtkd-rl": {"agent_step": 5, "dynamic": True}}
+      "mtkd-rl-pg": {"agent_step": 5}, "mtkd-rl": {"agent_step": 5, "dynamic": True}, "rmts": {"update_every": 3}}
 TOTAL, KILL_AT = 44, 19
 # Wall-clock values (Monitor episode times, SB3 fps) legitimately differ between the two runs.
 CLOCK_KEYS = ("wall_time", "/t", "episode_times", "wandb_run_id")
@@ -57,7 +57,7 @@ def _metrics(run_dir):
     return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
 
 
-@pytest.mark.parametrize("algo", ["ppo", "sac", "mtkd-rl-pg", "mtkd-rl"])
+@pytest.mark.parametrize("algo", ["ppo", "sac", "mtkd-rl-pg", "mtkd-rl", "rmts"])
 def test_interrupted_and_resumed_run_is_bit_identical(algo, synthetic_config, tmp_path):
     cfg = synthetic_config()
     kwargs = dict(env_config=cfg, total_timesteps=TOTAL, hyperparams=HP[algo], show_progress=False, save_freq=0)
@@ -75,7 +75,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(algo, synthetic_config, tm
 
     run = Run.resume(stopped.run_dir)
     assert run.agent.num_timesteps == stopped.num_timesteps
-    if algo.startswith("mtkd-rl"):
+    if algo.startswith("mtkd-rl") or algo == "rmts":
         # The env's claim: after load_state_dict the prepared batch (hence the observation) is the saved one.
         assert torch.equal(torch.as_tensor(run.agent.env.current_observation()),
                            torch.as_tensor(run.agent.model._last_obs))

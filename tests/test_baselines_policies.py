@@ -30,7 +30,10 @@ def test_every_policy_acts_and_predicts_in_the_action_space(name, make_env):
     policy.bind(env)
     w_logit, w_feat = policy.act()
     m = env.num_teachers
-    assert w_logit.shape == ((env.batch_size, m) if policy.per_sample else (m,)) and w_feat is None
+    assert w_logit.shape == ((env.batch_size, m) if policy.per_sample else (m,))
+    assert (w_feat is None) == (name not in ("ca-mkd", "mmkd"))  # those two have separate feature weights
+    if w_feat is not None:
+        assert w_feat.shape == w_logit.shape
     if name != "no-kd":
         np.testing.assert_allclose(w_logit.sum(-1), 1.0, atol=1e-5)
     action, state = policy.predict(obs, deterministic=True)

@@ -28,7 +28,8 @@ def _np_softmax(z, axis=-1):
 
 def _all_fns(m: int):
     rng = np.random.default_rng(0)
-    return {"aver": {}, "no-kd": {}, "best": {"val_acc": np.linspace(0.5, 0.9, m)}, "random": {"rng": rng},
+    return {"aver": {}, "no-kd": {}, "best": {"val_acc": np.linspace(0.5, 0.9, m)},
+            "drop-worst": {"val_acc": np.linspace(0.5, 0.9, m)}, "random": {"rng": rng},
             "ebkd": {}, "ca-mkd": {}, "aekd": {}}
 
 

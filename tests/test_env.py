@@ -38,12 +38,16 @@ def assert_same(t1, t2):
         np.testing.assert_array_equal(a[4], b[4])
 
 
-@pytest.mark.parametrize("granularity", ["teacher", "sample"])
-def test_gymnasium_and_sb3_checkers_pass(tiny_config, granularity):
+SELECTION = {"granularity": "sample", "action_transform": "select", "sample_obs_student": True}
+
+
+@pytest.mark.parametrize("interface", [{"granularity": "teacher"}, {"granularity": "sample"}, SELECTION],
+                         ids=["teacher", "sample", "sample-select"])
+def test_gymnasium_and_sb3_checkers_pass(tiny_config, interface):
     from gymnasium.utils.env_checker import check_env
     from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-    env = gym.make(mtkd_env.ENV_ID, config=tiny_config(granularity=granularity))
+    env = gym.make(mtkd_env.ENV_ID, config=tiny_config(**interface))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # SB3 warns that a (B, F) observation is neither image nor vector
         check_env(env.unwrapped, skip_render_check=True)

@@ -201,3 +201,30 @@ def test_paper_pool_runs_in_env(granularity, teacher_cache):
         obs, reward, term, _, info = env.step(env.action_space.sample())
         assert np.isfinite(reward) and env.observation_space.contains(obs)
     assert term and info["weights_logit"].shape[-1] == 4
+
+
+# --- classifier heads (CA-MKD's feature confidences) ---------------------------------------------
+def _head_input(name: str) -> tuple:
+    if name in ("mlp", "cnn", "tiny_resnet", "tiny_cnn"):
+        return (1, 8, 8)
+    from mtkd_env.models.imagenet import TORCHVISION_MODELS
+
+    return (3, 64, 64) if name in TORCHVISION_MODELS or name == "shufflenet_v2" else (3, 32, 32)
+
+
+@pytest.mark.parametrize("name", models.available())
+def test_every_model_exposes_its_classifier_head(name):
+    """`classifier_head(feature_map)` is exactly the rest of the forward pass, for every registered model."""
+    torch.manual_seed(0)
+    shape = _head_input(name)
+    model = models.build(name, num_classes=5, input_shape=shape).eval()
+    assert isinstance(model, models.KDModel)
+    with torch.no_grad():
+        out = model(torch.randn(2, *shape))
+        logits = models.classifier_head(model)(out.feature_map)
+    torch.testing.assert_close(logits, out.logits, rtol=1e-5, atol=1e-6)
+
+
+def test_classifier_head_of_a_model_without_one_is_a_clear_error():
+    with pytest.raises(TypeError, match="Linear has no classifier_head.*KDModel"):
+        models.classifier_head(torch.nn.Linear(2, 2))

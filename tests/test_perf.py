@@ -115,6 +115,22 @@ def test_loader_benchmark_smoke(tmp_path):
     assert data["device_loader_images_per_s"] > 0 and data["dataloader_images_per_s"] > 0
 
 
+def test_step_overhead_benchmark_has_a_row_per_method(tmp_path, teacher_cache):
+    """Every method's step runs in the benchmark (the figures themselves are not asserted)."""
+    from benchmarks.policy_steps import method_names
+
+    out = tmp_path / "overhead.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.step_overhead", "--config", "tiny", "--device", "cpu",
+                           "--batch", "16", "--warmup", "1", "--blocks", "1", "--per-block", "6",
+                           "--teacher-cache-dir", teacher_cache, "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert sorted(data["ratio_to_floor"]) == sorted(method_names())
+    assert all(r > 0 for r in data["ratio_to_floor"].values())
+    assert "mmkd" in proc.stdout and "rmts" in proc.stdout
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_nccl_single_gpu_torchrun_with_batchnorm_student(teacher_cache):

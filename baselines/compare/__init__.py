@@ -1,7 +1,7 @@
 """`python -m baselines.compare`: rank teacher-weighting policies on the same students and seeds.
 
     python -m baselines.compare --policies aver,ca-mkd,ebkd,aekd,best,random,no-kd,ppo,mtkd-rl \\
-        --seeds 0 1 2 3 4 [--env-config FILE] [--env K=V ...] [--agent-dir DIR] [--wandb MODE] \\
+        --seeds 0 1 2 3 4 5 6 7 8 9 [--env-config FILE] [--env K=V ...] [--agent-dir DIR] [--wandb MODE] \\
         [--out DIR] [--jobs N] [--shard I/N]
     python -m baselines.compare --merge DIR [DIR ...] --out DIR
     python -m baselines.compare --policies ppo --train-only --out AGENTS     # then --agent-dir AGENTS

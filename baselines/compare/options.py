@@ -37,7 +37,7 @@ class CompareOptions:
                                metavar="NAMES")
     """Policy names, comma- or space-separated (repeated flags add up): formula policies
     (`baselines.POLICIES`) and RL algorithms (`agents.api.ALGOS`, e.g. ppo, mtkd-rl)."""
-    seeds: List[int] = knob(default_factory=lambda: [0, 1, 2, 3, 4], minimum=0, nonempty="evaluation seed")
+    seeds: List[int] = knob(default_factory=lambda: list(range(10)), minimum=0, nonempty="evaluation seed")
     """Evaluation seeds: `env.reset(seed=s)` for every policy (same students, same data order)."""
     env_config: EnvConfig = knob(default_factory=EnvConfig, cli=False)
     """The env every policy is evaluated on (RL policies add their `env_overrides`)."""

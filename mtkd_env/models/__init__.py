@@ -3,25 +3,56 @@
 `build(name, num_classes=..., input_shape=...)` constructs any registered architecture. The
 feature-KD contract follows RepDistiller/MTKD-RL: `feature_map` is the last conv stage after its
 ReLU (B, C_f, H_f, W_f) and `embedding` its global average pool (B, C_f).
+
+Every model also implements `classifier_head(feature_map) -> logits`, the layers that follow
+`feature_map` (see `KDModel`): CA-MKD passes the projected student feature through each teacher's
+own head, and `forward` itself computes its logits with it, so the two never disagree.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, NamedTuple, Optional
+from typing import Callable, Dict, NamedTuple, Optional, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from ..runtime.errors import unknown_name
 
-__all__ = ["ModelOutput", "MODELS", "register", "build", "available"]
+__all__ = ["ModelOutput", "KDModel", "MODELS", "register", "build", "available", "classifier_head"]
 
 
 class ModelOutput(NamedTuple):
     logits: torch.Tensor       # (B, C)
     feature_map: torch.Tensor  # (B, C_f, H_f, W_f)
     embedding: torch.Tensor    # (B, C_f)
+
+
+@runtime_checkable
+class KDModel(Protocol):
+    """What every registered model provides."""
+
+    def __call__(self, x: torch.Tensor) -> ModelOutput:
+        """(B, C_in, H, W) inputs -> `ModelOutput`."""
+        ...
+
+    def classifier_head(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """(B, C_f, H_f, W_f) -> logits (B, num_classes): the layers after `feature_map` (global
+        pooling and the classifier; MobileNetV2 also applies its 1x1 conv to 1280 channels first),
+        so that `classifier_head(forward(x).feature_map) == forward(x).logits`. Any map of the
+        model's feature shape (C_f, H_f, W_f) is accepted, e.g. a student map projected to it."""
+        ...
+
+
+def classifier_head(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`model.classifier_head`, or a one-line `TypeError` for a model that does not implement
+    the `KDModel` contract (e.g. a user module registered without it)."""
+    head = getattr(model, "classifier_head", None)
+    if not callable(head):
+        raise TypeError(f"{type(model).__name__} has no classifier_head(feature_map) -> logits method; every "
+                        f"model used as a teacher for CA-MKD feature weights must implement "
+                        f"mtkd_env.models.KDModel")
+    return head
 
 
 MODELS: Dict[str, Callable[..., nn.Module]] = {}

@@ -65,8 +65,11 @@ class CifarResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> ModelOutput:
         out = F.relu(self.bn1(self.conv1(x)))
         fmap = self.layer3(self.layer2(self.layer1(out)))  # (B, C_f, H/4, W/4), post-ReLU
-        emb = fmap.mean(dim=(2, 3))
-        return ModelOutput(self.fc(emb), fmap, emb)
+        return ModelOutput(self.classifier_head(fmap), fmap, fmap.mean(dim=(2, 3)))
+
+    def classifier_head(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """(B, C_f, H_f, W_f) -> logits (B, C): global average pool, then the linear classifier."""
+        return self.fc(feature_map.mean(dim=(2, 3)))
 
 
 _NARROW = (16, 16, 32, 64)

@@ -72,8 +72,11 @@ class WideResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> ModelOutput:
         out = self.block3(self.block2(self.block1(self.conv1(x))))
         fmap = F.relu(self.bn1(out))  # (B, 64K, H/4, W/4)
-        emb = fmap.mean(dim=(2, 3))
-        return ModelOutput(self.fc(emb), fmap, emb)
+        return ModelOutput(self.classifier_head(fmap), fmap, fmap.mean(dim=(2, 3)))
+
+    def classifier_head(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """(B, C_f, H_f, W_f) -> logits (B, C): global average pool, then the linear classifier."""
+        return self.fc(feature_map.mean(dim=(2, 3)))
 
 
 def _register_wrn(depth: int, widen: int) -> None:

@@ -63,6 +63,13 @@ class TorchvisionModel(nn.Module):
         fmap, self._captured = self._captured, None
         return ModelOutput(logits, fmap, fmap.mean(dim=(2, 3)))
 
+    def classifier_head(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """(B, C_f, H_f, W_f) -> logits (B, C): what torchvision's forward does after the hooked
+        module — global average pool, flatten, then `fc` (ResNet family, ShuffleNetV2) or
+        `classifier` (MobileNetV2, dropout + linear)."""
+        pooled = feature_map.mean(dim=(2, 3))
+        return self.net.classifier(pooled) if self.feature_module == "features" else self.net.fc(pooled)
+
 
 def _strip_net_prefix(module, state_dict, prefix, local_metadata) -> None:
     for key in list(state_dict):

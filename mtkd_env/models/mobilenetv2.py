@@ -71,8 +71,12 @@ class MobileNetV2(nn.Module):
         for block in self.blocks:
             out = block(out)
         fmap = out  # (B, 320 * width, H/16, W/16), linear bottleneck
-        pooled = self.conv2(fmap).mean(dim=(2, 3))  # (B, 1280)
-        return ModelOutput(self.classifier(pooled), fmap, fmap.mean(dim=(2, 3)))
+        return ModelOutput(self.classifier_head(fmap), fmap, fmap.mean(dim=(2, 3)))
+
+    def classifier_head(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """(B, 320 * width, H_f, W_f) -> logits (B, C): 1x1 conv-BN-ReLU to 1280 channels, global
+        average pool, linear classifier."""
+        return self.classifier(self.conv2(feature_map).mean(dim=(2, 3)))
 
 
 @register("MobileNetV2")

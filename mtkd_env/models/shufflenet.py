@@ -68,8 +68,11 @@ class ShuffleNetV1(nn.Module):
     def forward(self, x: torch.Tensor) -> ModelOutput:
         out = F.relu(self.bn1(self.conv1(x)))
         fmap = self.layer3(self.layer2(self.layer1(out)))  # (B, 960, H/8, W/8)
-        emb = fmap.mean(dim=(2, 3))
-        return ModelOutput(self.linear(emb), fmap, emb)
+        return ModelOutput(self.classifier_head(fmap), fmap, fmap.mean(dim=(2, 3)))
+
+    def classifier_head(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """(B, C_f, H_f, W_f) -> logits (B, C): global average pool, then the linear classifier."""
+        return self.linear(feature_map.mean(dim=(2, 3)))
 
 
 # --- ShuffleNet V2 --------------------------------------------------------------------------
@@ -138,8 +141,11 @@ class ShuffleNetV2(nn.Module):
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer3(self.layer2(self.layer1(out)))
         fmap = F.relu(self.bn2(self.conv2(out)))  # (B, 1024, H/8, W/8)
-        emb = fmap.mean(dim=(2, 3))
-        return ModelOutput(self.linear(emb), fmap, emb)
+        return ModelOutput(self.classifier_head(fmap), fmap, fmap.mean(dim=(2, 3)))
+
+    def classifier_head(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """(B, C_f, H_f, W_f) -> logits (B, C): global average pool, then the linear classifier."""
+        return self.linear(feature_map.mean(dim=(2, 3)))
 
 
 @register("ShuffleV1")

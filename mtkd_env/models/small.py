@@ -25,7 +25,12 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         h = self.body(x)
-        return ModelOutput(self.fc(h), h[:, :, None, None], h)
+        fmap = h[:, :, None, None]
+        return ModelOutput(self.classifier_head(fmap), fmap, h)
+
+    def classifier_head(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """(B, D, 1, 1) -> logits (B, C): the last linear layer on the flattened hidden vector."""
+        return self.fc(feature_map.flatten(1))
 
 
 class ConvNet(nn.Module):
@@ -45,8 +50,11 @@ class ConvNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         fmap = self.body(x)
-        emb = fmap.mean(dim=(2, 3))
-        return ModelOutput(self.fc(emb), fmap, emb)
+        return ModelOutput(self.classifier_head(fmap), fmap, fmap.mean(dim=(2, 3)))
+
+    def classifier_head(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """(B, C_f, H_f, W_f) -> logits (B, C): global average pool, then the linear classifier."""
+        return self.fc(feature_map.mean(dim=(2, 3)))
 
 
 class TinyResNet(nn.Module):
@@ -62,8 +70,11 @@ class TinyResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         fmap = self.layer2(self.layer1(self.stem(x)))
-        emb = fmap.mean(dim=(2, 3))
-        return ModelOutput(self.fc(emb), fmap, emb)
+        return ModelOutput(self.classifier_head(fmap), fmap, fmap.mean(dim=(2, 3)))
+
+    def classifier_head(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """(B, C_f, H_f, W_f) -> logits (B, C): global average pool, then the linear classifier."""
+        return self.fc(feature_map.mean(dim=(2, 3)))
 
 
 @register("mlp")

@@ -25,7 +25,7 @@ from .collective import RankFailed, launch_rank, leave
 from .errors import UserError, did_you_mean, first_line, is_user_error
 from .resources import configure_threads
 
-__all__ = ["ArgumentParser", "UsageError", "run_cli", "describe_error", "say", "add_env_flags", "env_config_from",
+__all__ = ["ArgumentParser", "UsageError", "run_cli", "describe_error", "say", "add_env_flags", "env_config_data", "env_config_from",
            "given_flags"]
 
 class UsageError(UserError):
@@ -97,13 +97,21 @@ def add_env_flags(parser: argparse.ArgumentParser) -> None:
                              "(a key given twice with different values is refused)")
 
 
-def env_config_from(args: Mapping[str, Any], base: Optional[Dict[str, Any]] = None) -> Any:
-    """The `EnvConfig` of `--env-config` (else `base`, else the defaults) with the `--env` overrides."""
-    from mtkd_env.config import EnvConfig, load_config_file, parse_overrides
+def env_config_data(args: Mapping[str, Any], base: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The EnvConfig fields the command line sets: `--env-config` (else `base`) with the `--env`
+    overrides, as a dict (its keys are the fields the user chose)."""
+    from mtkd_env.config import load_config_file, parse_overrides
 
     data = load_config_file(args["env_config"]) if "env_config" in args else dict(base or {})
     data.update(parse_overrides(args.get("env", []), "--env"))
-    return EnvConfig.from_dict(data)
+    return data
+
+
+def env_config_from(args: Mapping[str, Any], base: Optional[Dict[str, Any]] = None) -> Any:
+    """The `EnvConfig` of `--env-config` (else `base`, else the defaults) with the `--env` overrides."""
+    from mtkd_env.config import EnvConfig
+
+    return EnvConfig.from_dict(env_config_data(args, base))
 
 
 def given_flags(parser: argparse.ArgumentParser, args: Mapping[str, Any], dests: Sequence[str]) -> List[str]:
