@@ -19,7 +19,7 @@ __all__ = ["Policy", "INTERFACE_FIELDS", "interface_overrides"]
 
 INTERFACE_FIELDS: Tuple[str, ...] = ("granularity", "separate_feature_weights", "action_transform",
                                      "action_temperature", "sample_obs_embeddings", "sample_obs_logits",
-                                     "sample_obs_student")
+                                     "sample_obs_student", "obs_features")
 """EnvConfig fields that define the observation and action spaces a policy was trained on."""
 
 

@@ -115,6 +115,12 @@ class EnvConfig:
     none selected gives all-zero weights, i.e. CE only (Reinforced Multi-Teacher Selection)."""
     action_temperature: float = 0.5
     """Softmax temperature of the action transform."""
+    obs_features: Optional[list] = None
+    """Teacher granularity: the statistics in the observation, in this order, from
+    `mtkd_env.observations.OBS_FEATURES` — per teacher "ce", "acc", "kl", "cos", "entropy" (M
+    columns each), then "student_ce", "student_acc", "progress", "lr"; null = all (5M + 4). The
+    teachers' own statistics ("ce", "acc", "entropy") do not depend on the student, so a value
+    function cannot read the effect of the agent's earlier actions from them."""
     sample_obs_embeddings: bool = True
     """Sample granularity: include each teacher's pooled embedding in the state."""
     sample_obs_logits: bool = True
@@ -205,6 +211,16 @@ class EnvConfig:
                               "set augment=false or cache_teacher_outputs=false")
         if any(not isinstance(m, (int, float)) or not 0 < m < 1 for m in self.lr_milestones):
             raise ConfigError(f"lr_milestones: expected fractions in (0, 1), got {self.lr_milestones!r}")
+        if self.obs_features is not None:
+            from .observations import OBS_FEATURES
+
+            bad = [f for f in self.obs_features if f not in OBS_FEATURES]
+            if bad or not self.obs_features or len(set(self.obs_features)) != len(self.obs_features):
+                raise ConfigError(f"obs_features: expected a non-empty list of distinct names from {list(OBS_FEATURES)}, "
+                                  f"got {self.obs_features!r}")
+            if self.granularity != "teacher":
+                raise ConfigError("obs_features: selects teacher-granularity statistics; the sample granularity uses "
+                                  "sample_obs_embeddings / sample_obs_logits / sample_obs_student")
         if any(not isinstance(name, str) for name in self.log_rewards):
             raise ConfigError(f"log_rewards: expected a list of reward names, got {self.log_rewards!r}")
         if self.granularity == "sample" and self.steps_per_action != 1:

@@ -74,9 +74,14 @@ class MultiTeacherKDEnv(gym.Env):
         self.teacher_names = [t.name for t in self.engine.teachers]
         self.teacher_val_acc = np.array([t.val_acc for t in self.engine.teachers], dtype=np.float64)
         self.action_width = 2 * m if cfg.separate_feature_weights else m
+        self._obs_columns = None
         if cfg.granularity == "teacher":
             low, high = obsmod.teacher_bounds(m)
             self.feature_names = obsmod.teacher_feature_names(self.teacher_names)
+            if cfg.obs_features is not None:
+                self._obs_columns = obsmod.teacher_columns(m, cfg.obs_features)
+                low, high = low[self._obs_columns], high[self._obs_columns]
+                self.feature_names = [self.feature_names[i] for i in self._obs_columns]
             self.sample_layout = None
             self.action_space = spaces.Box(-1.0, 1.0, (self.action_width,), dtype=np.float32)
         else:
@@ -87,8 +92,10 @@ class MultiTeacherKDEnv(gym.Env):
             self.feature_names = None
             self.action_space = spaces.Box(-1.0, 1.0, (cfg.batch_size, self.action_width), dtype=np.float32)
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
-        # Teacher granularity: progress and LR are known on the host and appended there.
-        self._obs_device_size = int(np.prod(self.observation_space.shape)) - (2 if cfg.granularity == "teacher" else 0)
+        # Teacher granularity: progress and LR are known on the host and appended there; the
+        # device part is always all 5M + 2 statistics (`obs_features` selects on the host).
+        self._obs_device_size = (5 * m + 2 if cfg.granularity == "teacher"
+                                 else int(np.prod(self.observation_space.shape)))
         self.total_steps = self.engine.total_steps
         self._obs_low, self._obs_high = low, high
         self._t = 0
@@ -299,6 +306,8 @@ class MultiTeacherKDEnv(gym.Env):
         if self.config.granularity == "teacher":
             progress = min(1.0, self.engine.iteration / self.engine.total_iterations)
             flat = np.concatenate([flat, [progress, self.engine.lr]])
+            if self._obs_columns is not None:
+                flat = flat[self._obs_columns]
         obs = np.nan_to_num(flat.reshape(self.observation_space.shape), nan=0.0, posinf=obsmod.OBS_LIMIT,
                             neginf=-obsmod.OBS_LIMIT)
         return np.clip(obs, self._obs_low, self._obs_high).astype(np.float32)

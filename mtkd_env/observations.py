@@ -12,7 +12,8 @@ import torch
 
 from .engine import Batch
 
-__all__ = ["TEACHER_STATS", "STUDENT_STATS", "teacher_bounds", "teacher_obs", "teacher_feature_names",
+__all__ = ["TEACHER_STATS", "STUDENT_STATS", "OBS_FEATURES", "teacher_columns", "teacher_bounds", "teacher_obs",
+           "teacher_feature_names",
            "sample_layout", "sample_bounds", "sample_obs", "OBS_LIMIT"]
 
 TEACHER_STATS: Tuple[str, ...] = ("ce", "acc", "kl", "cos", "entropy")
@@ -20,6 +21,9 @@ TEACHER_STATS: Tuple[str, ...] = ("ce", "acc", "kl", "cos", "entropy")
 projected student embedding and the teacher embedding (0 without feature KD), entropy (T = 1)."""
 STUDENT_STATS: Tuple[str, ...] = ("ce", "acc", "progress", "lr")
 """Student CE and accuracy on the batch (before the update), progress t/T, current LR."""
+
+OBS_FEATURES: Tuple[str, ...] = TEACHER_STATS + ("student_ce", "student_acc", "progress", "lr")
+"""Names for `EnvConfig.obs_features`: a per-teacher statistic selects its M columns."""
 
 OBS_LIMIT = 1.0e4
 """Finite bound for unbounded raw quantities (losses, logits, embeddings); values are clipped."""
@@ -31,6 +35,19 @@ _STAT_BOUNDS = {"ce": (0.0, 50.0), "acc": (0.0, 1.0), "kl": (0.0, 100.0), "cos":
 def teacher_feature_names(teacher_names: Sequence[str]) -> List[str]:
     names = [f"teacher{m}[{n}]/{s}" for s in TEACHER_STATS for m, n in enumerate(teacher_names)]
     return names + [f"student/{s}" for s in STUDENT_STATS]
+
+
+def teacher_columns(num_teachers: int, features: Sequence[str]) -> np.ndarray:
+    """Column indices of `features` (names from `OBS_FEATURES`, in the order given) in the full
+    teacher-granularity observation (5M + 4)."""
+    cols = []
+    for name in features:
+        if name in TEACHER_STATS:
+            k = TEACHER_STATS.index(name)
+            cols += range(k * num_teachers, (k + 1) * num_teachers)
+        else:
+            cols.append(len(TEACHER_STATS) * num_teachers + OBS_FEATURES.index(name) - len(TEACHER_STATS))
+    return np.array(cols, dtype=np.int64)
 
 
 def teacher_bounds(num_teachers: int) -> Tuple[np.ndarray, np.ndarray]:
