@@ -90,7 +90,7 @@ class RunSettings:
     """Torch device of the agent: cpu, cuda, cuda:N or auto (the env's device is the EnvConfig field)."""
     save_freq: int = knob(1000, minimum=0)
     """Env steps between periodic checkpoints (taken at the next safe point); 0 = only at the end."""
-    eval_episodes: int = knob(0, minimum=0, cli_help_default="3")
+    eval_episodes: int = knob(0, minimum=0, cli_help_default="10")
     """Fresh students for the final summary, each under the trained policy and equal weights."""
     show_progress: bool = knob(True, flag="--progress")
     """Show a progress bar."""

@@ -70,7 +70,7 @@ def _build_run(args: Dict[str, Any], env_config, command: List[str], ctx):
             run.settings.eval_episodes = args["eval_episodes"]
         return run
     settings = {f.name: args[f.name] for f in fields(RunSettings) if f.name in args and f.name != "algo"}
-    settings.setdefault("eval_episodes", 3)   # the CLI's default; the API's is 0
+    settings.setdefault("eval_episodes", 10)  # the CLI's default; the API's is 0
     settings.setdefault("wandb_mode", None)   # None: $WANDB_MODE, else online if logged in, else offline
     return api.prepare_run(args["algo"], env_config=env_config, hyperparams_file=args.get("hyperparams"),
                            command=command, **settings)

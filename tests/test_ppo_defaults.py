@@ -40,3 +40,31 @@ def test_env_kwargs_precedence_and_errors():
     assert apply_env_kwargs(cfg, {"epochs": 5.0}, explicit=set()).epochs == 5.0
     with pytest.raises(ConfigError, match="unknown EnvConfig field"):
         apply_env_kwargs(cfg, {"rewrd": "x"})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("teachers", [["cnn", "cnn=random"], ["cnn=random", "cnn"]])
+def test_shipped_ppo_learns_to_drop_an_unreliable_teacher_wherever_it_sits(teachers, tiny_config, tmp_path):
+    """The shipped formulation (only the rollout sized to this short episode) learns from uniform
+    weights to drop an untrained teacher, at either index of the pool."""
+    from agents.tracking import read_metrics
+    from mtkd_env.env import MultiTeacherKDEnv
+
+    steps, episodes = 36, 40
+    bad = teachers.index("cnn=random")
+    cfg = tiny_config(teachers=teachers, max_steps=steps)
+    run_dir = api.train("ppo", env_config=cfg, total_timesteps=steps * episodes, out_dir=str(tmp_path),
+                        hyperparams={"n_steps": steps, "batch_size": steps}, show_progress=False)
+    curve = [r[f"episode/weight_logit/{bad}_cnn=random"] for r in read_metrics(run_dir / "metrics.jsonl")
+             if "episode/index" in r]
+    assert len(curve) == episodes and np.mean(curve[:10]) > 0.3 and np.mean(curve[-10:]) < np.mean(curve[:10]) - 0.1
+    policy = api.load_policy(run_dir)
+    env = MultiTeacherKDEnv(policy.make_env_config(cfg))
+    obs, _ = env.reset(seed=5)
+    weights = []
+    while True:
+        obs, _, terminated, _, info = env.step(policy.predict(obs)[0])
+        weights.append(info["weights_logit"][bad])
+        if terminated:
+            break
+    assert np.mean(weights) < 0.25
