@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Protocol, Union
 
+import numpy as np
 import torch
 
 from mtkd_env import EnvConfig
@@ -30,7 +31,7 @@ __all__ = ["Agent", "AlgoSpec", "REGISTRY", "get_spec", "load_policy", "OwnAgent
 ModelFactory = Callable[[Any, dict, int, str], OnlineAgent]
 """(env, hyperparameters without the run's keys, seed, device) -> the agent's model."""
 
-_RUN_KEYS = ("n_timesteps", "env_kwargs")
+_RUN_KEYS = ("n_timesteps", "env_kwargs", "n_envs")
 """Hyperparameter keys read by the run, not by the agent's config."""
 
 
@@ -39,7 +40,7 @@ class Agent(Protocol):
     points (`callback.on_rollout_start()`), where `training_state()` is complete."""
 
     env: Any
-    """The agent's `MultiTeacherKDEnv`."""
+    """The agent's `MultiTeacherKDEnv` (for several SB3 envs: the first sub-env, or its facts)."""
     model: Any
     """The SB3 model or an `OnlineAgent`: `set_logger`, `predict` and SB3's callback interface."""
 
@@ -48,8 +49,8 @@ class Agent(Protocol):
 
     def learn(self, total_timesteps: int, callback: Any, reset_num_timesteps: bool) -> None: ...
 
-    def raw_reward(self, locals_: dict) -> float:
-        """The env's reward of the last step (before any reward normalisation)."""
+    def raw_rewards(self, locals_: dict) -> np.ndarray:
+        """Every sub-env's reward of the last step, (n_envs,) (before any reward normalisation)."""
 
     def training_state(self) -> dict:
         """Everything a bit-identical continuation needs (weights-only-loadable)."""
@@ -93,8 +94,8 @@ class OwnAgent:
     def learn(self, total_timesteps: int, callback: Any, reset_num_timesteps: bool) -> None:
         self.model.learn(total_timesteps, callback=callback, reset_num_timesteps=reset_num_timesteps)
 
-    def raw_reward(self, locals_: dict) -> float:
-        return float(locals_["rewards"][0])
+    def raw_rewards(self, locals_: dict) -> np.ndarray:
+        return np.asarray(locals_["rewards"], dtype=np.float64).reshape(-1)
 
     def training_state(self) -> dict:
         return {"agent": self.model.training_state(), "env": self.env.state_dict()}
@@ -125,7 +126,10 @@ class OwnPolicy(Policy):
 
 def _validator(name: str, config_class: type) -> Callable[[dict], dict]:
     def validate(hp: dict) -> dict:
-        out = validate_dataclass(name, config_class, hp, extra={"n_timesteps": int, "env_kwargs": dict})
+        out = validate_dataclass(name, config_class, hp, extra={"n_timesteps": int, "env_kwargs": dict, "n_envs": int})
+        if out.get("n_envs", 1) != 1:
+            raise ConfigError(f"n_envs: {name} trains one student at a time (n_envs 1); several envs are for the SB3 "
+                              f"algorithms ({', '.join(SB3_CLASSES())})")
         config_class(**{k: v for k, v in out.items() if k not in _RUN_KEYS}).validate()
         if "n_timesteps" in out and out["n_timesteps"] < 1:
             raise ConfigError(f"hyperparameter n_timesteps: expected an integer >= 1, got {out['n_timesteps']}")

@@ -31,8 +31,10 @@ HYPERPARAMS_DIR = Path(__file__).resolve().parent / "hyperparams"
 _SB3_RUN_ARGS = {"self", "policy", "env", "tensorboard_log", "verbose", "seed", "device", "_init_setup_model",
                  "action_noise", "replay_buffer_class", "replay_buffer_kwargs", "rollout_buffer_class",
                  "rollout_buffer_kwargs", "policy_kwargs"}
-# rl-zoo3 keys that are not constructor arguments.
-_SB3_EXTRA = {"n_timesteps": int, "policy": str, "normalize": (bool, dict), "policy_kwargs": dict, "env_kwargs": dict}
+# rl-zoo3 keys that are not constructor arguments (`n_envs`: sub-envs; `vec_env`: how they run, see
+# `agents.vec_env`).
+_SB3_EXTRA = {"n_timesteps": int, "policy": str, "normalize": (bool, dict), "policy_kwargs": dict, "env_kwargs": dict,
+              "n_envs": int, "vec_env": str}
 _NOISE_KEYS = {"noise_type": str, "noise_std": float}
 _SCHEDULABLE = {"learning_rate", "clip_range", "clip_range_vf"}
 _NORMALIZE_KEYS = {"norm_obs": bool, "norm_reward": bool, "clip_obs": float, "clip_reward": float,
@@ -192,6 +194,14 @@ def validate_sb3(algo_name: str, cls: type, hp: dict) -> dict:
         out[key] = value
     for key, value in out.items():
         _check_bounds(key, key, value)
+    if "n_envs" in out or "vec_env" in out:
+        from .vec_env import check_n_envs
+
+        check_n_envs(out.get("n_envs", 1), out.get("vec_env"), distributed=False)
+    train_freq = out.get("train_freq")
+    if off_policy and out.get("n_envs", 1) > 1 and isinstance(train_freq, list) and train_freq[1] == "episode":
+        raise ConfigError(f"hyperparameter train_freq: {algo_name} with n_envs {out['n_envs']} collects steps, not "
+                          f"episodes (SB3 trains episodically on one env only); use train_freq as a step count")
     if isinstance(out.get("normalize"), dict):
         for k, v in out["normalize"].items():
             if k not in _NORMALIZE_KEYS:

@@ -272,7 +272,7 @@ class Run:
                  "wall_time": self.wall_time + (time.time() - self._t0),
                  "wandb_run_id": self.config.get("wandb_run_id"),
                  "dist": {"world_size": self.dist.world_size,
-                          "loader_overrides": loader_overrides(loaders or [agent_state["env"]["engine"]["loader"]])}}
+                          "loader_overrides": loader_overrides(loaders) if loaders else [{}]}}
         self.agent.save_model(self.run_dir / MODEL_NAME, self._model_meta())
         torch_save_atomic(state, self.run_dir / CHECKPOINT)
 

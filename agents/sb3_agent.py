@@ -1,7 +1,8 @@
 """Stable-Baselines3 algorithms (PPO, A2C, SAC, TD3) on `MultiTeacherKDEnv`, with resumable state.
 
 The env is wrapped as rl-zoo3 does: `Monitor` -> `DummyVecEnv` -> optional `VecNormalize`
-(`normalize` hyperparameter). `training_state()` captures what SB3's own `save` leaves out and a
+(`normalize` hyperparameter); with `n_envs` > 1 the sub-envs run as `vec_env` says
+(`agents.vec_env`: batched in this process, subprocess workers, or in turn). `training_state()` captures what SB3's own `save` leaves out and a
 bit-identical continuation needs: the env episode (student, optimiser, data position, RNG),
 Monitor and VecNormalize accumulators, `_last_obs`, counters, the replay buffer and action noise.
 Checkpoints are taken at rollout boundaries (`on_rollout_start`), where the rollout buffer is
@@ -29,6 +30,7 @@ from mtkd_env.runtime.files import atomic_path, why_unreadable
 from .hyperparams import sb3_kwargs
 from .modelfile import add_meta, read_meta
 from .policy import Policy, interface_overrides
+from .vec_env import SB3Envs, check_n_envs, env_layout
 
 __all__ = ["SB3_CLASSES", "SB3Agent", "SB3Policy", "load_sb3_policy"]
 
@@ -50,6 +52,15 @@ def _n(x: Optional[torch.Tensor]) -> Optional[np.ndarray]:
     return None if x is None else x.numpy().copy()
 
 
+def _scalar_t(v: Any) -> Any:
+    """A numpy scalar (VecMonitor's episode returns) as a 0-d tensor, for weights-only loading."""
+    return torch.from_numpy(np.asarray(v)) if isinstance(v, np.generic) else v
+
+
+def _scalar_n(v: Any) -> Any:
+    return v.numpy()[()] if isinstance(v, torch.Tensor) else v
+
+
 def _rms_state(rms) -> dict:
     return {"mean": _t(np.asarray(rms.mean)), "var": _t(np.asarray(rms.var)), "count": float(rms.count)}
 
@@ -64,19 +75,21 @@ class SB3Agent:
     """An SB3 model and its wrapped `MultiTeacherKDEnv`, built from plain hyperparameters."""
 
     def __init__(self, algo: str, env_config: EnvConfig, hyperparams: dict, seed: int, device: str) -> None:
-        from stable_baselines3.common.monitor import Monitor
-        from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+        from stable_baselines3.common.vec_env import VecNormalize
 
-        from mtkd_env.env import MultiTeacherKDEnv
+        from mtkd_env.distributed import context as dist_context
 
         if env_config.granularity != "teacher":
             raise ConfigError(f"--algo {algo}: SB3 algorithms act on the flat teacher-granularity env, got "
                               f"granularity={env_config.granularity!r} (use mtkd-rl or mtkd-rl-pg for per-sample weights)")
         self.algo = algo
         self.hyperparams = dict(hyperparams)
-        self.env = MultiTeacherKDEnv(env_config)
-        self.monitor = Monitor(self.env)
-        venv = DummyVecEnv([lambda: self.monitor])
+        n_envs, kind = env_layout(hyperparams)
+        check_n_envs(n_envs, kind, dist_context().enabled)
+        self.envs = SB3Envs(env_config, n_envs, kind)
+        self.env = self.envs.facts
+        """The first sub-env (for "subproc": its spaces, config and teacher names)."""
+        venv = self.envs.venv
         self.vecnorm: Optional[VecNormalize] = None
         normalize = hyperparams.get("normalize", False)
         if normalize:
@@ -85,9 +98,13 @@ class SB3Agent:
             self.vecnorm = venv = VecNormalize(venv, **kwargs)
         self.venv = venv
         cls = SB3_CLASSES()[algo]
+        kwargs = sb3_kwargs(hyperparams, int(np.prod(self.env.action_space.shape)))
+        if n_envs > 1 and kwargs.get("action_noise") is not None:  # one noise process per env, saved per env
+            from stable_baselines3.common.noise import VectorizedActionNoise
+
+            kwargs["action_noise"] = VectorizedActionNoise(kwargs["action_noise"], n_envs)
         try:
-            self.model = cls(hyperparams.get("policy", "MlpPolicy"), venv, seed=seed, device=device, verbose=0,
-                             **sb3_kwargs(hyperparams, int(np.prod(self.env.action_space.shape))))
+            self.model = cls(hyperparams.get("policy", "MlpPolicy"), venv, seed=seed, device=device, verbose=0, **kwargs)
         except (TypeError, ValueError, AssertionError, KeyError) as exc:
             raise ConfigError(f"{algo} could not be built with these hyperparameters: "
                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
@@ -114,11 +131,11 @@ class SB3Agent:
     def learn(self, total_timesteps: int, callback: Any, reset_num_timesteps: bool) -> None:
         self.model.learn(total_timesteps, callback=callback, log_interval=1, reset_num_timesteps=reset_num_timesteps)
 
-    def raw_reward(self, locals_: dict) -> float:
-        """The env's reward of the last step (VecNormalize hands SB3 a scaled one)."""
+    def raw_rewards(self, locals_: dict) -> np.ndarray:
+        """Every sub-env's reward of the last step, (n_envs,) (VecNormalize hands SB3 scaled ones)."""
         if self.vecnorm is not None:
-            return float(self.vecnorm.get_original_reward()[0])
-        return float(locals_["rewards"][0])
+            return np.asarray(self.vecnorm.get_original_reward(), dtype=np.float64).reshape(-1)
+        return np.asarray(locals_["rewards"], dtype=np.float64).reshape(-1)
 
     # --- resumable state ---------------------------------------------------------------------
     def training_state(self) -> dict:
@@ -133,15 +150,15 @@ class SB3Agent:
             "progress_remaining": m._current_progress_remaining,
             "last_obs": _t(m._last_obs), "last_episode_starts": _t(m._last_episode_starts),
             "last_original_obs": _t(getattr(m, "_last_original_obs", None)),
-            "ep_info_buffer": [dict(e) for e in (m.ep_info_buffer or [])],
+            "ep_info_buffer": [{k: _scalar_t(v) for k, v in e.items()} for e in (m.ep_info_buffer or [])],
             "ep_success_buffer": list(m.ep_success_buffer or []),
-            "env": self.env.state_dict(),
-            "monitor": {"rewards": list(self.monitor.rewards), "needs_reset": self.monitor.needs_reset,
-                        "episode_returns": list(self.monitor.episode_returns),
-                        "episode_lengths": list(self.monitor.episode_lengths),
-                        "episode_times": list(self.monitor.episode_times), "total_steps": self.monitor.total_steps},
             "vecnorm": None, "replay_buffer": None, "action_noise": None, "sde": None,
         }
+        envs = self.envs.state_dict()
+        if self.envs.n_envs == 1 and self.envs.kind == "dummy":  # the one-env layout of earlier checkpoints
+            state.update(envs["envs"][0])
+        else:
+            state["vec_envs"] = envs
         if self.vecnorm is not None:
             v = self.vecnorm
             state["vecnorm"] = {"obs_rms": _rms_state(v.obs_rms) if v.norm_obs else None,
@@ -163,6 +180,8 @@ class SB3Agent:
         noise = getattr(m, "action_noise", None)
         if noise is not None and hasattr(noise, "noise_prev"):
             state["action_noise"] = _t(noise.noise_prev)
+        elif noise is not None and hasattr(noise, "noises") and hasattr(noise.noises[0], "noise_prev"):
+            state["action_noise"] = [_t(n.noise_prev) for n in noise.noises]
         return state
 
     def load_training_state(self, state: dict) -> None:
@@ -180,13 +199,11 @@ class SB3Agent:
             m._last_original_obs = _n(state["last_original_obs"])
         from collections import deque
 
-        m.ep_info_buffer = deque(state["ep_info_buffer"], maxlen=m._stats_window_size)
+        m.ep_info_buffer = deque([{k: _scalar_n(v) for k, v in e.items()} for e in state["ep_info_buffer"]],
+                                 maxlen=m._stats_window_size)
         m.ep_success_buffer = deque(state["ep_success_buffer"], maxlen=m._stats_window_size)
-        self.env.load_state_dict(state["env"])
-        mon = state["monitor"]
-        self.monitor.rewards, self.monitor.needs_reset = list(mon["rewards"]), bool(mon["needs_reset"])
-        self.monitor.episode_returns, self.monitor.episode_lengths = list(mon["episode_returns"]), list(mon["episode_lengths"])
-        self.monitor.episode_times, self.monitor.total_steps = list(mon["episode_times"]), int(mon["total_steps"])
+        self.envs.load_state_dict(state["vec_envs"] if "vec_envs" in state else
+                                  {"kind": "dummy", "envs": [{"env": state["env"], "monitor": state["monitor"]}]})
         if state["vecnorm"] is not None:
             v, vs = self.vecnorm, state["vecnorm"]
             if vs["obs_rms"] is not None:
@@ -203,9 +220,26 @@ class SB3Agent:
                 getattr(rb, key)[:len(value)] = value.numpy()
             rb.pos, rb.full = int(rs["pos"]), bool(rs["full"])
         if state["action_noise"] is not None:
-            m.action_noise.noise_prev = _n(state["action_noise"])
+            self._restore_action_noise(state["action_noise"])
         if state.get("sde") is not None:
             self._restore_noise(state["sde"])
+
+    def _restore_action_noise(self, saved) -> None:
+        """Put back the Ornstein-Uhlenbeck state (per env: a list). `learn` resets the action
+        noise when it starts, so the saved state is put back by that first reset instead."""
+        noise = self.model.action_noise
+
+        def put_back() -> None:
+            targets = noise.noises if isinstance(saved, list) else [noise]
+            for target, prev in zip(targets, saved if isinstance(saved, list) else [saved]):
+                target.noise_prev = _n(prev)
+
+        def restore_once(*args, **kwargs) -> None:
+            del noise.reset  # the class's own reset from now on
+            put_back()
+
+        put_back()
+        noise.reset = restore_once
 
     def _restore_noise(self, sde: dict) -> None:
         """Put back the saved gSDE noise. When the checkpoint was taken between a draw and the

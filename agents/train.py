@@ -6,6 +6,9 @@ test accuracy of fresh students under the trained policy vs equal weights (AVER)
 seeds, and the mean weight per teacher. Ctrl-C / SIGTERM save a checkpoint; `--resume DIR`
 continues it. Exit codes: 0 done, 2 bad input (nothing written), 130/143 interrupted (resumable).
 
+`--n-envs K` trains PPO, A2C, SAC or TD3 on K sub-envs (students) at once; `--vec-env` says how
+they run: batched (K students trained in this process, the default), subproc or dummy.
+
 Under `torchrun` (RANK/WORLD_SIZE set) every rank runs this same program with the same seed and
 the env spreads each distillation over all ranks; rank 0's agent decides (the env applies its
 action on every rank) and only rank 0 prints, logs and writes the run directory.
@@ -25,7 +28,8 @@ from mtkd_env.config import ConfigError, EnvConfig
 from mtkd_env.runtime import collective
 from mtkd_env.runtime.cli import ArgumentParser, add_env_flags, env_config_data, given_flags, run_cli, say
 
-_RUN_DEFINING = ("seed", "env_config", "env", "hyperparams", "out_dir", "save_freq", "wandb_project", "wandb_group")
+_RUN_DEFINING = ("seed", "env_config", "env", "hyperparams", "out_dir", "save_freq", "wandb_project", "wandb_group",
+                 "n_envs", "vec_env")
 """Flags that define a run: `--resume` continues the saved run, so none of them may be given."""
 
 
@@ -33,12 +37,18 @@ def build_parser() -> argparse.ArgumentParser:
     from mtkd_env.runtime.options import add_options
 
     from .run import RunSettings
+    from .vec_env import VEC_ENVS
 
     p = ArgumentParser(prog="python -m agents.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_options(p, RunSettings)
     add_env_flags(p)
     p.add_argument("--hyperparams", metavar="FILE", default=argparse.SUPPRESS,
                    help="rl-zoo3-style YAML/JSON overriding agents/hyperparams/<algo>.yml (keyed by env id or flat)")
+    p.add_argument("--n-envs", type=int, metavar="K", default=argparse.SUPPRESS,
+                   help="sub-envs (students) per step for PPO, A2C, SAC, TD3 (hyperparameter n_envs; default 1)")
+    p.add_argument("--vec-env", choices=VEC_ENVS, default=argparse.SUPPRESS,
+                   help="how K > 1 sub-envs run (hyperparameter vec_env): batched = K students trained in this "
+                        "process (default), subproc = one worker process each, dummy = in turn in this process")
     p.add_argument("--resume", metavar="DIR", default=argparse.SUPPRESS,
                    help="continue the run in DIR from its checkpoint")
     return p
@@ -72,8 +82,9 @@ def _build_run(args: Dict[str, Any], env_config, command: List[str], ctx):
     settings = {f.name: args[f.name] for f in fields(RunSettings) if f.name in args and f.name != "algo"}
     settings.setdefault("eval_episodes", 10)  # the CLI's default; the API's is 0
     settings.setdefault("wandb_mode", None)   # None: $WANDB_MODE, else online if logged in, else offline
+    layout = {k: args[k] for k in ("n_envs", "vec_env") if k in args}  # hyperparameter overrides
     return api.prepare_run(args["algo"], env_config=env_config, hyperparams_file=args.get("hyperparams"),
-                           command=command, **settings)
+                           hyperparams=layout or None, command=command, **settings)
 
 
 def _ignore_signals_once_stopped(run) -> None:

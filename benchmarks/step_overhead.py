@@ -1,7 +1,8 @@
 """Overhead of one env step against a hand-written equal-weight KD iteration (the floor).
 
     python -m benchmarks.step_overhead [--config digits|paper-cifar] [--batch 64 128] [--device auto]
-                                       [--amp none|bf16] [--channels-last] [--methods NAME ...] [--json FILE]
+                                       [--amp none|bf16] [--channels-last] [--cudnn-benchmark]
+                                       [--compile-mode reduce-overhead] [--methods NAME ...] [--json FILE]
 
 In one process, on one device, with the same teachers, student architecture and device-resident
 batches, it times
@@ -13,8 +14,11 @@ batches, it times
   then one row per weighting method of `--methods` (default: all of `benchmarks.policy_steps`:
   ca-mkd, mmkd, mtkd-rl, mtkd-rl-pg, rmts, ppo), each one env step as the method trains, with its
   own overhead (feature heads, meta steps, agent updates).
-It prints median ms/step, steps/s, peak GPU memory and the ratios to (a); `--json` writes them
-with top-level keys `ratio_b_a`, `ratio_c_a` and `ratio_to_floor` (per method; for the largest batch).
+It prints median ms/step, steps/s, peak GPU memory and the ratios to (a), and for (a) and (b)
+the FLOPs of one step (`torch.utils.flop_counter`: matmuls and convolutions, forward and backward)
+and the achieved TFLOP/s; `--json` writes them with top-level keys `ratio_b_a`, `ratio_c_a`,
+`tflop_per_s_a`, `tflop_per_s_b` and `ratio_to_floor` (per method; for the last batch size).
+`--cudnn-benchmark` and `--compile-mode` switch on the GPU fast paths of `EnvConfig`.
 """
 
 from __future__ import annotations
@@ -69,6 +73,17 @@ def peak_memory_mb(step: Callable[[], None], device: torch.device, steps: int = 
     return torch.cuda.max_memory_allocated(device) / 2 ** 20
 
 
+def flops_per_step(step: Callable[[], None]) -> int:
+    """FLOPs of one call of `step` (forward and backward), counted by `torch.utils.flop_counter`
+    over the ops it dispatches (matmuls and convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return int(counter.get_total_flops())
+
+
 def time_interleaved(steps: Dict[str, Callable[[], None]], device: torch.device, warmup: int, blocks: int,
                      per_block: int) -> Dict[str, dict]:
     """Median ms/step of each mode over `blocks` rounds; each round runs a block of `per_block` steps
@@ -107,6 +122,9 @@ def floor_step_fn(env: MultiTeacherKDEnv, seed: int) -> Callable[[], None]:
             module.to(memory_format=torch.channels_last)
     params = list(student.parameters()) + list(projectors.parameters())
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+    if cfg.compile:  # run the same way as the env: compiled student, projectors and teachers
+        student, projectors = (torch.compile(mod, mode=cfg.compile_mode) for mod in (student, projectors))
+        teachers = list(eng._teacher_forwards)
     loader = eng.loader
     loader.reset(seed)
     temp, m = cfg.kd_temperature, len(teachers)
@@ -166,9 +184,9 @@ def agent_step_fn(env: MultiTeacherKDEnv, seed: int) -> Callable[[], None]:
 
 
 def run(config: str, batch: int, device: str, amp: str, channels_last: bool, warmup: int, blocks: int,
-        per_block: int, cache_dir: str | None, methods: tuple = tuple(METHODS)) -> dict:
+        per_block: int, cache_dir: str | None, methods: tuple = tuple(METHODS), fast: dict | None = None) -> dict:
     base = dict(CONFIGS[config], batch_size=batch, device=device, amp=amp, channels_last=channels_last,
-                reward="neg_loss", show_progress=False, epochs=1000.0)
+                reward="neg_loss", show_progress=False, epochs=1000.0, **(fast or {}))
     if cache_dir:
         base["teacher_cache_dir"] = cache_dir
     if base.get("dataset") == "synthetic":
@@ -210,6 +228,10 @@ def run(config: str, batch: int, device: str, amp: str, channels_last: bool, war
     results = time_interleaved(steps, dev, warmup, blocks, per_block)
     for name, mb in memory.items():
         results[name]["peak_mem_mb"] = mb
+    for name in ("a_floor", "b_env_teacher"):  # achieved throughput of the step's work
+        flops = flops_per_step(steps[name])
+        results[name]["gflop_per_step"] = flops / 1e9
+        results[name]["tflop_per_s"] = flops / (results[name]["ms_per_step"] / 1000.0) / 1e12
     a = results["a_floor"]
     for key in ("b_env_teacher", "c_env_sample_agent", *methods):
         results[key]["ratio_to_floor"] = results[key]["ms_per_step"] / a["ms_per_step"]
@@ -217,7 +239,7 @@ def run(config: str, batch: int, device: str, amp: str, channels_last: bool, war
             results[key]["mem_ratio_to_floor"] = results[key]["peak_mem_mb"] / a["peak_mem_mb"]
     return {"config": config, "batch": batch, "device": str(dev),
             "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-            "torch": torch.__version__, "amp": amp, "channels_last": channels_last,
+            "torch": torch.__version__, "amp": amp, "channels_last": channels_last, **(fast or {}),
             "threads": torch.get_num_threads(), "results": results}
 
 
@@ -233,6 +255,9 @@ def _main(argv=None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", choices=["none", "bf16"], default="none")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--cudnn-benchmark", action="store_true", help="EnvConfig cudnn_benchmark (CUDA)")
+    parser.add_argument("--compile-mode", choices=["default", "reduce-overhead", "max-autotune"], default=None,
+                        help="torch.compile student and teachers in this mode (reduce-overhead: CUDA graphs)")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--blocks", type=int, default=9)
     parser.add_argument("--per-block", type=int, default=30)
@@ -242,14 +267,19 @@ def _main(argv=None) -> int:
     parser.add_argument("--json", default=None, help="write the figures to this JSON file")
     args = parser.parse_args(argv)
     runs = []
-    print(f"{'config':12s} {'batch':>5s} {'mode':22s} {'ms/step':>9s} {'steps/s':>9s} {'peak MB':>9s} {'ratio':>7s}")
+    print(f"{'config':12s} {'batch':>5s} {'mode':22s} {'ms/step':>9s} {'steps/s':>9s} {'peak MB':>9s} {'ratio':>7s} "
+          f"{'TFLOP/s':>8s}")
     for batch in args.batch:
+        fast = {"cudnn_benchmark": args.cudnn_benchmark}
+        if args.compile_mode:
+            fast.update(compile=True, compile_mode=args.compile_mode)
         out = run(args.config, batch, args.device, args.amp, args.channels_last, args.warmup, args.blocks,
-                  args.per_block, args.teacher_cache_dir, tuple(args.methods))
+                  args.per_block, args.teacher_cache_dir, tuple(args.methods), fast)
         runs.append(out)
         for mode, r in out["results"].items():
             print(f"{args.config:12s} {batch:5d} {mode:22s} {r['ms_per_step']:9.3f} {r['steps_per_s']:9.1f} "
-                  f"{r['peak_mem_mb']:9.1f} {r.get('ratio_to_floor', 1.0):7.3f}")
+                  f"{r['peak_mem_mb']:9.1f} {r.get('ratio_to_floor', 1.0):7.3f} "
+                  + (f"{r['tflop_per_s']:8.3f}" if "tflop_per_s" in r else ""))
     last = runs[-1]["results"]
     summary = {"ratio_b_a": last["b_env_teacher"]["ratio_to_floor"],
                "ratio_c_a": last["c_env_sample_agent"]["ratio_to_floor"],
@@ -257,8 +287,10 @@ def _main(argv=None) -> int:
                "mem_ratio_c_a": last["c_env_sample_agent"].get("mem_ratio_to_floor"),
                "ratio_to_floor": {m: last[m]["ratio_to_floor"] for m in args.methods},
                "mem_ratio_to_floor": {m: last[m].get("mem_ratio_to_floor") for m in args.methods},
+               "tflop_per_s_a": last["a_floor"]["tflop_per_s"], "tflop_per_s_b": last["b_env_teacher"]["tflop_per_s"],
                "device": runs[-1]["device"], "device_name": runs[-1]["device_name"], "runs": runs}
-    print(f"device {summary['device_name']}  b/a {summary['ratio_b_a']:.3f}  c/a {summary['ratio_c_a']:.3f}")
+    print(f"device {summary['device_name']}  b/a {summary['ratio_b_a']:.3f}  c/a {summary['ratio_c_a']:.3f}  "
+          f"TFLOP/s a {summary['tflop_per_s_a']:.3f} b {summary['tflop_per_s_b']:.3f}")
     if args.json:
         atomic_write_text(args.json, json.dumps(summary, indent=2))
     return 0

@@ -7,11 +7,11 @@ log-ratio range to [-1, 1]). Arrays are (..., M): (M,) per batch or (B, M) per s
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import List, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["to_simplex", "weights_to_action"]
+__all__ = ["to_simplex", "weights_to_action", "split_action", "check_weights"]
 
 
 def to_simplex(a: np.ndarray, transform: str, temperature: float) -> np.ndarray:
@@ -45,3 +45,32 @@ def weights_to_action(parts: Sequence[np.ndarray], transform: str, temperature: 
             logw = np.log(np.maximum(w, 1e-12)) * temperature
             out.append(logw - logw.max(-1, keepdims=True) + 1.0)
     return np.clip(np.concatenate(out, axis=-1), -1.0, 1.0).astype(np.float32)
+
+
+def split_action(action, shape: Tuple[int, ...], num_teachers: int, separate: bool, granularity: str
+                 ) -> Tuple[np.ndarray, np.ndarray]:
+    """`action` checked against the action space's `shape`, clipped to [-1, 1], as its (logit part,
+    feature part); the parts are the same array without separate feature weights."""
+    a = np.asarray(action, dtype=np.float64)
+    if a.shape != shape:
+        raise ValueError(f"action has shape {a.shape}; expected {shape} ({'(B, ' if granularity == 'sample' else '('}"
+                         f"{'2M' if separate else 'M'}) with M = {num_teachers})")
+    if not np.all(np.isfinite(a)):
+        raise ValueError("action contains NaN or inf; expected finite values in [-1, 1]")
+    a = np.clip(a, -1.0, 1.0)
+    logit_part = a[..., :num_teachers]
+    return logit_part, (a[..., num_teachers:] if separate else logit_part)
+
+
+def check_weights(name: str, w, shapes: List[Tuple[int, ...]], num_teachers: int) -> np.ndarray:
+    """`w` as float32 if its shape is one of `shapes` and it is finite and non-negative; else a
+    one-line `ValueError` naming the first bad entry."""
+    arr = np.asarray(w, dtype=np.float32)
+    if arr.shape not in shapes:
+        raise ValueError(f"{name} has shape {arr.shape}; expected one of {shapes} (M = {num_teachers})")
+    bad = np.argwhere(~(np.isfinite(arr) & (arr >= 0)))
+    if len(bad):
+        where = tuple(int(i) for i in bad[0])
+        raise ValueError(f"{name} must be finite and non-negative; {name}[{', '.join(map(str, where))}] = "
+                         f"{arr[where]!r} ({len(bad)} bad entries)")
+    return arr

@@ -4,11 +4,16 @@ The per-sample quantities that both the loss and the agent's state need — KL (
 (B, M), cosine (B, M), teacher CE / entropy / correctness (B, M), student CE (B,) — from the
 teachers' outputs (shared by every student trained on the batch: the agent's and its twin) and one
 student's outputs. The engine's `prepare()` and its virtual-step API (`forward_with`) both build
-their batches here.
+their batches here, and `loss_terms` is the one weighted KD objective built from a batch.
+
+`Batch` and `TeacherStats` are registered as pytrees, so `torch.func.vmap` maps these functions
+over K stacked students (`mtkd_env.student_stack`): the batched engine calls the same `measure`
+and `loss_terms` with a leading K dimension on every tensor.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -17,7 +22,7 @@ import torch.nn.functional as F
 
 from .models import ModelOutput
 
-__all__ = ["Batch", "TeacherStats", "teacher_stats", "measure", "full_precision"]
+__all__ = ["Batch", "TeacherStats", "teacher_stats", "measure", "loss_terms", "full_precision"]
 
 
 def full_precision(t: torch.Tensor) -> torch.Tensor:
@@ -62,6 +67,21 @@ class TeacherStats:
     correct: torch.Tensor                # (B, M) float 0/1
 
 
+def _register_pytrees() -> None:
+    from torch.utils import _pytree
+
+    for cls in (Batch, TeacherStats):
+        if hasattr(_pytree, "register_dataclass"):
+            _pytree.register_dataclass(cls)
+        else:  # torch < 2.4
+            names = [f.name for f in dataclasses.fields(cls)]
+            _pytree.register_pytree_node(cls, lambda b, names=names: ([getattr(b, n) for n in names], None),
+                                         lambda values, _, cls=cls: cls(*values))
+
+
+_register_pytrees()
+
+
 @torch.no_grad()
 def teacher_stats(t_outs: List[ModelOutput], y: torch.Tensor, temperature: float) -> TeacherStats:
     t_logits = full_precision(torch.stack([o.logits for o in t_outs]))      # (M, B, C)
@@ -98,3 +118,19 @@ def measure(x: torch.Tensor, y: torch.Tensor, index: Optional[torch.Tensor], t_o
         batch.teacher_feature_maps = [o.feature_map for o in t_outs]
         batch.projected = None if projected is None else [p.detach() for p in projected]
     return batch
+
+
+def loss_terms(batch: Batch, w_logit: torch.Tensor, w_feat: torch.Tensor, kd_alpha: float,
+               feat_beta: float):
+    """Per-sample total loss (B,) = CE + kd_alpha * sum_m wL*KL + feat_beta * sum_m wF*MSE, and the
+    batch-mean KD and feature terms (0-d).
+
+    `w_logit`, `w_feat`: (M,) or (B, M) weights; broadcast over the batch.
+    """
+    kd = (w_logit * batch.kl).sum(-1)
+    total = batch.student_ce + kd_alpha * kd
+    feat = torch.zeros_like(kd)
+    if batch.feat_mse is not None:
+        feat = (w_feat * batch.feat_mse).sum(-1)
+        total = total + feat_beta * feat
+    return total, kd.mean(), feat.mean()

@@ -156,6 +156,12 @@ class EnvConfig:
     """Run teachers, student and inputs in channels_last memory format (faster convs on GPUs)."""
     compile: bool = False
     """`torch.compile` the student and the teachers (first steps are slow while it compiles)."""
+    compile_mode: str = "default"
+    """`torch.compile` mode with `compile`: "default", "reduce-overhead" (CUDA graphs over the
+    fixed-shape forward and backward: fewer kernel launches for small models) or "max-autotune"."""
+    cudnn_benchmark: bool = False
+    """On CUDA, let cuDNN time its convolution algorithms for the step's fixed shapes
+    (`torch.backends.cudnn.benchmark`, process-wide); faster, but not bit-reproducible."""
     keep_feature_maps: bool = False
     """Keep the student's and teachers' feature maps and the projected student maps (detached) in
     `engine.batch` for policies that read them (CA-MKD's feature weights, MMKD's Gram rows); they
@@ -206,6 +212,7 @@ class EnvConfig:
         _check_choice("action_transform", self.action_transform, ("softmax", "linear", "select"))
         _check_choice("lr_schedule", self.lr_schedule, ("multistep", "cosine", "constant"))
         _check_choice("amp", self.amp, ("none", "bf16"))
+        _check_choice("compile_mode", self.compile_mode, ("default", "reduce-overhead", "max-autotune"))
         if self.cache_teacher_outputs and self.augment:
             raise ConfigError("cache_teacher_outputs: teacher outputs can only be cached without augmentation; "
                               "set augment=false or cache_teacher_outputs=false")

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -45,7 +45,7 @@ from . import distributed, models
 from .accuracy import correct_and_ce, correct_count, split_sums
 from .config import ConfigError, EnvConfig, default_cache_dir
 from .data import DeviceLoader, build_dataset
-from .batch import Batch, TeacherStats, measure, teacher_stats
+from .batch import Batch, TeacherStats, loss_terms, measure, teacher_stats
 from .distributed import DistContext
 from .protocols import EvalSet, TrainLoader
 from .projectors import ProjectorBank
@@ -105,6 +105,8 @@ class DistillationEngine(VirtualSteps):
             self.total_iterations = max(1, math.ceil(cfg.epochs * self.loader.batches_per_epoch))
         self.total_steps = math.ceil(self.total_iterations / cfg.steps_per_action)
         self._amp = cfg.amp == "bf16" and self.device.type == "cuda"
+        if cfg.cudnn_benchmark and self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
         self._memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self._teacher_forwards = [self._prepare_module(t.model) for t in self.teachers]
         self._teacher_cache: Optional[List[torch.Tensor]] = None
@@ -122,6 +124,19 @@ class DistillationEngine(VirtualSteps):
     def reset(self, seed: int) -> Batch:
         """Fresh student, projectors, optimiser and data order, all from `seed` (and a twin that
         starts as an exact copy of the student when the engine has one)."""
+        student, projectors = self.init_student(seed)
+        twin_modules = (copy.deepcopy(student), copy.deepcopy(projectors)) if self.has_twin else None
+        self.main = self._trainee(student, projectors)
+        self.twin = None if twin_modules is None else self._trainee(*twin_modules)
+        self.loader.reset(seed + 1)
+        self.iteration = 0
+        self.batch = self.prepare()
+        return self.batch
+
+    def init_student(self, seed: int) -> Tuple[nn.Module, Optional[ProjectorBank]]:
+        """The fresh student (train mode, on the device) and projectors (None without feature KD)
+        of an episode seeded `seed`: a pure function of the seed, leaving the global RNG alone.
+        `reset` trains these; the batched engine stacks one per sub-env."""
         cfg = self.config
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
@@ -134,13 +149,7 @@ class DistillationEngine(VirtualSteps):
                     s_channels = student.eval()(self._shape_probe).feature_map.shape[1]
                 student.train()
                 projectors = ProjectorBank(s_channels, self.teacher_feature_shapes).to(self.device).train()
-        twin_modules = (copy.deepcopy(student), copy.deepcopy(projectors)) if self.has_twin else None
-        self.main = self._trainee(student, projectors)
-        self.twin = None if twin_modules is None else self._trainee(*twin_modules)
-        self.loader.reset(seed + 1)
-        self.iteration = 0
-        self.batch = self.prepare()
-        return self.batch
+        return student, projectors
 
     def _trainee(self, student: nn.Module, projectors: Optional[ProjectorBank]) -> Trainee:
         cfg = self.config
@@ -196,7 +205,7 @@ class DistillationEngine(VirtualSteps):
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             module = DistributedDataParallel(module, device_ids=ids)
-        return torch.compile(module) if self.config.compile else module
+        return torch.compile(module, mode=self.config.compile_mode) if self.config.compile else module
 
     def _autocast(self):
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self._amp)
@@ -257,18 +266,12 @@ class DistillationEngine(VirtualSteps):
         return measure(x, y, index, t_outs, teacher_stats(t_outs, y, t), s_out, projected, t, keep_maps)
 
     def loss_terms(self, batch: Batch, w_logit: torch.Tensor, w_feat: torch.Tensor):
-        """Per-sample total loss (B,) and the batch-mean KD and feature terms.
+        """Per-sample total loss (B,) and the batch-mean KD and feature terms
+        (`mtkd_env.batch.loss_terms` with this config's coefficients).
 
         `w_logit`, `w_feat`: (M,) or (B, M) weights; broadcast over the batch.
         """
-        cfg = self.config
-        kd = (w_logit * batch.kl).sum(-1)
-        total = batch.student_ce + cfg.kd_alpha * kd
-        feat = torch.zeros_like(kd)
-        if batch.feat_mse is not None:
-            feat = (w_feat * batch.feat_mse).sum(-1)
-            total = total + cfg.feat_beta * feat
-        return total, kd.mean(), feat.mean()
+        return loss_terms(batch, w_logit, w_feat, self.config.kd_alpha, self.config.feat_beta)
 
     def apply(self, w_logit: torch.Tensor, w_feat: torch.Tensor) -> dict:
         """Update the student on the prepared batch with the given weights (and the twin, when

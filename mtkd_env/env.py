@@ -6,7 +6,7 @@ weights; one episode = one student training run. See `EnvConfig` for every knob.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple, Union
+from typing import Any, List, Optional, Tuple, Union
 
 import gymnasium as gym
 import numpy as np
@@ -14,11 +14,12 @@ import torch
 from gymnasium import spaces
 
 from . import observations as obsmod
-from .actions import to_simplex, weights_to_action
+from .actions import check_weights, split_action, to_simplex, weights_to_action
 from .config import ConfigError, EnvConfig
 from .engine import DistillationEngine
 from .measurements import MeasurementPlan
 from .rewards import StepResult, make_reward, needs_twin
+from .stepping import Pending, run_iterations, to_host
 
 __all__ = ["MultiTeacherKDEnv", "make_config"]
 
@@ -58,7 +59,7 @@ class MultiTeacherKDEnv(gym.Env):
     metadata = {"render_modes": [], "render_fps": 1}
 
     def __init__(self, config: Union[EnvConfig, dict, str, None] = None, render_mode: Optional[str] = None,
-                 **overrides: Any) -> None:
+                 engine: Any = None, **overrides: Any) -> None:
         if render_mode is not None:
             raise ValueError(f"render_mode: MultiTeacherKDEnv renders nothing; expected None, got {render_mode!r}")
         self.render_mode = None
@@ -66,7 +67,13 @@ class MultiTeacherKDEnv(gym.Env):
         self.reward_fn = make_reward(cfg.reward, cfg.granularity)
         self.logged_rewards = {name: make_reward(name, cfg.granularity) for name in cfg.log_rewards}
         rewards = [self.reward_fn, *self.logged_rewards.values()]
-        self.engine = DistillationEngine(cfg, twin=needs_twin(rewards))
+        twin = needs_twin(rewards)
+        # `engine`: what drives the student instead of an own `DistillationEngine` (the batched
+        # vector env passes each sub-env its row of the batched engine, `mtkd_env.batched.EngineSlot`).
+        if engine is not None and engine.has_twin != twin:
+            raise ValueError(f"engine {'has' if engine.has_twin else 'has no'} twin student but the rewards "
+                             f"{'need' if twin else 'do not need'} one")
+        self.engine = DistillationEngine(cfg, twin=twin) if engine is None else engine
         self.measurements = MeasurementPlan(self.engine, rewards, cfg.reward_interval)
         self.dist = self.engine.dist
         self.num_teachers = m = self.engine.num_teachers
@@ -92,10 +99,6 @@ class MultiTeacherKDEnv(gym.Env):
             self.feature_names = None
             self.action_space = spaces.Box(-1.0, 1.0, (cfg.batch_size, self.action_width), dtype=np.float32)
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
-        # Teacher granularity: progress and LR are known on the host and appended there; the
-        # device part is always all 5M + 2 statistics (`obs_features` selects on the host).
-        self._obs_device_size = (5 * m + 2 if cfg.granularity == "teacher"
-                                 else int(np.prod(self.observation_space.shape)))
         self.total_steps = self.engine.total_steps
         self._obs_low, self._obs_high = low, high
         self._t = 0
@@ -106,17 +109,9 @@ class MultiTeacherKDEnv(gym.Env):
 
     # --- gymnasium API ---------------------------------------------------------------------
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
-        super().reset(seed=seed)
-        self._episode_seed = int(self.np_random.integers(0, 2 ** 31 - 1))
-        self.engine.reset(self._episode_seed)
-        self._t = 0
-        self._episode_over = False
-        plan = self.measurements.at_reset()
-        obs, _, values = self._gather_to_host(None, [], self._evaluate(plan))
-        self._previous = MeasurementPlan.kept(plan, values, self.measurements.needs)
-        info = {"episode_seed": self._episode_seed, "teacher_names": list(self.teacher_names),
-                "teacher_val_acc": self.teacher_val_acc.copy(), "total_steps": self.total_steps}
-        return obs, info
+        self.begin_reset(seed)
+        pending = self.reset_measurements()
+        return self.finish_reset(pending, to_host(self.reset_parts(pending)))
 
     def step(self, action: np.ndarray):
         w_logit, w_feat = self.action_to_weights(action)
@@ -130,17 +125,9 @@ class MultiTeacherKDEnv(gym.Env):
 
     def action_to_weights(self, action) -> Tuple[np.ndarray, np.ndarray]:
         """Validate `action` and map it to (logit weights, feature weights) on the simplex."""
-        a = np.asarray(action, dtype=np.float64)
-        if a.shape != self.action_space.shape:
-            raise ValueError(f"action has shape {a.shape}; expected {self.action_space.shape} "
-                             f"({'(B, ' if self.config.granularity == 'sample' else '('}"
-                             f"{'2M' if self.config.separate_feature_weights else 'M'}) with M = {self.num_teachers})")
-        if not np.all(np.isfinite(a)):
-            raise ValueError("action contains NaN or inf; expected finite values in [-1, 1]")
-        a = np.clip(a, -1.0, 1.0)
-        m = self.num_teachers
-        logit_part = a[..., :m]
-        feat_part = a[..., m:] if self.config.separate_feature_weights else logit_part
+        cfg = self.config
+        logit_part, feat_part = split_action(action, self.action_space.shape, self.num_teachers,
+                                             cfg.separate_feature_weights, cfg.granularity)
         return self._to_simplex(logit_part), self._to_simplex(feat_part)
 
     def _to_simplex(self, a: np.ndarray) -> np.ndarray:
@@ -161,42 +148,79 @@ class MultiTeacherKDEnv(gym.Env):
         `w_logit`, `w_feat`: (M,) in teacher granularity, (M,) or (B, M) in sample granularity;
         `w_feat=None` reuses `w_logit`.
         """
+        wl, wf = self.checked_weights(w_logit, w_feat)
+        wl_t, wf_t = self._on_device(wl, wf)
+        out, loss = run_iterations(self.engine, wl_t, wf_t, self.config.steps_per_action)
+        pending = self.after_update(out, loss, wl, wf)
+        if not pending.terminated:
+            self.engine.advance()  # the observation describes the batch the next action will weight
+        return self.finish_step(pending, to_host(self.step_parts(pending)))
+
+    # The step in phases. `reset` and `step_weights` run them in order on this env's engine; the
+    # batched vector env (`mtkd_env.vector_env`) runs each phase for all its sub-envs, with one
+    # batched update between `checked_weights` and `after_update`, one forward of every student
+    # before `step_parts`, and one device->host copy for all of them.
+    def begin_reset(self, seed: Optional[int]) -> None:
+        """Seed the env's RNG, draw the episode seed and reset the engine's student from it."""
+        super().reset(seed=seed)
+        self._episode_seed = int(self.np_random.integers(0, 2 ** 31 - 1))
+        self.engine.reset(self._episode_seed)
+        self._t = 0
+        self._episode_over = False
+
+    def reset_measurements(self) -> "Pending":
+        plan = self.measurements.at_reset()
+        return Pending(plan, self._evaluate(plan))
+
+    def reset_parts(self, pending: "Pending", obs: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+        return self._device_parts(None, [], pending.evals, obs)
+
+    def finish_reset(self, pending: "Pending", host: List[np.ndarray]):
+        obs, _, values = self._from_host(host)
+        self._previous = MeasurementPlan.kept(pending.plan, values, self.measurements.needs)
+        info = {"episode_seed": self._episode_seed, "teacher_names": list(self.teacher_names),
+                "teacher_val_acc": self.teacher_val_acc.copy(), "total_steps": self.total_steps}
+        return obs, info
+
+    def checked_weights(self, w_logit, w_feat=None) -> Tuple[np.ndarray, np.ndarray]:
+        """The step's weights, validated (and rank 0's under torch.distributed)."""
         if self.engine.batch is None:
             raise RuntimeError("call reset() before step()")
         if self._episode_over:
             raise RuntimeError("the episode has ended (terminated=True); call reset() before step()")
         wl = self._check_weights("w_logit", w_logit)
         wf = wl if w_feat is None else self._check_weights("w_feat", w_feat)
-        engine, cfg = self.engine, self.config
         if self.dist.enabled:  # one agent, one decision: every rank applies rank 0's weights
-            wl = self.dist.broadcast_array(wl, engine.device).astype(np.float32)
-            wf = self.dist.broadcast_array(wf, engine.device).astype(np.float32)
+            wl = self.dist.broadcast_array(wl, self.engine.device).astype(np.float32)
+            wf = self.dist.broadcast_array(wf, self.engine.device).astype(np.float32)
+        return wl, wf
+
+    def _on_device(self, wl: np.ndarray, wf: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
+        engine = self.engine
         wl_t, wf_t = torch.as_tensor(wl, device=engine.device), torch.as_tensor(wf, device=engine.device)
         if wl_t.dim() == 2 and self.dist.enabled:  # per-sample weights: this rank's rows
             rows = slice(self.dist.rank * engine.loader.local_batch, (self.dist.rank + 1) * engine.loader.local_batch)
             wl_t, wf_t = wl_t[rows], wf_t[rows]
-        loss_sum = None
-        for i in range(cfg.steps_per_action):
-            if i:
-                engine.advance()
-            out = engine.apply(wl_t, wf_t)
-            loss_sum = out["loss"] if loss_sum is None else loss_sum + out["loss"]
-            if engine.done:
-                break
-        iterations = i + 1
+        return wl_t, wf_t
+
+    def after_update(self, out: dict, loss: torch.Tensor, wl: np.ndarray, wf: np.ndarray) -> "Pending":
+        """Count the step and measure the updated student, before the next batch's forward
+        touches its BN statistics. `out`: the engine's `apply` result; `loss`: the step's mean loss."""
         self._t += 1
-        terminated = engine.done
-
-        # Measure the updated student before the next batch's forward touches its BN statistics.
+        terminated = self.engine.done
         plan = self.measurements.at_step(self._t, terminated)
-        evals = self._evaluate(plan)
-        if not terminated:
-            engine.advance()  # the observation describes the batch the next action will weight
+        return Pending(plan, self._evaluate(plan), terminated, out, loss, wl, wf)
 
-        # One device->host copy for the observation, the reward inputs and the info.
-        scalars = [loss_sum / iterations, out["kd_loss"], out["feat_loss"], out["student_ce"], out["student_acc"]]
-        obs, per_sample, vals = self._gather_to_host(out["per_sample_loss"], scalars, evals)
-        loss, kd_loss, feat_loss, student_ce, student_acc = (float(v) for v in vals[:5])
+    def step_parts(self, pending: "Pending", obs: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+        out = pending.out
+        scalars = [pending.loss, out["kd_loss"], out["feat_loss"], out["student_ce"], out["student_acc"]]
+        return self._device_parts(out["per_sample_loss"], scalars, pending.evals, obs)
+
+    def finish_step(self, pending: "Pending", host: List[np.ndarray]):
+        """Reward, info and termination from the step's host values."""
+        engine, cfg, plan, terminated = self.engine, self.config, pending.plan, pending.terminated
+        obs, per_sample, vals = self._from_host(host)
+        loss, kd_loss, feat_loss, student_ce, student_acc = vals[:5]
         everything = dict(zip(MeasurementPlan.names(plan), vals[5:]))
         measured = {n: v for n, v in everything.items() if n in self.measurements.needs}
         val_step = self.measurements.is_val_step(self._t, terminated)
@@ -208,8 +232,8 @@ class MultiTeacherKDEnv(gym.Env):
                             prev_val_acc=self._previous.get("val_acc"), terminal=terminated,
                             measured=measured, previous=dict(self._previous))
         info = {"step": self._t, "iteration": engine.iteration, "epoch": engine.loader.epoch,
-                "weights_logit": np.asarray(wl, dtype=np.float32).copy(),
-                "weights_feat": np.asarray(wf, dtype=np.float32).copy(),
+                "weights_logit": np.asarray(pending.wl, dtype=np.float32).copy(),
+                "weights_feat": np.asarray(pending.wf, dtype=np.float32).copy(),
                 "loss": loss, "kd_loss": kd_loss, "feat_loss": feat_loss, "student_ce": student_ce,
                 "student_acc": student_acc, "lr": engine.lr, "diverged": False}
         diverged = not np.isfinite(loss)
@@ -230,8 +254,8 @@ class MultiTeacherKDEnv(gym.Env):
         if terminated:
             if not engine.done:  # ended early by divergence: the final measurements are not in the copy above
                 final = self.measurements.final()
-                everything = dict(zip(MeasurementPlan.names(final),
-                                      self._gather_to_host(None, [], self._evaluate(final))[2]))
+                parts = self._device_parts(None, [], self._evaluate(final))
+                everything = dict(zip(MeasurementPlan.names(final), self._from_host(to_host(parts))[2]))
             info["final_val_acc"], info["final_test_acc"] = everything["val_acc"], everything["test_acc"]
             if engine.has_twin:
                 info["twin_final_val_acc"] = everything["twin_val_acc"]
@@ -252,17 +276,9 @@ class MultiTeacherKDEnv(gym.Env):
         return torch.zeros(size, device=device)
 
     def _check_weights(self, name: str, w) -> np.ndarray:
-        arr = np.asarray(w, dtype=np.float32)
         shapes = [(self.num_teachers,)] + ([(self.batch_size, self.num_teachers)]
                                            if self.config.granularity == "sample" else [])
-        if arr.shape not in shapes:
-            raise ValueError(f"{name} has shape {arr.shape}; expected one of {shapes} (M = {self.num_teachers})")
-        bad = np.argwhere(~(np.isfinite(arr) & (arr >= 0)))
-        if len(bad):
-            where = tuple(int(i) for i in bad[0])
-            raise ValueError(f"{name} must be finite and non-negative; {name}[{', '.join(map(str, where))}] = "
-                             f"{arr[where]!r} ({len(bad)} bad entries)")
-        return arr
+        return check_weights(name, w, shapes, self.num_teachers)
 
     # --- observations ----------------------------------------------------------------------
     def _obs_tensor(self) -> torch.Tensor:
@@ -272,37 +288,37 @@ class MultiTeacherKDEnv(gym.Env):
             return obsmod.teacher_obs(batch)
         return obsmod.sample_obs(batch, cfg.sample_obs_embeddings, cfg.sample_obs_logits, cfg.sample_obs_student)
 
-    def _gather_to_host(self, per_sample: Optional[torch.Tensor], scalars: list,
-                        evals: Optional[torch.Tensor] = None):
-        """The step's single device->host copy: observation, per-sample loss (B,), batch scalars and
-        evaluations (`_evaluate`'s vector: probe loss, accuracies).
+    def _device_parts(self, per_sample: Optional[torch.Tensor], scalars: list, evals: torch.Tensor,
+                      obs: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+        """What a step copies to the host: [observation part (`_obs_tensor`, or `obs` when the
+        caller computed it), per-sample loss (B,) or empty, values (the batch scalars, then
+        `_evaluate`'s evaluations: probe loss, accuracies)].
 
         Under torch.distributed, batch means and scalars are averaged over ranks (equal shards),
         per-sample rows are gathered, and evaluations are rank 0's (its BatchNorm statistics are the
         ones its checkpoint saves), so every rank returns the same global values."""
-        obs = self._obs_tensor()
+        obs = self._obs_tensor() if obs is None else obs
+        scalars_t = torch.stack([s.float().reshape(()) for s in scalars]) if scalars else obs.new_zeros(0)
+        empty = obs.new_zeros(0)
         if self.config.granularity == "teacher":
-            means = torch.cat([obs, *(s.float().reshape(1) for s in scalars)])
-            rows = None if per_sample is None else per_sample.float()[:, None]
+            means = self.dist.mean(torch.cat([obs, scalars_t]))
+            obs, scalars_t = means[:len(obs)], means[len(obs):]
+            per = empty if per_sample is None else self.dist.gather_rows(per_sample.float()[:, None])[:, 0]
         else:
-            means = torch.stack(scalars).float() if scalars else obs.new_zeros(0)
+            scalars_t = self.dist.mean(scalars_t)
+            width = obs.shape[1]
             rows = obs if per_sample is None else torch.cat([obs, per_sample.float()[:, None]], dim=1)
-        evals = obs.new_zeros(0) if evals is None else evals
-        means = torch.cat([self.dist.mean(means), self.dist.broadcast(evals)])
-        n_vals = len(scalars) + len(evals)
-        if rows is not None:
             rows = self.dist.gather_rows(rows)
-        host = torch.cat([means] + ([] if rows is None else [rows.flatten()])).cpu().numpy().astype(np.float64)
-        if self.config.granularity == "teacher":
-            n = self._obs_device_size
-            obs_flat, vals = host[:n], host[n:n + n_vals]
-            per = host[n + n_vals:] if per_sample is not None else None
-        else:
-            vals, table = host[:n_vals], host[n_vals:].reshape(self.batch_size, -1)
-            obs_flat, per = (table[:, :-1], table[:, -1]) if per_sample is not None else (table, None)
-        return self._to_obs(obs_flat.reshape(-1)), per, [float(v) for v in vals]
+            obs, per = rows[:, :width], (empty if per_sample is None else rows[:, width])
+        return [obs, per, torch.cat([scalars_t, self.dist.broadcast(evals.float())])]
+
+    def _from_host(self, host: List[np.ndarray]) -> Tuple[np.ndarray, Optional[np.ndarray], List[float]]:
+        """(observation, per-sample loss or None, values) from the host copy of `_device_parts`."""
+        obs_flat, per, vals = host
+        return self._to_obs(obs_flat), (per if per.size else None), [float(v) for v in vals]
 
     def _to_obs(self, flat: np.ndarray) -> np.ndarray:
+        flat = flat.reshape(-1)
         if self.config.granularity == "teacher":
             progress = min(1.0, self.engine.iteration / self.engine.total_iterations)
             flat = np.concatenate([flat, [progress, self.engine.lr]])
@@ -316,13 +332,20 @@ class MultiTeacherKDEnv(gym.Env):
     def state_dict(self) -> dict:
         """Episode state: engine (student, projectors, optimiser, scheduler, data position) plus
         the env's own counters and RNG."""
-        return {"engine": self.engine.state_dict(), "t": self._t, "episode_seed": self._episode_seed,
-                "previous": dict(self._previous), "np_random": self.np_random.bit_generator.state}
+        return {"engine": self.engine.state_dict(), **self.host_state()}
+
+    def host_state(self) -> dict:
+        """The env's own part of `state_dict` (counters, last measurements, RNG)."""
+        return {"t": self._t, "episode_seed": self._episode_seed, "previous": dict(self._previous),
+                "np_random": self.np_random.bit_generator.state}
 
     def load_state_dict(self, state: dict) -> None:
         if self.engine.student is None:
             self.reset()
         self.engine.load_state_dict(state["engine"])
+        self.load_host_state(state)
+
+    def load_host_state(self, state: dict) -> None:
         self._t, self._episode_seed = int(state["t"]), state["episode_seed"]
         self._previous = dict(state["previous"])
         self._episode_over = False
@@ -330,4 +353,4 @@ class MultiTeacherKDEnv(gym.Env):
 
     def current_observation(self) -> np.ndarray:
         """The observation of the prepared batch (after `load_state_dict`, say)."""
-        return self._gather_to_host(None, [])[0]
+        return self._from_host(to_host(self._device_parts(None, [], torch.zeros(0, device=self.engine.device))))[0]

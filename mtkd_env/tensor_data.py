@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from .runtime.errors import ConfigError
 
-__all__ = ["DatasetSplits", "TensorEvalSet", "DeviceLoader", "random_crop_flip", "Augment", "check_batch_size"]
+__all__ = ["DatasetSplits", "TensorEvalSet", "DeviceLoader", "random_crop_flip", "Augment", "check_batch_size",
+           "to_device"]
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -74,6 +75,14 @@ class TensorEvalSet:
             yield self.x[i:i + batch_size], self.y[i:i + batch_size]
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device`; to CUDA through pinned memory, asynchronously, so that the
+    training step never waits for the host (a pageable copy synchronises the stream)."""
+    if t.device == device or device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def random_crop_flip(padding: int = 4, flip: bool = True, fill: Optional[Sequence[float]] = None) -> Augment:
     """Random crop (padding `padding`) and optional horizontal flip, batched on the device.
 
@@ -83,7 +92,7 @@ def random_crop_flip(padding: int = 4, flip: bool = True, fill: Optional[Sequenc
 
     def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         b, _, h, w = x.shape
-        off = torch.randint(0, 2 * padding + 1, (2, b), generator=gen, device=gen.device).to(x.device)
+        off = to_device(torch.randint(0, 2 * padding + 1, (2, b), generator=gen, device=gen.device), x.device)
         if fill is None:
             xp = F.pad(x, (padding,) * 4)
         else:
@@ -94,7 +103,7 @@ def random_crop_flip(padding: int = 4, flip: bool = True, fill: Optional[Sequenc
         batch = torch.arange(b, device=x.device)[:, None, None]
         out = xp.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)  # (B, C, H, W)
         if flip:
-            mask = (torch.rand(b, generator=gen, device=gen.device) < 0.5).to(x.device)
+            mask = to_device(torch.rand(b, generator=gen, device=gen.device) < 0.5, x.device)
             out = torch.where(mask[:, None, None, None], out.flip(3), out)
         return out.contiguous()
 
@@ -145,7 +154,7 @@ class DeviceLoader:
             if self._perm is not None:
                 self.epoch += 1
             self._perm_cpu = torch.randperm(len(self.x), generator=self.generator)
-            self._perm = self._perm_cpu.to(self.device)
+            self._perm = to_device(self._perm_cpu, self.device)
             self.position = 0
         start = self.position + self.rank * self.local_batch
         idx = self._perm[start:start + self.local_batch]

@@ -129,6 +129,24 @@ def test_step_overhead_benchmark_has_a_row_per_method(tmp_path, teacher_cache):
     assert sorted(data["ratio_to_floor"]) == sorted(method_names())
     assert all(r > 0 for r in data["ratio_to_floor"].values())
     assert "mmkd" in proc.stdout and "rmts" in proc.stdout
+    assert data["tflop_per_s_a"] > 0 and data["tflop_per_s_b"] > 0  # FLOPs counted, over the measured time
+    assert data["runs"][0]["results"]["b_env_teacher"]["gflop_per_step"] >= \
+        data["runs"][0]["results"]["a_floor"]["gflop_per_step"]  # the env adds its probe forward
+
+
+def test_vector_env_benchmark_prints_ratios_for_every_mode(tmp_path, teacher_cache):
+    out = tmp_path / "vector.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.vector_env", "--config", "tiny", "--device", "cpu",
+                           "--k", "1", "2", "--warmup", "1", "--rounds", "1", "--per-block", "2", "--async-max-k", "2",
+                           "--teacher-cache-dir", teacher_cache, "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert sorted((r["mode"], r["k"]) for r in data["rows"]) == [(m, k) for m in ("async", "batched", "sync")
+                                                                 for k in (1, 2)]
+    assert all(r["env_steps_per_s"] > 0 and r["ratio_to_single"] > 0 for r in data["rows"])
+    assert all("ratio_to_sync" in r for r in data["rows"] if r["mode"] != "sync")
+    assert "load average" in proc.stdout
 
 
 @pytest.mark.gpu
@@ -144,3 +162,50 @@ def test_nccl_single_gpu_torchrun_with_batchnorm_student(teacher_cache):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "world size 1, device cuda" in proc.stdout
+
+
+def test_compile_mode_is_validated(synthetic_config):
+    from mtkd_env.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"compile_mode: expected one of \['default', 'reduce-overhead'"):
+        synthetic_config(compile_mode="fastest")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_iteration_never_waits_for_the_host(synthetic_config):
+    """The distillation iteration (update, next batch with augmentation, across an epoch boundary)
+    issues no host synchronisation: the env's one device->host copy is the only one."""
+    kw = dict(device="cuda", augment=True, cudnn_benchmark=True, batch_size=16,
+              dataset_kwargs={"shape": [3, 16, 16], "num_classes": 10, "n_train": 64, "n_val": 32, "n_test": 32},
+              teachers=["cnn=random", "tiny_resnet=random"])
+    env = MultiTeacherKDEnv(synthetic_config(**kw))
+    env.reset(seed=0)
+    engine = env.engine
+    w = torch.full((2,), 0.5, device="cuda")
+    engine.apply(w, w)
+    engine.advance()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(6):  # 4 batches per epoch
+            engine.apply(w, w)
+            engine.advance()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert engine.loader.epoch >= 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_reduce_overhead_compile_follows_the_eager_step(synthetic_config):
+    kw = dict(device="cuda", reward="neg_loss", teachers=["cnn=random", "tiny_resnet=random"],
+              dataset_kwargs={"shape": [3, 16, 16], "num_classes": 10, "n_train": 256, "n_val": 64, "n_test": 64},
+              batch_size=64)
+    eager = MultiTeacherKDEnv(synthetic_config(**kw))
+    graphs = MultiTeacherKDEnv(synthetic_config(compile=True, compile_mode="reduce-overhead", **kw))
+    eager.reset(seed=0)
+    graphs.reset(seed=0)
+    a = np.zeros(2, np.float32)
+    for _ in range(4):
+        assert graphs.step(a)[4]["loss"] == pytest.approx(eager.step(a)[4]["loss"], rel=1e-2)

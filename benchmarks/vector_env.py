@@ -1,0 +1,176 @@
+"""Env-steps/s of the vector env modes against one single env in the same process.
+
+    python -m benchmarks.vector_env [--config digits|paper-cifar|tiny] [--k 1 2 4 8 16] [--device auto]
+                                    [--modes batched sync async] [--shared-batches] [--vectorize auto|vmap|rows]
+                                    [--amp bf16] [--channels-last] [--cudnn-benchmark] [--json FILE]
+
+For every K it builds, in this process, one `MultiTeacherKDEnv` (the reference) and a vector env
+of K sub-envs per mode:
+  batched  `gym.make_vec(..., vectorization_mode="vector_entry_point")`: K students in one process,
+           one batched forward/backward per step (`mtkd_env.vector_env`);
+  sync     Gymnasium's `SyncVectorEnv`: K single envs stepped in turn in this process;
+  async    Gymnasium's `AsyncVectorEnv`: K worker processes (spawned, one torch thread each),
+           only for K <= --async-max-k (default: the number of CPU cores on the CPU).
+Each round runs a block of steps of the single env and of every mode in turn (interleaved, so
+drift in machine load hits all alike); a mode's figure is the median over rounds of its env-steps/s
+(K sub-env steps per vector step), and its ratio is to the single env's median. Episodes run as
+configured (the embedded default: 180 steps) with autoreset, so resets and end-of-episode
+evaluations are part of the steady state. The load average before and after is reported: time on
+an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List, Optional
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by the async workers
+
+import gymnasium as gym  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from mtkd_env import ENV_ID, EnvConfig  # noqa: E402
+from mtkd_env.env import MultiTeacherKDEnv  # noqa: E402
+
+from .step_overhead import CONFIGS  # noqa: E402
+
+MODES = ("batched", "sync", "async")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def single_step_fn(env: MultiTeacherKDEnv) -> Callable[[], None]:
+    action = np.zeros(env.action_space.shape, dtype=np.float32)  # softmax(0): equal weights
+    env.reset(seed=0)
+
+    def step() -> None:
+        if env.step(action)[2]:
+            env.reset()
+
+    return step
+
+
+def vector_step_fn(venv) -> Callable[[], None]:
+    actions = np.zeros(venv.action_space.shape, dtype=np.float32)
+    venv.reset(seed=0)
+
+    def step() -> None:
+        venv.step(actions)  # NEXT_STEP autoreset
+
+    return step
+
+
+VECTORIZE = {"auto": None, "vmap": True, "rows": False}
+
+
+def make_vector(mode: str, k: int, cfg: EnvConfig, shared: bool, vectorize: str = "auto"):
+    if mode == "batched":
+        return gym.make_vec(ENV_ID, num_envs=k, vectorization_mode="vector_entry_point", config=cfg,
+                            shared_batches=shared, vectorize=VECTORIZE[vectorize])
+    if mode == "sync":
+        return gym.make_vec(ENV_ID, num_envs=k, vectorization_mode="sync", config=cfg)
+    return gym.make_vec(ENV_ID, num_envs=k, vectorization_mode="async", config=cfg,
+                        vector_kwargs={"context": "spawn"})
+
+
+def time_rounds(steps: Dict[str, Callable[[], None]], sizes: Dict[str, int], device: torch.device, warmup: int,
+                rounds: int, per_block: int) -> Dict[str, float]:
+    """Median env-steps/s of each entry over interleaved rounds."""
+    for fn in steps.values():
+        for _ in range(warmup):
+            fn()
+    _sync(device)
+    rates: Dict[str, List[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, fn in steps.items():
+            t0 = time.perf_counter()
+            for _ in range(per_block):
+                fn()
+            _sync(device)
+            rates[name].append(sizes[name] * per_block / (time.perf_counter() - t0))
+    return {name: statistics.median(r) for name, r in rates.items()}
+
+
+def run(config: str, ks: List[int], modes: List[str], device: str, shared: bool, warmup: int, rounds: int,
+        per_block: int, async_max_k: int, cache_dir, vectorize: str = "auto", fast: Optional[dict] = None) -> dict:
+    base = dict(CONFIGS[config], device=device, show_progress=False, **(fast or {}))
+    if cache_dir:
+        base["teacher_cache_dir"] = cache_dir
+    cfg = EnvConfig(**base)
+    single = MultiTeacherKDEnv(cfg)
+    dev = single.engine.device
+    rows = []
+    for k in ks:
+        venvs = {m: make_vector(m, k, cfg, shared, vectorize) for m in modes if m != "async" or k <= async_max_k}
+        steps = {"single": single_step_fn(single), **{m: vector_step_fn(v) for m, v in venvs.items()}}
+        sizes = {"single": 1, **{m: k for m in venvs}}
+        rates = time_rounds(steps, sizes, dev, warmup, rounds, per_block)
+        for mode in venvs:
+            rows.append({"k": k, "mode": mode, "env_steps_per_s": rates[mode],
+                         "single_env_steps_per_s": rates["single"], "ratio_to_single": rates[mode] / rates["single"]})
+        for v in venvs.values():
+            v.close()
+    by = {(r["mode"], r["k"]): r for r in rows}
+    for r in rows:  # batched (or async) against K single envs stepped in turn, measured in the same rounds
+        if r["mode"] != "sync" and ("sync", r["k"]) in by:
+            r["ratio_to_sync"] = r["env_steps_per_s"] / by[("sync", r["k"])]["env_steps_per_s"]
+    return {"config": config, "device": str(dev),
+            "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "shared_batches": shared, "vectorize": vectorize, **(fast or {}), "rows": rows}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.vector_env", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="digits")
+    parser.add_argument("--k", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--shared-batches", action="store_true", help="batched mode: every sub-env draws the same batches")
+    parser.add_argument("--vectorize", choices=sorted(VECTORIZE), default="auto",
+                        help="batched mode: students' forward as one vmap, row by row, or by device (auto)")
+    parser.add_argument("--amp", choices=["none", "bf16"], default="none")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--cudnn-benchmark", action="store_true")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--per-block", type=int, default=20, help="vector steps per block")
+    parser.add_argument("--async-max-k", type=int, default=None,
+                        help="largest K for async workers (default: CPU cores on the CPU, 8 on a GPU)")
+    parser.add_argument("--teacher-cache-dir", default=None)
+    parser.add_argument("--json", default=None, help="write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    on_gpu = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
+    async_max = args.async_max_k if args.async_max_k is not None else (8 if on_gpu else os.cpu_count() or 1)
+    load_before = os.getloadavg()
+    t0 = time.time()
+    out = run(args.config, args.k, args.modes, args.device, args.shared_batches, args.warmup, args.rounds,
+              args.per_block, async_max, args.teacher_cache_dir, args.vectorize,
+              {"amp": args.amp, "channels_last": args.channels_last, "cudnn_benchmark": args.cudnn_benchmark})
+    out.update(load_before=list(load_before), load_after=list(os.getloadavg()), wall_s=round(time.time() - t0, 1),
+               command=" ".join(["python -m benchmarks.vector_env"] + list(sys.argv[1:] if argv is None else argv)))
+    print(f"{out['config']} on {out['device_name']} (load average {load_before[0]:.2f} -> {out['load_after'][0]:.2f})")
+    print(f"{'mode':8s} {'K':>3s} {'env-steps/s':>12s} {'single':>9s} {'x single':>9s} {'x sync':>8s}")
+    for r in out["rows"]:
+        vs_sync = f"{r['ratio_to_sync']:8.2f}" if "ratio_to_sync" in r else f"{'':8s}"
+        print(f"{r['mode']:8s} {r['k']:3d} {r['env_steps_per_s']:12.1f} {r['single_env_steps_per_s']:9.1f} "
+              f"{r['ratio_to_single']:9.2f} {vs_sync}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
