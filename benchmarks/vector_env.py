@@ -37,6 +37,8 @@ import torch  # noqa: E402
 
 from mtkd_env import ENV_ID, EnvConfig  # noqa: E402
 from mtkd_env.env import MultiTeacherKDEnv  # noqa: E402
+from mtkd_env.runtime.cli import ArgumentParser, run_cli  # noqa: E402
+from mtkd_env.runtime.files import atomic_write_text  # noqa: E402
 
 from .step_overhead import CONFIGS  # noqa: E402
 
@@ -130,8 +132,12 @@ def run(config: str, ks: List[int], modes: List[str], device: str, shared: bool,
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.vector_env", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    return run_cli(_main, argv)
+
+
+def _main(argv=None) -> int:
+    parser = ArgumentParser(prog="python -m benchmarks.vector_env", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", choices=sorted(CONFIGS), default="digits")
     parser.add_argument("--k", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
@@ -150,7 +156,7 @@ def main(argv=None) -> int:
     parser.add_argument("--teacher-cache-dir", default=None)
     parser.add_argument("--json", default=None, help="write the figures to this JSON file")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # every mode on one thread, as the async workers (OMP_NUM_THREADS=1 above)
     on_gpu = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
     async_max = args.async_max_k if args.async_max_k is not None else (8 if on_gpu else os.cpu_count() or 1)
     load_before = os.getloadavg()
@@ -167,8 +173,7 @@ def main(argv=None) -> int:
         print(f"{r['mode']:8s} {r['k']:3d} {r['env_steps_per_s']:12.1f} {r['single_env_steps_per_s']:9.1f} "
               f"{r['ratio_to_single']:9.2f} {vs_sync}")
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=2)
+        atomic_write_text(args.json, json.dumps(out, indent=2))
     return 0
 
 

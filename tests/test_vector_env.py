@@ -73,8 +73,9 @@ VECTORIZE = pytest.mark.parametrize("vectorize", [True, False], ids=["vmap", "ro
 @pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP])
 def test_batched_env_follows_the_sync_vector_env_of_single_envs(mode, vectorize, synthetic_config):
     """Sub-env k reset with seed s + k, across an autoreset (episodes of 5 steps), BN student
-    (tiny_cnn and the projectors), the twin student of the shipped PPO reward."""
-    cfg = synthetic_config(max_steps=5, reward="twin_val_loss", reward_interval=2, log_rewards=["probe_loss_drop"])
+    (tiny_cnn and the projectors), the shipped PPO's reward (twin student) and observation."""
+    cfg = synthetic_config(max_steps=5, reward="twin_val_loss", reward_interval=2, log_rewards=["probe_loss_drop"],
+                           obs_features=["ce", "acc", "entropy", "progress", "lr"])  # the shipped PPO's env
     batched = gym.make_vec(ENV_ID, num_envs=3, config=cfg, autoreset_mode=mode, vectorize=vectorize)
     sync = gym.make_vec(ENV_ID, num_envs=3, vectorization_mode="sync", config=cfg,
                         vector_kwargs={"autoreset_mode": mode})
