@@ -64,6 +64,8 @@ def test_each_algo_trains_and_saves_a_run(algo, synthetic_config, tmp_path):
                                         "action_transform": "linear"}
     elif algo == "rmts":
         assert policy.env_overrides["action_transform"] == "select" and policy.env_overrides["sample_obs_student"]
+    elif algo == "ppo":  # the shipped PPO observes the teachers' own statistics (env_kwargs in ppo.yml)
+        assert policy.env_overrides == {"obs_features": ["ce", "acc", "entropy", "progress", "lr"]}
     else:
         assert policy.env_overrides == {}
     env = MultiTeacherKDEnv(cfg.replace(**policy.env_overrides))
