@@ -10,7 +10,7 @@ from typing import List, Sequence, Tuple
 import numpy as np
 import torch
 
-from .engine import Batch
+from .batch import Batch
 
 __all__ = ["TEACHER_STATS", "STUDENT_STATS", "OBS_FEATURES", "teacher_columns", "teacher_bounds", "teacher_obs",
            "teacher_feature_names",
