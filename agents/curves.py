@@ -6,12 +6,15 @@ and the episode return. `agents.train` writes it as `learning_curve.png` at the 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
+
+from mtkd_env.runtime.cli import ArgumentParser, run_cli
+from mtkd_env.runtime.errors import ConfigError
+from mtkd_env.runtime.files import check_output_file
 
 __all__ = ["episode_series", "plot_learning_curve", "main"]
 
@@ -26,12 +29,16 @@ def episode_series(rows: Sequence[dict]) -> Dict[str, np.ndarray]:
 
 
 def _smooth(x: np.ndarray, window: int) -> np.ndarray:
+    """Trailing running mean over `window` episodes (over the episodes so far at the start)."""
     if len(x) < 2:
         return x
     window = max(1, min(window, len(x)))
-    kernel = np.ones(window) / window
-    padded = np.concatenate([np.full(window - 1, x[0]), x])
-    return np.convolve(padded, kernel, mode="valid")
+    sums = np.cumsum(np.nan_to_num(x, nan=0.0))
+    out = np.empty(len(x))
+    for i in range(len(x)):
+        lo = max(0, i - window + 1)
+        out[i] = (sums[i] - (sums[lo - 1] if lo else 0.0)) / (i - lo + 1)
+    return out
 
 
 def plot_learning_curve(rows: Sequence[dict], path: Union[str, Path], title: str = "",
@@ -85,20 +92,23 @@ def plot_learning_curve(rows: Sequence[dict], path: Union[str, Path], title: str
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    return run_cli(_main, argv)
+
+
+def _main(argv: Optional[List[str]]) -> int:
     from .tracking import read_metrics
 
-    p = argparse.ArgumentParser(prog="python -m agents.curves", description=__doc__)
+    p = ArgumentParser(prog="python -m agents.curves", description=__doc__)
     p.add_argument("run_dir", help="a run directory of agents.train")
     p.add_argument("--out", help=f"output PNG (default RUN_DIR/{CURVE_NAME})")
     args = p.parse_args(argv)
     metrics = Path(args.run_dir) / "metrics.jsonl"
     if not metrics.is_file():
-        print(f"error: {args.run_dir}: no metrics.jsonl (expected a run directory of agents.train)", file=sys.stderr)
-        return 2
+        raise ConfigError(f"{args.run_dir}: no metrics.jsonl (expected a run directory of agents.train)")
     out = args.out or str(Path(args.run_dir) / CURVE_NAME)
+    check_output_file(out, "--out")
     if not plot_learning_curve(read_metrics(metrics), out, title=Path(args.run_dir).name):
-        print(f"error: {metrics}: no finished training episode to plot", file=sys.stderr)
-        return 2
+        raise ConfigError(f"{metrics}: no finished training episode to plot")
     print(out)
     return 0
 
