@@ -71,6 +71,13 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         vm, vs = mean_std([r.val_acc for r in rows])
         label = "trained policy" if name == "policy" else "equal weights (AVER)"
         print(f"  {label:<20}  test acc {tm:.4f} ± {ts:.4f}   val acc {vm:.4f} ± {vs:.4f}")
+    if opts.aver:
+        from mtkd_env.stats import paired_stats
+
+        st = paired_stats([r.test_acc for r in results["aver"]], [r.test_acc for r in results["policy"]])
+        note = "" if st.p_ttest is None else f", paired t-test p = {st.p_ttest:.3g}"
+        mde = "" if st.mde is None else f", minimum detectable effect {st.mde:.4f} (α 0.05, power 0.8)"
+        print(f"  difference (paired)   test acc {st.mean:+.4f} ± {st.sd:.4f}{note}{mde}")
     if opts.json is not None:
         data = {k: [dataclasses.asdict(r) for r in v] for k, v in results.items()}
         atomic_write_text(opts.json, json.dumps(data, indent=1))
