@@ -9,10 +9,13 @@
 - "mtkd-rl", "mtkd-rl-pg", "rmts": the agent's training step (`OnlineAgent._step`: its forward,
   the env step, buffering, and the update when it is due — MTKD-RL at epoch ends, RMTS every step);
 - "ppo": SB3 PPO's policy forward (sampled action) and the env step; PPO's rollout-buffer
-  updates are not included.
+  updates are not included;
+- "ppo-shipped": the same with the env settings of the shipped `ppo.yml` (`env_kwargs`: the
+  `twin_val_loss` reward, whose AVER twin student is trained every step and validated every
+  `reward_interval` steps, and the teacher-statistics observation): the price of the twin.
 
-Every env uses the benchmark's reward ("neg_loss", which measures nothing extra), so the rows
-differ only by the method.
+Every other env uses the benchmark's reward ("neg_loss", which measures nothing extra), so those
+rows differ only by the method.
 """
 
 from __future__ import annotations
@@ -72,7 +75,7 @@ def _agent_steps(algo: str) -> Tuple[dict, Callable[[MultiTeacherKDEnv, int], St
     return dict(get_spec(algo).env_overrides), build
 
 
-def _ppo_steps() -> Tuple[dict, Callable[[MultiTeacherKDEnv, int], StepFn]]:
+def _ppo_steps(shipped_env: bool = False) -> Tuple[dict, Callable[[MultiTeacherKDEnv, int], StepFn]]:
     def build(env: MultiTeacherKDEnv, seed: int) -> StepFn:
         from stable_baselines3 import PPO
 
@@ -86,7 +89,11 @@ def _ppo_steps() -> Tuple[dict, Callable[[MultiTeacherKDEnv, int], StepFn]]:
 
         return step
 
-    return {}, build
+    if not shipped_env:
+        return {}, build
+    from agents.hyperparams import default_hyperparams
+
+    return dict(default_hyperparams("ppo").get("env_kwargs", {})), build
 
 
 METHODS: Dict[str, Tuple[dict, Callable[[MultiTeacherKDEnv, int], StepFn]]] = {
@@ -96,6 +103,7 @@ METHODS: Dict[str, Tuple[dict, Callable[[MultiTeacherKDEnv, int], StepFn]]] = {
     "mtkd-rl-pg": _agent_steps("mtkd-rl-pg"),
     "rmts": _agent_steps("rmts"),
     "ppo": _ppo_steps(),
+    "ppo-shipped": _ppo_steps(shipped_env=True),
 }
 """method -> (env overrides, builder of its step function)."""
 

@@ -12,7 +12,7 @@ batches, it times
       nothing extra);
   (c) `env.step` at sample granularity with the MTKD-RL agent's forward choosing per-sample weights;
   then one row per weighting method of `--methods` (default: all of `benchmarks.policy_steps`:
-  ca-mkd, mmkd, mtkd-rl, mtkd-rl-pg, rmts, ppo), each one env step as the method trains, with its
+  ca-mkd, mmkd, mtkd-rl, mtkd-rl-pg, rmts, ppo, ppo-shipped), each one env step as the method trains, with its
   own overhead (feature heads, meta steps, agent updates).
 It prints median ms/step, steps/s, peak GPU memory and the ratios to (a), and for (a) and (b)
 the FLOPs of one step (`torch.utils.flop_counter`: matmuls and convolutions, forward and backward)
