@@ -33,12 +33,10 @@ def _smooth(x: np.ndarray, window: int) -> np.ndarray:
     if len(x) < 2:
         return x
     window = max(1, min(window, len(x)))
-    sums = np.cumsum(np.nan_to_num(x, nan=0.0))
-    out = np.empty(len(x))
-    for i in range(len(x)):
-        lo = max(0, i - window + 1)
-        out[i] = (sums[i] - (sums[lo - 1] if lo else 0.0)) / (i - lo + 1)
-    return out
+    sums = np.concatenate([[0.0], np.cumsum(np.nan_to_num(x, nan=0.0))])
+    end = np.arange(1, len(x) + 1)
+    start = np.maximum(0, end - window)
+    return (sums[end] - sums[start]) / (end - start)
 
 
 def plot_learning_curve(rows: Sequence[dict], path: Union[str, Path], title: str = "",

@@ -28,6 +28,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv,
 
 from mtkd_env import EnvConfig
 from mtkd_env.config import ConfigError
+from mtkd_env.runtime.errors import did_you_mean
 
 __all__ = ["VEC_ENVS", "SB3BatchedVecEnv", "ResumableMonitor", "SB3Envs", "check_n_envs", "env_layout"]
 
@@ -189,11 +190,8 @@ def check_n_envs(n_envs: Any, vec_env: Optional[str], distributed: bool) -> None
     if not isinstance(n_envs, int) or isinstance(n_envs, bool) or n_envs < 1:
         raise ConfigError(f"n_envs: expected an integer >= 1, got {n_envs!r}")
     if vec_env is not None and vec_env not in VEC_ENVS:
-        import difflib
-
-        close = difflib.get_close_matches(str(vec_env), VEC_ENVS, n=1)
         raise ConfigError(f"vec_env: expected one of {list(VEC_ENVS)}, got {vec_env!r}"
-                          + (f" (did you mean {close[0]!r}?)" if close else ""))
+                          + did_you_mean([vec_env], VEC_ENVS))
     if n_envs > 1 and distributed:
         raise ConfigError("n_envs: under torchrun every rank distils one student; use n_envs 1 (or no torchrun "
                           "and --n-envs K)")

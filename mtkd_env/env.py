@@ -18,7 +18,7 @@ from .actions import check_weights, split_action, to_simplex, weights_to_action
 from .config import ConfigError, EnvConfig
 from .engine import DistillationEngine
 from .measurements import MeasurementPlan
-from .rewards import StepResult, make_reward, needs_twin
+from .rewards import StepResult, config_rewards, needs_twin
 from .stepping import Pending, run_iterations, to_host
 
 __all__ = ["MultiTeacherKDEnv", "make_config"]
@@ -64,8 +64,7 @@ class MultiTeacherKDEnv(gym.Env):
             raise ValueError(f"render_mode: MultiTeacherKDEnv renders nothing; expected None, got {render_mode!r}")
         self.render_mode = None
         self.config = cfg = make_config(config, **overrides)
-        self.reward_fn = make_reward(cfg.reward, cfg.granularity)
-        self.logged_rewards = {name: make_reward(name, cfg.granularity) for name in cfg.log_rewards}
+        self.reward_fn, self.logged_rewards = config_rewards(cfg)
         rewards = [self.reward_fn, *self.logged_rewards.values()]
         twin = needs_twin(rewards)
         # `engine`: what drives the student instead of an own `DistillationEngine` (the batched

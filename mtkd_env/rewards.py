@@ -25,7 +25,7 @@ import numpy as np
 
 from .runtime.errors import ConfigError, did_you_mean
 
-__all__ = ["StepResult", "Reward", "REWARDS", "MEASUREMENTS", "register_reward", "make_reward",
+__all__ = ["StepResult", "Reward", "REWARDS", "MEASUREMENTS", "register_reward", "make_reward", "config_rewards",
            "paper_reward_vector", "needs_twin"]
 
 MEASUREMENTS: Dict[str, str] = {
@@ -88,6 +88,13 @@ def register_reward(name: str) -> Callable:
         return cls
 
     return deco
+
+
+def config_rewards(config) -> Tuple[Reward, Dict[str, Reward]]:
+    """The env's reward and its logged rewards by name, from an `EnvConfig`'s `reward`,
+    `log_rewards` and `granularity`."""
+    return (make_reward(config.reward, config.granularity),
+            {name: make_reward(name, config.granularity) for name in config.log_rewards})
 
 
 def needs_twin(rewards) -> bool:

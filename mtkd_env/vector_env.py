@@ -34,7 +34,7 @@ from .batched import BatchedEngine
 from .config import EnvConfig
 from .env import MultiTeacherKDEnv, make_config
 from .stepping import run_iterations, to_host
-from .rewards import make_reward, needs_twin
+from .rewards import config_rewards, needs_twin
 
 __all__ = ["MultiTeacherKDVectorEnv"]
 
@@ -55,8 +55,9 @@ class MultiTeacherKDVectorEnv(VectorEnv):
             raise ValueError(f"autoreset_mode: expected one of {[m.value for m in AutoresetMode]}, got "
                              f"{autoreset_mode!r}") from None
         self.config = cfg = make_config(config, **overrides)
-        rewards = [make_reward(cfg.reward, cfg.granularity)] + [make_reward(n, cfg.granularity) for n in cfg.log_rewards]
-        self.engine = BatchedEngine(cfg, num_envs, twin=needs_twin(rewards), shared_batches=shared_batches,
+        reward, logged = config_rewards(cfg)
+        self.engine = BatchedEngine(cfg, num_envs, twin=needs_twin([reward, *logged.values()]),
+                                    shared_batches=shared_batches,
                                     vectorize=vectorize)
         self.shared_batches = bool(shared_batches)
         self.envs: List[MultiTeacherKDEnv] = [MultiTeacherKDEnv(cfg, engine=slot) for slot in self.engine.slots]
