@@ -1,17 +1,18 @@
 # Two entry points, each setting up its own virtualenv first:
 #   make run   -> trains a PPO weighting agent on the embedded benchmark (python -m agents.train --algo ppo)
 #   make test  -> the test suite (CPU, < 10 minutes on 2 cores)
+# make docs builds the documentation site (mkdocs, warnings are errors) into site/.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: setup run demo test compare bench clean
+.PHONY: setup run demo test compare bench docs clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,docs]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -31,5 +32,8 @@ compare: setup
 bench: setup
 	$(PY) -m benchmarks.step_overhead $(ARGS)
 
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict $(ARGS)
+
 clean:
-	rm -rf $(VENV) runs wandb .pytest_cache
+	rm -rf $(VENV) runs wandb .pytest_cache site
