@@ -87,3 +87,18 @@ def test_mkdocs_build_is_strict_clean(tmp_path):
                             env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "WARNING" not in result.stderr
+
+
+def test_floors_table_renders_a_layering_module_generically(monkeypatch):
+    import types
+
+    hook = _hook()
+    fake = types.ModuleType("mtkd_env.layering")
+    fake.FLOORS = [("ground", ["runtime"]), ("data", ["data", "models"]), ("top", {"env": "the Gymnasium face"})]
+    monkeypatch.setitem(sys.modules, "mtkd_env.layering", fake)
+    table = hook.floors_table()
+    assert "| ground | `runtime` |" in table
+    assert "| data | `data`, `models` |" in table
+    assert "`env`: the Gymnasium face" in table
+    fake.markdown_table = lambda: "| own |\n|---|\n"
+    assert hook.floors_table() == "| own |\n|---|\n"
