@@ -58,7 +58,9 @@ class Cli:
     help_default: Optional[str] = None
     """The default shown in --help, when the CLI's default is not the field's."""
     item: str = "value"
-    """What a list holds, for "expected at least one <item>" (with `Field(min_length=1)`)."""
+    """What a list holds, for "expected a non-empty list of <item>s" (with `Field(min_length=1)`)."""
+    expected: Optional[str] = None
+    """What every error of the field says was expected (for unions, e.g. "a number or 'lin_<number>'")."""
 
 
 def settings(cls: Optional[type] = None, *, label: str = "field", prefix: str = "",
@@ -109,7 +111,12 @@ def _unwrap(tp: Any) -> Tuple[Any, list, bool]:
 def _constraints(meta: list) -> list:
     out = []
     for m in meta:
-        out += getattr(m, "metadata", []) if isinstance(m, pydantic.fields.FieldInfo) else [m]
+        if isinstance(m, pydantic.fields.FieldInfo):
+            out += m.metadata
+        elif isinstance(m, annotated_types.GroupedMetadata):
+            out += list(m)
+        else:
+            out.append(m)
     return out
 
 
@@ -193,9 +200,11 @@ def config_error(exc: ValidationError, cls: type, *, label: str = "field", prefi
     names = [f.name for f in dataclasses.fields(cls)]
     extra = [str(e["loc"][0]) for e in errors if e["type"] in ("unexpected_keyword_argument", "extra_forbidden")]
     if extra:
-        return ConfigError(f"unknown {prefix}{unknown} {extra}{did_you_mean(extra, names)}; known {known}: "
+        return ConfigError(f"unknown {unknown} {extra}{did_you_mean(extra, names)}; known{' ' * bool(known)}{known}: "
                            f"{sorted(names)}")
-    err = errors[0]
+    # of a union's branches, the one whose type matched (a bound or choice failed) says the most
+    err = next((e for e in errors if not e["type"].endswith("_type") and e["loc"][:1] == errors[0]["loc"][:1]),
+               errors[0])
     kind, loc, value = err["type"], err["loc"], err.get("input")
     if kind == "value_error" and isinstance(err.get("ctx", {}).get("error"), ConfigError):
         return err["ctx"]["error"]  # a cross-field check of the class's __post_init__
@@ -204,22 +213,26 @@ def config_error(exc: ValidationError, cls: type, *, label: str = "field", prefi
     name = str(loc[0])
     where = prefix + _label(cls, name, label)
     hint = _hint(cls, name)
-    plural = any(isinstance(part, int) for part in loc[1:])
-    if plural:
-        hint = _item(_unwrap(hint)[0])
-    bare, meta, nullable = _unwrap(hint)
     got = f"got {short_repr(value)}"
     if kind in ("missing", "missing_argument"):
         return ConfigError(f"{where} is required")
+    if _cli(cls, name).expected:
+        return ConfigError(f"{where}: expected {_cli(cls, name).expected}, {got}")
+    plural = typing.get_origin(_unwrap(hint)[0]) is list and any(isinstance(part, int) for part in loc[1:])
+    if plural:
+        hint = _item(_unwrap(hint)[0])
+    bare, meta, nullable = _unwrap(hint)
     if kind == "finite_number":
         return ConfigError(f"{where}: expected a finite number, {got}")
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         integer = bare is int
         what = ("integers" if integer else "numbers") if plural else ("an integer" if integer else "a number")
         null = " or null" if nullable and not plural else ""
-        return ConfigError(f"{where}: expected {what} {_bounds_text(meta)}{null}, {got}")
+        bounds = _bounds_text(meta) or _bounds_text([annotated_types.Interval(**err.get("ctx", {}))])
+        return ConfigError(f"{where}: expected {what} {bounds}{null}, {got}")
     if kind == "literal_error":
-        return ConfigError(f"{where}: expected one of {list(typing.get_args(bare))}, {got}")
+        choices = list(typing.get_args(bare)) if typing.get_origin(bare) is Literal else err["ctx"]["expected"]
+        return ConfigError(f"{where}: expected one of {choices}, {got}")
     if kind == "too_short":
         return ConfigError(f"{where}: expected a non-empty list of {_cli(cls, name).item}s")
     if kind.endswith("_type") or kind in ("is_instance_of", "none_required", "callable_type"):
