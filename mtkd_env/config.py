@@ -1,7 +1,10 @@
-"""`EnvConfig`: every knob of `MultiTeacherKDEnv`, as one documented dataclass.
+"""`EnvConfig`: every setting of `MultiTeacherKDEnv`, declared once as a documented (pydantic) dataclass.
 
-Configs load from dicts, JSON or YAML files; unknown keys and wrong types raise `ConfigError`
-with a one-line message naming the field and what was expected.
+Each field's type, bounds (`Field(ge=...)`), choices (`Literal`), default and docstring are the one
+declaration; pydantic checks them (`mtkd_env.runtime.options.settings`) and gives the JSON schema
+(`EnvConfig.json_schema()`); `__post_init__` holds only the checks across fields. Configs load from
+dicts, JSON or YAML files; unknown keys and wrong types or values raise `ConfigError` with a
+one-line message naming the field and what was expected.
 """
 
 from __future__ import annotations

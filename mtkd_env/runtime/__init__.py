@@ -3,7 +3,8 @@ the env's own CLIs (`python -m mtkd_env`, `python -m mtkd_env.teachers`).
 
 - `errors`: `UserError` (bad input; `ConfigError`, `CheckpointError`, ...) and "did you mean"
 - `cli`: the one CLI wrapper (`run_cli`: one line on stderr, exit 2) and argument parser
-- `options`: validated dataclasses -> checks, CLI flags and --help (a knob is declared once)
+- `options`: settings declared once (strict pydantic dataclasses) -> checks, one-line errors, CLI flags, --help
+  and the config reference rows
 - `files`: atomic writes, weights-only torch loading, output paths checked before any work
 - `resources`: device names, and the default thread count that cannot oversubscribe
 - `collective`: torchrun agreement helpers (one rank's outcome becomes every rank's)

@@ -18,6 +18,11 @@ Flags: `--field-name` (or `Cli(flag=...)`); bools get `--x/--no-x`; lists take s
 repeated flag extends the list (`Cli(split=True)` lists also split on commas); dicts take KEY=VALUE
 pairs. Every flag's parser default is `argparse.SUPPRESS`, so the parsed namespace holds exactly
 the flags given (what `--resume`-style "cannot change it" checks need).
+
+Why pydantic and not tyro: the same declarations also validate what never passes a command line
+(`EnvConfig` from YAML/JSON and `gym.make` kwargs, hyperparameter files, API calls) and give the
+JSON schema; tyro would generate --help but not those, and its flags (`--jobs INT`, no SUPPRESS
+defaults, its own error text) would break the CLIs' contract. The argparse layer left here is ~80 lines.
 """
 
 from __future__ import annotations
