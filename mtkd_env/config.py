@@ -20,7 +20,8 @@ from typing import Annotated, Any, Callable, Dict, List, Literal, Optional, Unio
 from pydantic import Field
 
 from .runtime.errors import ConfigError, short_repr
-from .runtime.options import Cli, check_size, parse_pairs, safe_yaml, settings
+from .runtime.mappings import check_size, parse_pairs, safe_yaml
+from .runtime.options import Cli, settings
 
 __all__ = ["EnvConfig", "ConfigError", "load_config_file", "parse_overrides", "default_cache_dir"]
 
@@ -55,7 +56,7 @@ class EnvConfig:
     """Apply the dataset's standard training augmentation (on the device)."""
     batch_size: Annotated[int, Field(ge=1)] = 64
     """Training batch size B. The last partial batch of an epoch is dropped so shapes stay fixed."""
-    data_seed: int = 0
+    data_seed: Annotated[int, Field(ge=0)] = 0
     """Seed of the train/val/test split (fixed across episodes so that val and test never move)."""
 
     # --- models ----------------------------------------------------------------------------
@@ -68,7 +69,7 @@ class EnvConfig:
     """Student architecture name from `mtkd_env.models`."""
     teacher_cache_dir: Optional[str] = None
     """Where trained teachers are cached; default `default_cache_dir()/teachers`."""
-    teacher_seed: int = 0
+    teacher_seed: Annotated[int, Field(ge=0)] = 0
     """Seed of teacher training (part of the cache key)."""
     teacher_epochs: Annotated[int, Field(ge=1)] = 30
     """Epochs of on-first-use teacher training for embedded datasets (part of the cache key)."""

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import re
 import types
 import typing
 from typing import Any, Callable, Dict, Iterable, List, Literal, Mapping, Optional, Sequence, Tuple, Union
@@ -40,9 +39,10 @@ import pydantic
 from pydantic import ConfigDict, ValidationError
 
 from .errors import ConfigError, did_you_mean, short_repr
+from .mappings import parse_pairs
 
 __all__ = ["Cli", "SETTINGS", "settings", "config_error", "add_options", "options_from", "reference_rows",
-           "type_name", "split_names", "parse_pairs", "safe_yaml", "check_size"]
+           "type_name", "split_names"]
 
 SETTINGS = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, use_attribute_docstrings=True,
                       arbitrary_types_allowed=True)
@@ -249,71 +249,6 @@ def config_error(exc: ValidationError, cls: type, *, label: str = "field", prefi
 def split_names(values: Optional[Iterable[Any]]) -> List[str]:
     """Comma- and space-separated names from repeated flags: ["a,b", "c"] -> ["a", "b", "c"]."""
     return [n.strip() for chunk in values or [] for n in str(chunk).split(",") if n.strip()]
-
-
-MAX_VALUES = 10_000
-"""Most values (list items, mapping entries) a config file or a KEY=VALUE may hold."""
-
-
-def check_size(value: Any, where: str, limit: int = MAX_VALUES) -> Any:
-    """`value`, unless it holds more than `limit` values in all (a YAML anchor bomb: shared lists
-    that expand exponentially); the walk stops at `limit`, so it costs at most that much."""
-    budget = limit
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            budget -= len(item)
-            stack += list(item.values())
-        elif isinstance(item, (list, tuple)):
-            budget -= len(item)
-            stack += list(item)
-        if budget < 0:
-            raise ConfigError(f"{where}: expected at most {limit} values in all, got more (nested or repeated "
-                              f"lists?)")
-    return value
-
-
-def safe_yaml(text: str) -> Any:
-    """`yaml.safe_load`, reading `1e-4` as a number (YAML 1.2; PyYAML's 1.1 reads it as a string)."""
-    import yaml
-
-    return yaml.load(text, Loader=_yaml_loader())
-
-
-@functools.lru_cache(maxsize=None)
-def _yaml_loader() -> type:
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.add_implicit_resolver(
-        "tag:yaml.org,2002:float",
-        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
-    return Loader
-
-
-def parse_pairs(pairs: Optional[Iterable[str]], flag: str) -> Dict[str, Any]:
-    """KEY=VALUE strings -> dict; values are read as YAML scalars/lists (`epochs=2`, `teachers=[a,b]`).
-    A key given twice with different values is refused: no value is silently dropped."""
-    import yaml
-
-    out: Dict[str, Any] = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise ConfigError(f"{flag} {short_repr(pair)}: expected KEY=VALUE")
-        key, text = pair.split("=", 1)
-        key = key.strip()
-        try:
-            value = check_size(safe_yaml(text), f"{flag} {key}") if text != "" else None
-        except yaml.YAMLError:
-            value = text
-        if key in out and out[key] != value:
-            raise ConfigError(f"{flag}: {key} is given twice ({short_repr(out[key])} and {short_repr(value)}); "
-                              f"give each key once")
-        out[key] = value
-    return out
 
 
 def _default(f: dataclasses.Field) -> Any:
