@@ -150,8 +150,7 @@ def type_name(tp: Any) -> str:
         text = "any value"
     else:
         origin = typing.get_origin(bare) or bare
-        text = "callable" if origin is getattr(typing, "Callable") or str(origin) == "collections.abc.Callable" \
-            else getattr(origin, "__name__", str(origin))
+        text = getattr(origin, "__name__", str(origin))
     return f"{text} or null" if nullable else text
 
 
@@ -191,10 +190,8 @@ def _constraint_text(tp: Any) -> str:
 
 
 # --- errors -------------------------------------------------------------------------------------
-def _label(cls: type, name: str, how: str) -> str:
-    if how == "flag":
-        return _cli(cls, name).flag or "--" + name.replace("_", "-")
-    return name
+def _flag(cls: type, name: str) -> str:
+    return _cli(cls, name).flag or "--" + name.replace("_", "-")
 
 
 def config_error(exc: ValidationError, cls: type, *, label: str = "field", prefix: str = "",
@@ -216,7 +213,7 @@ def config_error(exc: ValidationError, cls: type, *, label: str = "field", prefi
     if not loc or loc[0] not in names:
         return ConfigError(f"{prefix}{cls.__name__}: {err['msg']}")
     name = str(loc[0])
-    where = prefix + _label(cls, name, label)
+    where = prefix + (_flag(cls, name) if label == "flag" else name)
     hint = _hint(cls, name)
     got = f"got {short_repr(value)}"
     if kind in ("missing", "missing_argument"):
@@ -251,15 +248,11 @@ def split_names(values: Optional[Iterable[Any]]) -> List[str]:
     return [n.strip() for chunk in values or [] for n in str(chunk).split(",") if n.strip()]
 
 
-def _default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return dataclasses.MISSING
-
-
-def _default_text(value: Any) -> Optional[str]:
+def _default_text(cls: type, f: dataclasses.Field) -> Optional[str]:
+    """The default as --help and the reference show it (`Cli.help_default` if given); None if required."""
+    if _cli(cls, f.name).help_default is not None:
+        return _cli(cls, f.name).help_default
+    value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
     if value is dataclasses.MISSING:
         return None
     if isinstance(value, (list, tuple)):
@@ -267,29 +260,22 @@ def _default_text(value: Any) -> Optional[str]:
     return str(value)
 
 
-def _flags(cls: type) -> Iterable[Tuple[dataclasses.Field, Cli]]:
-    for f in dataclasses.fields(cls):
-        cli = _cli(cls, f.name)
-        if not cli.hidden:
-            yield f, cli
-
-
 def add_options(parser: argparse.ArgumentParser, cls: type, *, exclude: Sequence[str] = ()) -> None:
     """One flag per CLI field of settings class `cls` (see the module docstring)."""
-    docs = cls.__pydantic_fields__
-    for f, cli in _flags(cls):
-        if f.name in exclude:
+    for f in dataclasses.fields(cls):
+        cli = _cli(cls, f.name)
+        if cli.hidden or f.name in exclude:
             continue
         bare, meta, _ = _unwrap(_hint(cls, f.name))
-        default = cli.help_default if cli.help_default is not None else _default_text(_default(f))
-        help_ = docs[f.name].description or ""
+        default = _default_text(cls, f)
+        help_ = cls.__pydantic_fields__[f.name].description or ""
         if default is not None:
             help_ = f"{help_} (default: {default})".strip()
         kwargs: Dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_.replace("%", "%%"), "dest": f.name}
         if cli.metavar:
             kwargs["metavar"] = cli.metavar
         origin = typing.get_origin(bare)
-        flag = cli.flag or "--" + f.name.replace("_", "-")
+        flag = _flag(cls, f.name)
         if bare is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif origin in (list, tuple):
@@ -319,11 +305,10 @@ def options_from(cls: type, given: Mapping[str, Any], **fixed: Any) -> Any:
         if f.name in fixed:
             values[f.name] = fixed[f.name]
         elif f.name in given:
-            value, cli = given[f.name], _cli(cls, f.name)
-            bare = _unwrap(_hint(cls, f.name))[0]
+            value, bare = given[f.name], _unwrap(_hint(cls, f.name))[0]
             if (typing.get_origin(bare) is dict or bare is dict) and isinstance(value, list):
-                value = parse_pairs(value, cli.flag or "--" + f.name.replace("_", "-"))
-            elif cli.split:
+                value = parse_pairs(value, _flag(cls, f.name))
+            elif _cli(cls, f.name).split:
                 value = split_names(value)
             values[f.name] = value
     return cls(**values)
@@ -335,11 +320,8 @@ def reference_rows(cls: type) -> List[Tuple[str, str, str, str, str]]:
     for the generated config reference."""
     rows = []
     for f in dataclasses.fields(cls):
-        hint = _hint(cls, f.name)
-        cli = _cli(cls, f.name)
-        default = cli.help_default if cli.help_default is not None else _default_text(_default(f))
-        bare = _unwrap(hint)[0]
-        kind = type_name(hint) if typing.get_origin(bare) is not Literal else "str"
+        hint, default = _hint(cls, f.name), _default_text(cls, f)
+        kind = "str" if typing.get_origin(_unwrap(hint)[0]) is Literal else type_name(hint)
         doc = " ".join((cls.__pydantic_fields__[f.name].description or "").split())
         rows.append((f.name, kind, "required" if default is None else default, _constraint_text(hint), doc))
     return rows
