@@ -96,3 +96,17 @@ def test_reference_rows_of_env_config():
     assert rows["noisy_label_fraction"][1:4] == ("float", "0.7", "in [0, 1]")
     assert rows["granularity"][3] == "one of ['teacher', 'sample']"
     assert rows["max_steps"][1:4] == ("int or null", "None", ">= 1")
+
+
+@pytest.mark.parametrize("module, argv, message", [
+    ("benchmarks.vector_env", ["--k", "0"], "--k: expected integers >= 1, got 0"),
+    ("benchmarks.vector_env", ["--modes", "fast"], "--modes: expected one of ['batched', 'sync', 'async'], got 'fast'"),
+    ("benchmarks.step_overhead", ["--warmup", "-1"], "--warmup: expected an integer >= 0, got -1"),
+    ("benchmarks.loader", ["--batch", "0"], "--batch: expected an integer >= 1, got 0"),
+])
+def test_benchmark_flags_are_checked_before_any_work(capsys, module, argv, message):
+    import importlib
+
+    assert importlib.import_module(module).main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {message}\n", err
