@@ -180,6 +180,7 @@ class EnvConfig:
     # ---------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
         """The checks that span fields or need the domain (types, bounds and choices are declared)."""
+        check_size(self.dataset_kwargs, "dataset_kwargs")  # free-form: a shared-list bomb would hang asdict
         for spec in self.teachers:
             if not spec.split("=", 1)[0]:
                 raise ConfigError(f"teachers: each entry must be 'arch' or 'arch=source', got {short_repr(spec)}")

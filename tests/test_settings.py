@@ -40,9 +40,9 @@ def test_an_anchor_bomb_in_a_known_field_given_directly_fails_fast():
     for _ in range(9):
         bomb = [bomb] * 9
     start = time.perf_counter()
-    for field in ("lr_milestones", "teachers"):
+    for field, value in (("lr_milestones", bomb), ("teachers", bomb), ("dataset_kwargs", {"shape": bomb})):
         with pytest.raises(ConfigError) as err:
-            EnvConfig(**{field: bomb})
+            EnvConfig(**{field: value})
         assert len(str(err.value)) < 200, str(err.value)
     with pytest.raises(ConfigError, match="expected at most"):
         parse_overrides([f"teachers={_bomb()}"])

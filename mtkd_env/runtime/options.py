@@ -165,11 +165,14 @@ def _bounds_text(meta: list) -> str:
             hi = ("]", "<=", c.le)
         elif isinstance(c, annotated_types.Lt):
             hi = (")", "<", c.lt)
+    def num(v: Any) -> Any:
+        return int(v) if isinstance(v, float) and v.is_integer() else v
+
     if lo and hi:
-        return f"in {lo[0]}{lo[2]}, {hi[2]}{hi[0]}"
+        return f"in {lo[0]}{num(lo[2])}, {num(hi[2])}{hi[0]}"
     if lo or hi:
         bound = lo or hi
-        return f"{bound[1]} {bound[2]}"
+        return f"{bound[1]} {num(bound[2])}"
     return ""
 
 
@@ -218,8 +221,9 @@ def config_error(exc: ValidationError, cls: type, *, label: str = "field", prefi
     got = f"got {short_repr(value)}"
     if kind in ("missing", "missing_argument"):
         return ConfigError(f"{where} is required")
-    if _cli(cls, name).expected:
-        return ConfigError(f"{where}: expected {_cli(cls, name).expected}, {got}")
+    if _cli(cls, name).expected:  # the whole value: the shallowest error of the field holds it
+        whole = min((e for e in errors if e["loc"][:1] == loc[:1]), key=lambda e: len(e["loc"])).get("input")
+        return ConfigError(f"{where}: expected {_cli(cls, name).expected}, got {short_repr(whole)}")
     plural = typing.get_origin(_unwrap(hint)[0]) is list and any(isinstance(part, int) for part in loc[1:])
     if plural:
         hint = _item(_unwrap(hint)[0])
