@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Protocol, Union
+from typing import Annotated, Any, Callable, Dict, Protocol, Union
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from mtkd_env import EnvConfig
 from mtkd_env.runtime.errors import ConfigError, did_you_mean
@@ -31,7 +32,9 @@ __all__ = ["Agent", "AlgoSpec", "REGISTRY", "get_spec", "load_policy", "OwnAgent
 ModelFactory = Callable[[Any, dict, int, str], OnlineAgent]
 """(env, hyperparameters without the run's keys, seed, device) -> the agent's model."""
 
-_RUN_KEYS = ("n_timesteps", "env_kwargs", "n_envs")
+_RUN_KEY_TYPES: Dict[str, Any] = {"n_timesteps": Annotated[int, Field(ge=1)], "env_kwargs": Dict[str, Any],
+                                 "n_envs": Annotated[int, Field(ge=1)]}
+_RUN_KEYS = tuple(_RUN_KEY_TYPES)
 """Hyperparameter keys read by the run, not by the agent's config."""
 
 
@@ -126,13 +129,11 @@ class OwnPolicy(Policy):
 
 def _validator(name: str, config_class: type) -> Callable[[dict], dict]:
     def validate(hp: dict) -> dict:
-        out = validate_dataclass(name, config_class, hp, extra={"n_timesteps": int, "env_kwargs": dict, "n_envs": int})
+        out = validate_dataclass(name, config_class, hp, extra=_RUN_KEY_TYPES)
         if out.get("n_envs", 1) != 1:
             raise ConfigError(f"n_envs: {name} trains one student at a time (n_envs 1); several envs are for the SB3 "
                               f"algorithms ({', '.join(SB3_CLASSES())})")
-        config_class(**{k: v for k, v in out.items() if k not in _RUN_KEYS}).validate()
-        if "n_timesteps" in out and out["n_timesteps"] < 1:
-            raise ConfigError(f"hyperparameter n_timesteps: expected an integer >= 1, got {out['n_timesteps']}")
+        config_class(**{k: v for k, v in out.items() if k not in _RUN_KEYS})  # its cross-field checks
         return out
 
     return validate

@@ -11,30 +11,28 @@ import argparse
 import dataclasses
 import json
 import sys
-from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Annotated, Optional, Sequence
+
+from pydantic import Field
 
 from mtkd_env.runtime.cli import ArgumentParser, add_env_flags, env_config_from, run_cli
-from mtkd_env.runtime.options import add_options, check_options, knob, options_from
+from mtkd_env.runtime.options import Cli, add_options, options_from, settings
 
 
-@dataclass
+@settings(label="flag")
 class EvaluateOptions:
     """The knobs of `python -m agents.evaluate` (besides the env's: `--env-config`, `--env`)."""
 
-    model: str = knob(metavar="DIR_OR_ZIP")
+    model: Annotated[str, Cli(metavar='DIR_OR_ZIP')]
     """A run directory or its model.zip."""
-    episodes: int = knob(5, minimum=1)
+    episodes: Annotated[int, Field(ge=1)] = 5
     """Number of fresh students."""
-    seed: int = knob(0, minimum=0)
+    seed: Annotated[int, Field(ge=0)] = 0
     """Seed of the first episode (the others use the next seeds)."""
     aver: bool = False
     """Also run equal weights (AVER) on the same seeds."""
-    json: Optional[str] = knob(None, metavar="FILE")
+    json: Annotated[Optional[str], Cli(metavar='FILE')] = None
     """Also write the per-episode results as JSON."""
-
-    def __post_init__(self) -> None:
-        check_options(self, label="flag")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,15 +15,18 @@ import dataclasses
 import inspect
 import typing
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Optional, Union
+from typing import Annotated, Any, Callable, Dict, Iterable, Literal, Optional, Tuple, Union
+
+from pydantic import Field, Strict
 
 from mtkd_env import ENV_ID
 from mtkd_env.config import ConfigError, load_config_file
-from mtkd_env.runtime.errors import did_you_mean
-from mtkd_env.runtime.options import check_type, is_instance
+from mtkd_env.runtime.errors import did_you_mean, short_repr
+from mtkd_env.runtime.options import Cli, settings
 
 __all__ = ["HYPERPARAMS_DIR", "default_hyperparams", "load_hyperparams_file", "resolve_hyperparams",
-           "validate_sb3", "sb3_kwargs", "validate_dataclass", "activations", "apply_env_kwargs"]
+           "validate_sb3", "sb3_kwargs", "validate_dataclass", "check_hyperparams", "activations", "apply_env_kwargs",
+           "NormalizeOptions"]
 
 HYPERPARAMS_DIR = Path(__file__).resolve().parent / "hyperparams"
 
@@ -31,22 +34,43 @@ HYPERPARAMS_DIR = Path(__file__).resolve().parent / "hyperparams"
 _SB3_RUN_ARGS = {"self", "policy", "env", "tensorboard_log", "verbose", "seed", "device", "_init_setup_model",
                  "action_noise", "replay_buffer_class", "replay_buffer_kwargs", "rollout_buffer_class",
                  "rollout_buffer_kwargs", "policy_kwargs"}
-# rl-zoo3 keys that are not constructor arguments (`n_envs`: sub-envs; `vec_env`: how they run, see
-# `agents.vec_env`).
-_SB3_EXTRA = {"n_timesteps": int, "policy": str, "normalize": (bool, dict), "policy_kwargs": dict, "env_kwargs": dict,
-              "n_envs": int, "vec_env": str}
-_NOISE_KEYS = {"noise_type": str, "noise_std": float}
-_SCHEDULABLE = {"learning_rate", "clip_range", "clip_range_vf"}
-_NORMALIZE_KEYS = {"norm_obs": bool, "norm_reward": bool, "clip_obs": float, "clip_reward": float,
-                   "gamma": float, "epsilon": float}
 NOISE_TYPES = ("normal", "ornstein-uhlenbeck")
-_BOUNDS = {  # (low, high), inclusive: values SB3 would take without complaint but that cannot be meant
-    "n_timesteps": (1, None), "gamma": (0, 1), "gae_lambda": (0, 1), "tau": (0, 1), "n_steps": (1, None),
-    "batch_size": (1, None), "n_epochs": (1, None), "buffer_size": (1, None), "learning_starts": (0, None),
-    "vf_coef": (0, None), "ent_coef": (0, None), "max_grad_norm": (0, None), "noise_std": (0, None),
-    "policy_delay": (1, None), "target_policy_noise": (0, None), "target_noise_clip": (0, None),
-    "clip_obs": (0, None), "clip_reward": (0, None), "epsilon": (0, None)}
-_POSITIVE = ("learning_rate", "clip_range", "clip_range_vf")
+_COUNT = Annotated[int, Field(ge=1)]
+_NONNEG = Annotated[float, Field(ge=0)]
+_UNIT = Annotated[float, Field(ge=0, le=1)]
+_SCHEDULE = Annotated[Union[Annotated[float, Field(gt=0)], Annotated[str, Field(pattern=r"^lin_[0-9.]+(e[-+]?[0-9]+)?$")]],
+                      Cli(expected="a number > 0 or 'lin_<number>'")]
+# rl-zoo3 keys that are not constructor arguments (`n_envs`: sub-envs; `vec_env`: how they run, see `agents.vec_env`).
+_SB3_EXTRA: Dict[str, Any] = {"n_timesteps": _COUNT, "policy": str, "normalize": Union[bool, Dict[str, Any]],
+                              "policy_kwargs": Dict[str, Any], "env_kwargs": Dict[str, Any], "n_envs": _COUNT,
+                              "vec_env": Optional[str]}
+_NOISE_KEYS: Dict[str, Any] = {"noise_type": Literal[NOISE_TYPES], "noise_std": _NONNEG}
+_SCHEDULABLE = {"learning_rate", "clip_range", "clip_range_vf"}
+_DECLARED: Dict[str, Any] = {  # bounds of values SB3 would take without complaint but that cannot be meant
+    "gamma": _UNIT, "gae_lambda": _UNIT, "tau": _UNIT, "n_steps": _COUNT, "batch_size": _COUNT, "n_epochs": _COUNT,
+    "buffer_size": _COUNT, "policy_delay": _COUNT, "learning_starts": Annotated[int, Field(ge=0)], "vf_coef": _NONNEG,
+    "max_grad_norm": _NONNEG, "target_policy_noise": _NONNEG, "target_noise_clip": _NONNEG,
+    "learning_rate": _SCHEDULE, "clip_range": _SCHEDULE, "clip_range_vf": Optional[_SCHEDULE],
+    "train_freq": Annotated[Union[_COUNT, Annotated[Tuple[_COUNT, Literal["step", "episode"]], Strict(False)]],
+                            Cli(expected="an integer >= 1 or [integer, 'step'|'episode']")]}
+
+
+@settings(prefix="hyperparameter normalize.", unknown="hyperparameter normalize key(s)", known="keys")
+class NormalizeOptions:
+    """The `normalize: {...}` mapping of an SB3 hyperparameter file (`VecNormalize` arguments)."""
+
+    norm_obs: bool = True
+    """Normalise observations."""
+    norm_reward: bool = True
+    """Normalise rewards by the running return's standard deviation."""
+    clip_obs: Annotated[float, Field(ge=0)] = 10.0
+    """Clip normalised observations to [-clip_obs, clip_obs]."""
+    clip_reward: Annotated[float, Field(ge=0)] = 10.0
+    """Clip normalised rewards to [-clip_reward, clip_reward]."""
+    gamma: Annotated[float, Field(ge=0, le=1)] = 0.99
+    """Discount of the running return."""
+    epsilon: Annotated[float, Field(ge=0)] = 1e-8
+    """Added to the variance before division."""
 
 
 def activations() -> Dict[str, Any]:
@@ -94,11 +118,13 @@ def resolve_hyperparams(algo: str, validate: Callable[[dict], dict], file: Optio
     return validate(hp)
 
 
-def _refuse_unknown(algo_name: str, hp: dict, known: set) -> None:
-    unknown = sorted(set(hp) - known)
-    if unknown:
-        raise ConfigError(f"unknown {algo_name} hyperparameter(s) {unknown}{did_you_mean(unknown, known)}; known: "
-                          f"{sorted(known)}")
+def check_hyperparams(algo_name: str, declared: Dict[str, Any], hp: dict) -> dict:
+    """`hp` checked against `declared` (name -> type hint with its bounds and choices), as a settings
+    class: an unknown key or a wrong type or value is a one-line `ConfigError`. Returns the checked values."""
+    cls = dataclasses.make_dataclass(f"{algo_name}_hyperparameters",
+                                     [(k, tp, dataclasses.field(default=None)) for k, tp in declared.items()])
+    checked = settings(cls, prefix="hyperparameter ", unknown=f"{algo_name} hyperparameter(s)", known="")(**hp)
+    return {k: getattr(checked, k) for k in hp}
 
 
 def apply_env_kwargs(config, env_kwargs: Optional[dict], explicit: Optional[Iterable[str]] = None):
@@ -122,78 +148,30 @@ def apply_env_kwargs(config, env_kwargs: Optional[dict], explicit: Optional[Iter
 
 
 # --- SB3 -------------------------------------------------------------------------------------
-def _as_type(expected: Any) -> Any:
-    """A tuple of accepted types as the typing Union `check_type` reads."""
-    return typing.Union[tuple(expected)] if isinstance(expected, tuple) else expected
-
-
-def _type_ok(value: Any, expected: Any) -> bool:
-    return is_instance(value, _as_type(expected))
-
-def _schedule_ok(value: Any) -> bool:
-    if _type_ok(value, float):
-        return True
-    if isinstance(value, str) and value.startswith("lin_"):
-        try:
-            float(value[4:])
-            return True
-        except ValueError:
-            return False
-    return False
-
-
-def _coerce_number(value: Any) -> Any:
-    # YAML 1.1 reads `3e-4` (no dot) as a string; accept numerals wherever a number is expected.
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
+def _from_default(key: str, default: Any) -> Any:
+    """The declared type of an SB3 constructor argument (its bounds), else the type of its default."""
+    if key in _DECLARED:
+        return _DECLARED[key]
+    if isinstance(default, bool):
+        return bool
+    if isinstance(default, int):
+        return int
+    if isinstance(default, float):
+        return _NONNEG if key == "ent_coef" else float
+    if isinstance(default, str):  # e.g. SAC ent_coef "auto" / "auto_0.1" or a number
+        return Union[_NONNEG, str] if key == "ent_coef" else Union[float, str]
+    return Union[float, int, str, bool, None]
 
 
 def validate_sb3(algo_name: str, cls: type, hp: dict) -> dict:
     """Check an SB3 hyperparameter dict against `cls.__init__`; return a cleaned copy."""
     params = inspect.signature(cls.__init__).parameters
-    allowed: Dict[str, Any] = {k: p.default for k, p in params.items() if k not in _SB3_RUN_ARGS}
     off_policy = "replay_buffer_class" in params
-    extra = dict(_SB3_EXTRA, **(_NOISE_KEYS if off_policy else {}))
-    _refuse_unknown(algo_name, hp, set(allowed) | set(extra))
-    out = {}
-    for key, value in hp.items():
-        if key in extra:
-            expected = extra[key]
-            if expected is float:
-                value = _coerce_number(value)
-            check_type(f"hyperparameter {key}", value, _as_type(expected))
-        elif key in _SCHEDULABLE:
-            value = _coerce_number(value)
-            if not (_schedule_ok(value) or (value is None and allowed[key] is None)):
-                raise ConfigError(f"hyperparameter {key}: expected a number or 'lin_<number>', got {value!r}")
-        elif key == "train_freq":
-            if not (_type_ok(value, int) or (isinstance(value, (list, tuple)) and len(value) == 2
-                                             and _type_ok(value[0], int) and value[1] in ("step", "episode"))):
-                raise ConfigError(f"hyperparameter train_freq: expected an int or [int, 'step'|'episode'], got {value!r}")
-            value = list(value) if isinstance(value, (list, tuple)) else value
-        else:
-            default = allowed[key]
-            if isinstance(default, bool):
-                expected = bool
-            elif isinstance(default, int):
-                expected = int
-            elif isinstance(default, float):
-                expected = float
-                value = _coerce_number(value)
-            elif isinstance(default, str):  # e.g. SAC ent_coef "auto" / "auto_0.1" or a number
-                expected = (str, float)
-                value = _coerce_number(value) if value not in ("auto",) and not str(value).startswith("auto") else value
-            else:
-                expected = (float, int, str, bool, type(None))
-                value = _coerce_number(value)
-            check_type(f"hyperparameter {key}", value, _as_type(expected))
-        out[key] = value
-    for key, value in out.items():
-        _check_bounds(key, key, value)
+    declared = {k: _from_default(k, p.default) for k, p in params.items() if k not in _SB3_RUN_ARGS}
+    declared.update(_SB3_EXTRA, **(_NOISE_KEYS if off_policy else {}))
+    out = check_hyperparams(algo_name, declared, hp)
+    if isinstance(out.get("train_freq"), tuple):
+        out["train_freq"] = list(out["train_freq"])
     if "n_envs" in out or "vec_env" in out:
         from .vec_env import check_n_envs
 
@@ -203,32 +181,12 @@ def validate_sb3(algo_name: str, cls: type, hp: dict) -> dict:
         raise ConfigError(f"hyperparameter train_freq: {algo_name} with n_envs {out['n_envs']} collects steps, not "
                           f"episodes (SB3 trains episodically on one env only); use train_freq as a step count")
     if isinstance(out.get("normalize"), dict):
-        for k, v in out["normalize"].items():
-            if k not in _NORMALIZE_KEYS:
-                raise ConfigError(f"hyperparameter normalize.{k}: unknown key; known: {sorted(_NORMALIZE_KEYS)}")
-            check_type(f"hyperparameter normalize.{k}", v, _NORMALIZE_KEYS[k])
-            _check_bounds(f"normalize.{k}", k, v)
-    if "noise_type" in out and out["noise_type"] not in NOISE_TYPES:
-        raise ConfigError(f"hyperparameter noise_type: expected one of {list(NOISE_TYPES)}, got {out['noise_type']!r}")
+        NormalizeOptions(**out["normalize"])
     pk = out.get("policy_kwargs") or {}
     if "activation_fn" in pk and pk["activation_fn"] not in activations():
         raise ConfigError(f"hyperparameter policy_kwargs.activation_fn: expected one of {sorted(activations())}, "
-                          f"got {pk['activation_fn']!r}")
+                          f"got {short_repr(pk['activation_fn'])}")
     return out
-
-
-def _check_bounds(label: str, key: str, value: Any) -> None:
-    if isinstance(value, str) and value.startswith("lin_"):
-        value = float(value[4:])
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return
-    what = "an integer" if isinstance(value, int) else "a number"
-    if key in _POSITIVE and not value > 0:
-        raise ConfigError(f"hyperparameter {label}: expected {what} > 0, got {value!r}")
-    low, high = _BOUNDS.get(key, (None, None))
-    if (low is not None and value < low) or (high is not None and value > high):
-        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise ConfigError(f"hyperparameter {label}: expected {what} {bound}, got {value!r}")
 
 
 def _schedule(value: Any) -> Any:
@@ -262,18 +220,8 @@ def sb3_kwargs(hp: dict, num_actions: int) -> dict:
     return kwargs
 
 
-# --- dataclass-configured agents (MTKD-RL) ---------------------------------------------------
+# --- dataclass-configured agents (MTKD-RL, RMTS) ----------------------------------------------
 def validate_dataclass(algo_name: str, cls: type, hp: dict, extra: Optional[Dict[str, Any]] = None) -> dict:
-    """Check `hp` against the fields (and field types) of dataclass `cls` plus `extra` keys."""
-    extra = extra or {}
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    _refuse_unknown(algo_name, hp, set(fields) | set(extra))
-    out = {}
-    for key, value in hp.items():
-        expected = extra.get(key) or hints[key]
-        if expected is float or expected == Optional[float]:
-            value = _coerce_number(value)
-        check_type(f"hyperparameter {key}", value, expected)
-        out[key] = value
-    return out
+    """Check `hp` against the declared fields of settings class `cls` plus `extra` keys (name -> type)."""
+    declared = {f.name: typing.get_type_hints(cls, include_extras=True)[f.name] for f in dataclasses.fields(cls)}
+    return check_hyperparams(algo_name, dict(declared, **(extra or {})), hp)

@@ -78,7 +78,6 @@ class MTKDRL(OnlineAgent):
             raise ConfigError(f"MTKD-RL variant: expected one of {list(VARIANTS)}, got {variant!r}")
         self.variant = variant
         self.config = config = config or MTKDRLConfig()
-        config.validate()
         if env is not None:
             if env.config.granularity != "sample":
                 raise ConfigError("MTKD-RL needs the per-sample state: env granularity must be 'sample', got "

@@ -7,61 +7,46 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Annotated, Dict, Literal, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
+from pydantic import Field
 
-from mtkd_env.config import ConfigError
+from mtkd_env.runtime.options import settings
 
 __all__ = ["MTKDRLConfig", "StateLayout", "priors", "PolicyTrans"]
 
 
-@dataclass
+@settings(prefix="hyperparameter ")
 class MTKDRLConfig:
     """Hyperparameters of the MTKD-RL agents (defaults: the official code)."""
 
-    hidden_size: int = 128
+    hidden_size: Annotated[int, Field(ge=1)] = 128
     """Width of the shared hidden layer."""
     dynamic: bool = False
     """Learn the mixing factors of network output and priors (official `--dynamic`)."""
-    agent_step: int = 1000
+    agent_step: Annotated[int, Field(ge=1)] = 1000
     """Update the agent after this many buffered env steps (official `--agent-step`)."""
     update_at_epoch_end: bool = True
     """Also update at the end of every student epoch (and episode), as the official code."""
-    lr: float = 0.1
+    lr: Annotated[float, Field(gt=0)] = 0.1
     """SGD learning rate of the agent."""
-    momentum: float = 0.0
+    momentum: Annotated[float, Field(ge=0)] = 0.0
     """SGD momentum of the agent (official: none)."""
     warmup: bool = True
     """Use fixed warm-up weights until the first update (official: epoch 0)."""
-    warmup_weight: str = "uniform"
+    warmup_weight: Literal["uniform", "ones"] = "uniform"
     """Warm-up weights: "uniform" = 1/M each (our spec, the AVER scale) or "ones" = 1 each (the
     official code's epoch 0, M times the KD scale of later epochs)."""
-    concentration: float = 30.0
+    concentration: Annotated[float, Field(gt=0)] = 30.0
     """pg: initial Dirichlet precision kappa (larger = less exploration)."""
     learn_concentration: bool = True
     """pg: learn kappa with the policy gradient."""
-    min_weight: float = 1e-4
+    min_weight: Annotated[float, Field(gt=0, lt=1)] = 1e-4
     """pg: floor of the Dirichlet mean, so every concentration stays positive."""
-
-    def validate(self) -> None:
-        if self.hidden_size < 1:
-            raise ConfigError(f"hyperparameter hidden_size: expected an integer >= 1, got {self.hidden_size}")
-        if self.agent_step < 1:
-            raise ConfigError(f"hyperparameter agent_step: expected an integer >= 1, got {self.agent_step}")
-        if not self.lr > 0:
-            raise ConfigError(f"hyperparameter lr: expected a number > 0, got {self.lr}")
-        if self.momentum < 0:
-            raise ConfigError(f"hyperparameter momentum: expected a number >= 0, got {self.momentum}")
-        if self.warmup_weight not in ("uniform", "ones"):
-            raise ConfigError(f"hyperparameter warmup_weight: expected 'uniform' or 'ones', got {self.warmup_weight!r}")
-        if not self.concentration > 0:
-            raise ConfigError(f"hyperparameter concentration: expected a number > 0, got {self.concentration}")
-        if not 0 < self.min_weight < 1:
-            raise ConfigError(f"hyperparameter min_weight: expected a number in (0, 1), got {self.min_weight}")
 
 
 @dataclass(frozen=True)

@@ -30,14 +30,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Annotated, Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
+from pydantic import Field
 
 from mtkd_env.config import ConfigError
+from mtkd_env.runtime.options import settings
 
 from .online import OnlineAgent
 
@@ -48,34 +50,22 @@ ENV_OVERRIDES = {"granularity": "sample", "separate_feature_weights": False, "ac
 """Per-sample state with the student's embedding and the teachers' logits; actions select teachers."""
 
 
-@dataclass
+@settings(prefix="hyperparameter ")
 class RMTSConfig:
     """Hyperparameters of Reinforced Multi-Teacher Selection (our choices: the paper's are not verified)."""
 
-    lr: float = 0.01
+    lr: Annotated[float, Field(gt=0)] = 0.01
     """Learning rate of the policy's optimiser."""
-    optimizer: str = "adam"
+    optimizer: Literal["adam", "sgd"] = "adam"
     """"adam" or "sgd" (plain)."""
-    update_every: int = 1
+    update_every: Annotated[int, Field(ge=1)] = 1
     """Env steps between policy updates (one optimiser step over the buffered steps)."""
-    baseline_decay: float = 0.9
+    baseline_decay: Annotated[float, Field(ge=0, lt=1)] = 0.9
     """Decay of the exponential moving average of rewards that is the REINFORCE baseline."""
-    temperature: float = 1.0
+    temperature: Annotated[float, Field(gt=0)] = 1.0
     """Temperature of the teacher's soft prediction softmax(z_t / T) in the state."""
     init_bias: float = 0.0
     """Initial b (W starts at 0): every selection probability starts at sigmoid(init_bias)."""
-
-    def validate(self) -> None:
-        if not self.lr > 0:
-            raise ConfigError(f"hyperparameter lr: expected a number > 0, got {self.lr}")
-        if self.optimizer not in ("adam", "sgd"):
-            raise ConfigError(f"hyperparameter optimizer: expected 'adam' or 'sgd', got {self.optimizer!r}")
-        if self.update_every < 1:
-            raise ConfigError(f"hyperparameter update_every: expected an integer >= 1, got {self.update_every}")
-        if not 0 <= self.baseline_decay < 1:
-            raise ConfigError(f"hyperparameter baseline_decay: expected a number in [0, 1), got {self.baseline_decay}")
-        if not self.temperature > 0:
-            raise ConfigError(f"hyperparameter temperature: expected a number > 0, got {self.temperature}")
 
 
 @dataclass(frozen=True)
@@ -146,7 +136,6 @@ class RMTS(OnlineAgent):
     def __init__(self, env: Any = None, config: Optional[RMTSConfig] = None, seed: Optional[int] = 0,
                  device: Union[str, torch.device] = "cpu", layout: Optional[SelectionLayout] = None) -> None:
         self.config = config = config or RMTSConfig()
-        config.validate()
         if env is not None:
             wrong = {k: getattr(env.config, k) for k, v in ENV_OVERRIDES.items() if getattr(env.config, k) != v}
             if wrong:

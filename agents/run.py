@@ -27,9 +27,10 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Annotated, Any, List, Literal, Optional
+
+from pydantic import Field
 
 import yaml
 from stable_baselines3.common.callbacks import BaseCallback
@@ -39,7 +40,8 @@ from mtkd_env.config import ConfigError
 from mtkd_env.distributed import context as dist_context
 from mtkd_env.runtime import collective
 from mtkd_env.runtime.files import atomic_write_text, check_output_dir, torch_save_atomic
-from mtkd_env.runtime.options import check_options, knob
+from mtkd_env.runtime.errors import short_repr
+from mtkd_env.runtime.options import Cli, settings
 from mtkd_env.runtime.resources import resolve_device
 from mtkd_env.runtime.tracking import WANDB_MODES, git_info, package_versions, start_wandb
 
@@ -65,22 +67,22 @@ class TrainingInterrupted(Exception):
         self.run_dir, self.num_timesteps, self.signum = run_dir, num_timesteps, signum
 
 
-@dataclass
+@settings
 class RunSettings:
     """How to run an algorithm (everything but the env config and hyperparameters); every field is
     the `agents.train` flag of the same name (`_` -> `-`, or the `flag` given)."""
 
-    algo: str = knob(metavar="NAME")
+    algo: Annotated[str, Cli(metavar='NAME')]
     """Algorithm: ppo, a2c, sac, td3 (Stable-Baselines3), mtkd-rl or mtkd-rl-pg (the MTKD-RL agent);
     see `agents.api.ALGOS`."""
-    total_timesteps: int = knob(minimum=1, cli_help_default="the hyperparameters' n_timesteps")
+    total_timesteps: Annotated[int, Field(ge=1), Cli(help_default="the hyperparameters' n_timesteps")]
     """Env steps to train."""
-    seed: int = knob(0, minimum=0, maximum=2 ** 32 - 1)
+    seed: Annotated[int, Field(ge=0, le=2 ** 32 - 1)] = 0
     """Seed of the agent, the env and the evaluation students."""
-    out_dir: str = knob("runs", flag="--out", metavar="DIR")
+    out_dir: Annotated[str, Cli(flag='--out', metavar='DIR')] = 'runs'
     """Parent folder of the run directory."""
-    wandb_mode: str = knob("disabled", flag="--wandb", choices=WANDB_MODES,
-                           cli_help_default="$WANDB_MODE, else online if logged in, else offline")
+    wandb_mode: Annotated[Literal[WANDB_MODES], Cli(flag="--wandb", help_default="$WANDB_MODE, else online if logged in, "
+                                                                           "else offline")] = "disabled"
     """W&B mode."""
     wandb_project: str = "mtkd-rl"
     """W&B project."""
@@ -88,18 +90,21 @@ class RunSettings:
     """W&B group, e.g. an experiment name."""
     device: str = "cpu"
     """Torch device of the agent: cpu, cuda, cuda:N or auto (the env's device is the EnvConfig field)."""
-    save_freq: int = knob(1000, minimum=0)
+    save_freq: Annotated[int, Field(ge=0)] = 1000
     """Env steps between periodic checkpoints (taken at the next safe point); 0 = only at the end."""
-    eval_episodes: int = knob(0, minimum=0, cli_help_default="10")
+    eval_episodes: Annotated[int, Field(ge=0), Cli(help_default='10')] = 0
     """Fresh students for the final summary, each under the trained policy and equal weights."""
-    show_progress: bool = knob(True, flag="--progress")
+    show_progress: Annotated[bool, Cli(flag='--progress')] = True
     """Show a progress bar."""
 
-    def validate(self) -> None:
-        check_options(self)
+    def __post_init__(self) -> None:
         if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
-            raise ConfigError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
-        resolve_device(self.device)  # CUDA asked for but absent: a ConfigError
+            raise ConfigError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {short_repr(self.device)}")
+
+    def validate(self) -> None:
+        """Check the fields again (after edits) and that the device exists (CUDA asked for but absent)."""
+        dataclasses.replace(self)
+        resolve_device(self.device)
 
 
 def _rank_config(config: EnvConfig, ctx) -> EnvConfig:

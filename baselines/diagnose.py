@@ -31,21 +31,23 @@ import math
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Annotated, Callable, Dict, List, Optional, Sequence, Tuple
+
+from pydantic import Field
 
 import numpy as np
 
 from mtkd_env.config import ConfigError, EnvConfig
 from mtkd_env.runtime.cli import ArgumentParser, add_env_flags, env_config_from, run_cli
 from mtkd_env.runtime.errors import did_you_mean
-from mtkd_env.runtime.options import add_options, check_options, knob, options_from
+from mtkd_env.runtime.options import Cli, add_options, options_from, settings
 
 __all__ = ["DiagnoseOptions", "ForkRecord", "run_diagnosis", "summarize", "parse_horizon", "main"]
 
 Arm = Callable[[], Tuple[np.ndarray, Optional[np.ndarray]]]
 
 
-@dataclass
+@settings(label="flag")
 class DiagnoseOptions:
     """Every knob of a diagnosis; CLI flags map 1:1 onto these fields (`--env-config`/`--env` give
     `env_config`)."""
@@ -54,25 +56,22 @@ class DiagnoseOptions:
     """Reference arm (its run is the forked trajectory): a formula policy name or a weight vector "w1,w2,..."."""
     b: str = "drop-worst"
     """Compared arm, run from every fork: a policy name or a weight vector."""
-    seeds: List[int] = knob(default_factory=lambda: [0, 1, 2, 3, 4, 5], minimum=0, nonempty="seed")
+    seeds: Annotated[List[Annotated[int, Field(ge=0)]], Field(min_length=1), Cli(item='seed')] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5])
     """Episode seeds (`env.reset(seed=s)`: student initialisation and data order)."""
-    forks: int = knob(6, minimum=1)
+    forks: Annotated[int, Field(ge=1)] = 6
     """Fork points per episode, at steps k * T / forks for k = 0 .. forks - 1."""
-    horizons: List[str] = knob(default_factory=lambda: ["1", "epoch", "3epochs", "rest"], nonempty="horizon")
+    horizons: Annotated[List[str], Field(min_length=1), Cli(item='horizon')] = field(default_factory=lambda: ['1', 'epoch', '3epochs', 'rest'])
     """Horizons: a number of steps, "epoch", "<n>epochs" or "rest" (to the episode's end)."""
-    rewards: List[str] = knob(default_factory=list, split=True)
+    rewards: Annotated[List[str], Cli(split=True)] = field(default_factory=list)
     """Reward names to measure (default: every registered reward)."""
-    imports: List[str] = knob(default_factory=list, flag="--import", metavar="MODULE")
+    imports: Annotated[List[str], Cli(flag='--import', metavar='MODULE')] = field(default_factory=list)
     """Modules to import first (to register your own rewards with `mtkd_env.rewards.register_reward`)."""
     out: str = "diagnose_out"
     """Output folder for diagnose.json and snr.png."""
     progress: bool = True
     """Report each fork on stderr."""
-    env_config: EnvConfig = knob(default_factory=EnvConfig, cli=False)
+    env_config: Annotated[EnvConfig, Cli(hidden=True)] = field(default_factory=EnvConfig)
     """The env (its `reward` and `log_rewards` are replaced by the measured rewards)."""
-
-    def __post_init__(self) -> None:
-        check_options(self, label="flag")
 
 
 @dataclass

@@ -19,12 +19,16 @@ import json
 import sys
 import time
 
+from typing import Annotated, Optional
+
 import numpy as np
 import torch
+from pydantic import Field
 
 from mtkd_env.data import DeviceLoader, random_crop_flip
 from mtkd_env.runtime.cli import ArgumentParser, run_cli
 from mtkd_env.runtime.files import atomic_write_text
+from mtkd_env.runtime.options import Cli, add_options, options_from, settings
 from mtkd_env.runtime.resources import resolve_device
 
 MEAN = (0.5071, 0.4867, 0.4408)
@@ -94,6 +98,24 @@ def bench_device_loader(images, labels, device, batch, batches) -> float:
     return n / (time.perf_counter() - t0)
 
 
+@settings(label="flag")
+class LoaderBenchmark:
+    """The flags of `python -m benchmarks.loader`."""
+
+    device: str = "auto"
+    """Torch device: auto, cpu, cuda or cuda:N."""
+    batch: Annotated[int, Field(ge=1)] = 128
+    """Batch size."""
+    batches: Annotated[int, Field(ge=1)] = 200
+    """Batches to time."""
+    workers: Annotated[int, Field(ge=0)] = 4
+    """DataLoader worker processes."""
+    images: Annotated[int, Field(ge=1)] = 50000
+    """Random 32x32 images to load."""
+    json: Annotated[Optional[str], Cli(metavar="FILE")] = None
+    """Write the figures to this JSON file."""
+
+
 def main(argv=None) -> int:
     return run_cli(_main, argv)
 
@@ -101,13 +123,8 @@ def main(argv=None) -> int:
 def _main(argv=None) -> int:
     parser = ArgumentParser(prog="python -m benchmarks.loader", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--batches", type=int, default=200)
-    parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--images", type=int, default=50000)
-    parser.add_argument("--json", default=None)
-    args = parser.parse_args(argv)
+    add_options(parser, LoaderBenchmark)
+    args = options_from(LoaderBenchmark, vars(parser.parse_args(argv)))
     device = resolve_device(args.device)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (args.images, 32, 32, 3), dtype=np.uint8)

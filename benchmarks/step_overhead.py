@@ -29,11 +29,13 @@ import json
 import statistics
 import sys
 import time
-from typing import Callable, Dict
+from dataclasses import field
+from typing import Annotated, Callable, Dict, List, Literal, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from mtkd_env import EnvConfig
 from mtkd_env import models
@@ -41,6 +43,7 @@ from mtkd_env.env import MultiTeacherKDEnv
 from mtkd_env.projectors import ProjectorBank
 from mtkd_env.runtime.cli import ArgumentParser, run_cli
 from mtkd_env.runtime.files import atomic_write_text
+from mtkd_env.runtime.options import Cli, add_options, options_from, settings
 
 from .policy_steps import METHODS
 
@@ -53,6 +56,8 @@ CONFIGS: Dict[str, dict] = {
     "tiny": {"dataset": "synthetic", "teachers": ["mlp=random", "cnn=random"], "student": "tiny_cnn",
              "dataset_kwargs": {"shape": [1, 8, 8], "num_classes": 4, "n_val": 32, "n_test": 32}},
 }
+CONFIG_NAMES = tuple(sorted(CONFIGS))
+"""The configuration names, for the `--config` flag."""
 
 
 def _sync(device: torch.device) -> None:
@@ -243,6 +248,39 @@ def run(config: str, batch: int, device: str, amp: str, channels_last: bool, war
             "threads": torch.get_num_threads(), "results": results}
 
 
+@settings(label="flag")
+class StepOverheadBenchmark:
+    """The flags of `python -m benchmarks.step_overhead`."""
+
+    config: Literal[CONFIG_NAMES] = "digits"
+    """Benchmark configuration (`CONFIGS`)."""
+    batch: Annotated[List[Annotated[int, Field(ge=1)]], Field(min_length=1), Cli(item="batch size")] = field(
+        default_factory=lambda: [64])
+    """Batch sizes to time."""
+    device: str = "auto"
+    """Torch device: auto, cpu, cuda or cuda:N."""
+    amp: Literal["none", "bf16"] = "none"
+    """Mixed precision of the forward passes on CUDA."""
+    channels_last: bool = False
+    """channels_last memory format."""
+    cudnn_benchmark: bool = False
+    """EnvConfig cudnn_benchmark (CUDA)."""
+    compile_mode: Optional[Literal["default", "reduce-overhead", "max-autotune"]] = None
+    """torch.compile student and teachers in this mode (reduce-overhead: CUDA graphs)."""
+    warmup: Annotated[int, Field(ge=0)] = 20
+    """Untimed steps first."""
+    blocks: Annotated[int, Field(ge=1)] = 9
+    """Timed blocks."""
+    per_block: Annotated[int, Field(ge=1)] = 30
+    """Steps per block."""
+    teacher_cache_dir: Optional[str] = None
+    """Teacher cache folder."""
+    methods: List[Literal[tuple(METHODS)]] = field(default_factory=lambda: list(METHODS))
+    """Weighting methods with a row each (none: only a, b, c)."""
+    json: Annotated[Optional[str], Cli(metavar="FILE")] = None
+    """Write the figures to this JSON file."""
+
+
 def main(argv=None) -> int:
     return run_cli(_main, argv)
 
@@ -250,22 +288,8 @@ def main(argv=None) -> int:
 def _main(argv=None) -> int:
     parser = ArgumentParser(prog="python -m benchmarks.step_overhead", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", choices=sorted(CONFIGS), default="digits")
-    parser.add_argument("--batch", type=int, nargs="+", default=[64])
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--amp", choices=["none", "bf16"], default="none")
-    parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--cudnn-benchmark", action="store_true", help="EnvConfig cudnn_benchmark (CUDA)")
-    parser.add_argument("--compile-mode", choices=["default", "reduce-overhead", "max-autotune"], default=None,
-                        help="torch.compile student and teachers in this mode (reduce-overhead: CUDA graphs)")
-    parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--blocks", type=int, default=9)
-    parser.add_argument("--per-block", type=int, default=30)
-    parser.add_argument("--teacher-cache-dir", default=None)
-    parser.add_argument("--methods", nargs="*", choices=list(METHODS), default=list(METHODS),
-                        help="weighting methods with a row each (none: only a, b, c)")
-    parser.add_argument("--json", default=None, help="write the figures to this JSON file")
-    args = parser.parse_args(argv)
+    add_options(parser, StepOverheadBenchmark)
+    args = options_from(StepOverheadBenchmark, vars(parser.parse_args(argv)))
     runs = []
     print(f"{'config':12s} {'batch':>5s} {'mode':22s} {'ms/step':>9s} {'steps/s':>9s} {'peak MB':>9s} {'ratio':>7s} "
           f"{'TFLOP/s':>8s}")

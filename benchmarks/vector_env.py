@@ -27,20 +27,23 @@ import os
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from dataclasses import field
+from typing import Annotated, Callable, Dict, List, Literal, Optional
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by the async workers
 
 import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from pydantic import Field  # noqa: E402
 
 from mtkd_env import ENV_ID, EnvConfig  # noqa: E402
 from mtkd_env.env import MultiTeacherKDEnv  # noqa: E402
 from mtkd_env.runtime.cli import ArgumentParser, run_cli  # noqa: E402
 from mtkd_env.runtime.files import atomic_write_text  # noqa: E402
+from mtkd_env.runtime.options import Cli, add_options, options_from, settings  # noqa: E402
 
-from .step_overhead import CONFIGS  # noqa: E402
+from .step_overhead import CONFIG_NAMES, CONFIGS  # noqa: E402
 
 MODES = ("batched", "sync", "async")
 
@@ -131,6 +134,44 @@ def run(config: str, ks: List[int], modes: List[str], device: str, shared: bool,
             "shared_batches": shared, "vectorize": vectorize, **(fast or {}), "rows": rows}
 
 
+@settings(label="flag")
+class VectorEnvBenchmark:
+    """The flags of `python -m benchmarks.vector_env`."""
+
+    config: Literal[CONFIG_NAMES] = "digits"
+    """Benchmark configuration (`benchmarks.step_overhead.CONFIGS`)."""
+    k: Annotated[List[Annotated[int, Field(ge=1)]], Field(min_length=1), Cli(item="K")] = field(
+        default_factory=lambda: [1, 2, 4, 8, 16])
+    """Sub-env counts K to time."""
+    modes: Annotated[List[Literal[MODES]], Field(min_length=1), Cli(item="mode")] = field(
+        default_factory=lambda: list(MODES))
+    """Vector-env modes to time."""
+    device: str = "auto"
+    """Torch device: auto, cpu, cuda or cuda:N."""
+    shared_batches: bool = False
+    """Batched mode: every sub-env draws the same batches."""
+    vectorize: Literal[tuple(VECTORIZE)] = "auto"
+    """Batched mode: students' forward as one vmap, row by row, or by device (auto)."""
+    amp: Literal["none", "bf16"] = "none"
+    """Mixed precision of the forward passes on CUDA."""
+    channels_last: bool = False
+    """channels_last memory format."""
+    cudnn_benchmark: bool = False
+    """Let cuDNN time its convolution algorithms (CUDA)."""
+    warmup: Annotated[int, Field(ge=0)] = 5
+    """Untimed vector steps first."""
+    rounds: Annotated[int, Field(ge=1)] = 5
+    """Timed rounds over the modes."""
+    per_block: Annotated[int, Field(ge=1)] = 20
+    """Vector steps per block."""
+    async_max_k: Optional[Annotated[int, Field(ge=1)]] = None
+    """Largest K for async workers (default: CPU cores on the CPU, 8 on a GPU)."""
+    teacher_cache_dir: Optional[str] = None
+    """Teacher cache folder."""
+    json: Annotated[Optional[str], Cli(metavar="FILE")] = None
+    """Write the figures to this JSON file."""
+
+
 def main(argv=None) -> int:
     return run_cli(_main, argv)
 
@@ -138,24 +179,8 @@ def main(argv=None) -> int:
 def _main(argv=None) -> int:
     parser = ArgumentParser(prog="python -m benchmarks.vector_env", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", choices=sorted(CONFIGS), default="digits")
-    parser.add_argument("--k", type=int, nargs="+", default=[1, 2, 4, 8, 16])
-    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--shared-batches", action="store_true", help="batched mode: every sub-env draws the same batches")
-    parser.add_argument("--vectorize", choices=sorted(VECTORIZE), default="auto",
-                        help="batched mode: students' forward as one vmap, row by row, or by device (auto)")
-    parser.add_argument("--amp", choices=["none", "bf16"], default="none")
-    parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--cudnn-benchmark", action="store_true")
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--per-block", type=int, default=20, help="vector steps per block")
-    parser.add_argument("--async-max-k", type=int, default=None,
-                        help="largest K for async workers (default: CPU cores on the CPU, 8 on a GPU)")
-    parser.add_argument("--teacher-cache-dir", default=None)
-    parser.add_argument("--json", default=None, help="write the figures to this JSON file")
-    args = parser.parse_args(argv)
+    add_options(parser, VectorEnvBenchmark)
+    args = options_from(VectorEnvBenchmark, vars(parser.parse_args(argv)))
     torch.set_num_threads(1)  # every mode on one thread, as the async workers (OMP_NUM_THREADS=1 above)
     on_gpu = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
     async_max = args.async_max_k if args.async_max_k is not None else (8 if on_gpu else os.cpu_count() or 1)

@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Annotated, Optional, Sequence
+
+from pydantic import Field
 
 from .runtime.cli import ArgumentParser, add_env_flags, env_config_from, run_cli
-from .runtime.options import add_options, check_options, knob, options_from
+from .runtime.options import add_options, options_from, settings
 
 
-@dataclass
+@settings(label="flag")
 class EpisodeOptions:
     """The knobs of `python -m mtkd_env` (besides the env's: `--env-config`, `--env`)."""
 
-    seed: int = knob(0, minimum=0)
+    seed: Annotated[int, Field(ge=0)] = 0
     """Seed of the episode: the student's initialisation, data order and augmentation."""
-
-    def __post_init__(self) -> None:
-        check_options(self, label="flag")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

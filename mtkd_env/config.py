@@ -1,22 +1,27 @@
-"""`EnvConfig`: every knob of `MultiTeacherKDEnv`, as one documented dataclass.
+"""`EnvConfig`: every setting of `MultiTeacherKDEnv`, declared once as a documented (pydantic) dataclass.
 
-Configs load from dicts, JSON or YAML files; unknown keys and wrong types raise `ConfigError`
-with a one-line message naming the field and what was expected.
+Each field's type, bounds (`Field(ge=...)`), choices (`Literal`), default and docstring are the one
+declaration; pydantic checks them (`mtkd_env.runtime.options.settings`) and gives the JSON schema
+(`EnvConfig.json_schema()`); `__post_init__` holds only the checks across fields. Configs load from
+dicts, JSON or YAML files; unknown keys and wrong types or values raise `ConfigError` with a
+one-line message naming the field and what was expected.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
-import typing
-from dataclasses import dataclass, field
+import re
+from dataclasses import field
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Annotated, Any, Callable, Dict, List, Literal, Optional, Union
 
-from .runtime.errors import ConfigError, did_you_mean
-from .runtime.options import check_type, coerce_numbers, field_docs, parse_pairs
+from pydantic import Field
+
+from .runtime.errors import ConfigError, short_repr
+from .runtime.mappings import check_size, parse_pairs, safe_yaml
+from .runtime.options import Cli, settings
 
 __all__ = ["EnvConfig", "ConfigError", "load_config_file", "parse_overrides", "default_cache_dir"]
 
@@ -29,7 +34,7 @@ def default_cache_dir() -> str:
     return os.path.join(base, "mtkd_env")
 
 
-@dataclass
+@settings(unknown="EnvConfig field(s)")
 class EnvConfig:
     """Configuration of one multi-teacher distillation environment.
 
@@ -45,17 +50,18 @@ class EnvConfig:
     "cifar100" (torchvision layout under `data_dir`), "imagefolder" (train/val class folders)."""
     data_dir: Optional[str] = None
     """Root folder of on-disk datasets; unused by the embedded ones."""
-    dataset_kwargs: dict = field(default_factory=dict)
+    dataset_kwargs: Dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments passed to the dataset builder (e.g. synthetic shape/classes)."""
     augment: bool = False
     """Apply the dataset's standard training augmentation (on the device)."""
-    batch_size: int = 64
+    batch_size: Annotated[int, Field(ge=1)] = 64
     """Training batch size B. The last partial batch of an epoch is dropped so shapes stay fixed."""
-    data_seed: int = 0
+    data_seed: Annotated[int, Field(ge=0)] = 0
     """Seed of the train/val/test split (fixed across episodes so that val and test never move)."""
 
     # --- models ----------------------------------------------------------------------------
-    teachers: list = field(default_factory=lambda: ["cnn", "tiny_resnet", "mlp=noisy"])
+    teachers: Annotated[List[str], Field(min_length=1), Cli(item="teacher spec")] = field(
+        default_factory=lambda: ["cnn", "tiny_resnet", "mlp=noisy"])
     """Teacher pool, one spec per teacher: "arch" (cache; trained on first use for embedded
     data), "arch=noisy" (embedded data: trained on corrupted labels, an unreliable teacher),
     "arch=random" (untrained weights), or "arch=/path/to/checkpoint.pt"."""
@@ -63,59 +69,59 @@ class EnvConfig:
     """Student architecture name from `mtkd_env.models`."""
     teacher_cache_dir: Optional[str] = None
     """Where trained teachers are cached; default `default_cache_dir()/teachers`."""
-    teacher_seed: int = 0
+    teacher_seed: Annotated[int, Field(ge=0)] = 0
     """Seed of teacher training (part of the cache key)."""
-    teacher_epochs: int = 30
+    teacher_epochs: Annotated[int, Field(ge=1)] = 30
     """Epochs of on-first-use teacher training for embedded datasets (part of the cache key)."""
-    noisy_label_fraction: float = 0.7
+    noisy_label_fraction: Annotated[float, Field(ge=0, le=1)] = 0.7
     """Fraction of training labels that an "=noisy" teacher sees shifted to a wrong class."""
 
     # --- episode ---------------------------------------------------------------------------
-    epochs: float = 10.0
+    epochs: Annotated[float, Field(gt=0)] = 10.0
     """Episode length in passes over the training split."""
-    max_steps: Optional[int] = None
+    max_steps: Optional[Annotated[int, Field(ge=1)]] = None
     """Episode length in env steps; overrides `epochs` when set."""
-    steps_per_action: int = 1
+    steps_per_action: Annotated[int, Field(ge=1)] = 1
     """Distillation iterations per env step (teacher granularity only; sample needs 1)."""
 
     # --- loss ------------------------------------------------------------------------------
-    kd_temperature: float = 4.0
+    kd_temperature: Annotated[float, Field(gt=0)] = 4.0
     """Temperature T of the logit KD term (scaled by T^2)."""
-    kd_alpha: float = 1.0
+    kd_alpha: Annotated[float, Field(ge=0)] = 1.0
     """Coefficient of the weighted logit KD term."""
     feature_kd: bool = True
     """Add the weighted feature-KD term through per-teacher projectors (as the paper)."""
-    feat_beta: float = 5.0
+    feat_beta: Annotated[float, Field(ge=0)] = 5.0
     """Coefficient of the weighted feature MSE term."""
 
     # --- optimiser -------------------------------------------------------------------------
-    lr: float = 0.05
+    lr: Annotated[float, Field(ge=0)] = 0.05
     """Initial student learning rate (SGD, momentum 0.9, Nesterov)."""
-    momentum: float = 0.9
+    momentum: Annotated[float, Field(ge=0)] = 0.9
     """SGD momentum."""
-    weight_decay: float = 1e-4
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
     """SGD weight decay (the MTKD-RL student value)."""
-    lr_schedule: str = "multistep"
+    lr_schedule: Literal["multistep", "cosine", "constant"] = "multistep"
     """"multistep", "cosine" or "constant"."""
-    lr_milestones: list = field(default_factory=lambda: [0.625, 0.75, 0.875])
+    lr_milestones: List[Annotated[float, Field(gt=0, lt=1)]] = field(default_factory=lambda: [0.625, 0.75, 0.875])
     """Multistep milestones as fractions of the episode (150/180/210 of 240 epochs)."""
-    lr_gamma: float = 0.1
+    lr_gamma: Annotated[float, Field(ge=0)] = 0.1
     """Multistep decay factor."""
 
     # --- RL interface ----------------------------------------------------------------------
-    granularity: str = "teacher"
+    granularity: Literal["teacher", "sample"] = "teacher"
     """"teacher": flat Box of batch statistics, action (M,) or (2M,); "sample": the paper's
     per-sample state (B, F), action (B, M) or (B, 2M)."""
     separate_feature_weights: bool = False
     """Separate logit and feature weights: action width 2M instead of M."""
-    action_transform: str = "softmax"
+    action_transform: Literal["softmax", "linear", "select"] = "softmax"
     """How actions in [-1, 1] become simplex weights: "softmax" = softmax(a / action_temperature),
     "linear" = (a + 1) / sum(a + 1) (exactly invertible; uniform if all are -1), "select" = teacher
     m is selected iff a_m > 0 and the selected teachers share the weight equally (1 / #selected);
     none selected gives all-zero weights, i.e. CE only (Reinforced Multi-Teacher Selection)."""
-    action_temperature: float = 0.5
+    action_temperature: Annotated[float, Field(gt=0)] = 0.5
     """Softmax temperature of the action transform."""
-    obs_features: Optional[list] = None
+    obs_features: Optional[Annotated[List[str], Field(min_length=1)]] = None
     """Teacher granularity: the statistics in the observation, in this order, from
     `mtkd_env.observations.OBS_FEATURES` — per teacher "ce", "acc", "kl", "cos", "entropy" (M
     columns each), then "student_ce", "student_acc", "progress", "lr"; null = all (5M + 4). The
@@ -131,18 +137,18 @@ class EnvConfig:
     reward: Union[str, Callable, None] = None
     """Reward name from `mtkd_env.rewards.REWARDS`, or a callable `f(StepResult) -> float`.
     None = "probe_loss_drop" for teacher granularity, "paper" for sample granularity."""
-    reward_interval: int = 10
+    reward_interval: Annotated[int, Field(ge=1)] = 10
     """Steps between validation evaluations of the rewards that use them ("val_acc_delta",
     "twin_val_acc", "twin_val_loss"); they are also evaluated at the episode's end."""
-    log_rewards: list = field(default_factory=list)
+    log_rewards: List[str] = field(default_factory=list)
     """Further reward names computed every step next to `reward` and reported in
     `info["rewards"]` (for logging and `baselines.diagnose`; they do not drive the agent). A
     "twin_*" name here also creates the twin student."""
-    probe_size: int = 256
+    probe_size: Annotated[int, Field(ge=1)] = 256
     """Samples in the fixed held-out probe batch (taken from the validation split)."""
     divergence_penalty: float = -1.0
     """Reward of the step on which the loss becomes non-finite (the episode then ends)."""
-    eval_batch_size: int = 512
+    eval_batch_size: Annotated[int, Field(ge=1)] = 512
     """Batch size of validation/test evaluation."""
 
     # --- runtime ---------------------------------------------------------------------------
@@ -150,13 +156,13 @@ class EnvConfig:
     """"auto" (CUDA when present), "cpu", "cuda" or "cuda:N"."""
     show_progress: bool = True
     """Show a progress bar while teachers are trained on first use."""
-    amp: str = "none"
+    amp: Literal["none", "bf16"] = "none"
     """Mixed precision of the forward passes on CUDA: "none" or "bf16" (autocast; ignored on CPU)."""
     channels_last: bool = False
     """Run teachers, student and inputs in channels_last memory format (faster convs on GPUs)."""
     compile: bool = False
     """`torch.compile` the student and the teachers (first steps are slow while it compiles)."""
-    compile_mode: str = "default"
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
     """`torch.compile` mode with `compile`: "default", "reduce-overhead" (CUDA graphs over the
     fixed-shape forward and backward: fewer kernel launches for small models) or "max-autotune"."""
     cudnn_benchmark: bool = False
@@ -173,68 +179,32 @@ class EnvConfig:
 
     # ---------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Type- and range-check every field; raise `ConfigError` on the first problem."""
-        hints = typing.get_type_hints(EnvConfig)
-        for f in dataclasses.fields(self):
-            check_type(f.name, getattr(self, f.name), hints[f.name])
-        if not isinstance(self.teachers, list) or not self.teachers:
-            raise ConfigError("teachers: expected a non-empty list of teacher specs, got "
-                              f"{self.teachers!r}")
+        """The checks that span fields or need the domain (types, bounds and choices are declared)."""
+        check_size(self.dataset_kwargs, "dataset_kwargs")  # free-form: a shared-list bomb would hang asdict
         for spec in self.teachers:
-            if not isinstance(spec, str) or not spec.split("=", 1)[0]:
-                raise ConfigError(f"teachers: each entry must be 'arch' or 'arch=source', got {spec!r}")
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"{f.name}: expected a finite number, got {value!r}")
-        positive = ["batch_size", "steps_per_action", "reward_interval", "probe_size",
-                    "eval_batch_size", "teacher_epochs"]
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: expected an integer >= 1, got {getattr(self, name)!r}")
-        for name in ["kd_temperature", "action_temperature"]:
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name}: expected a number > 0, got {getattr(self, name)!r}")
-        for name in ["lr", "kd_alpha", "feat_beta", "weight_decay", "momentum", "lr_gamma"]:
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}: expected a number >= 0, got {getattr(self, name)!r}")
-        if not self.epochs > 0:
-            raise ConfigError(f"epochs: expected a number > 0, got {self.epochs!r}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"max_steps: expected an integer >= 1 or null, got {self.max_steps!r}")
-        if not 0.0 <= self.noisy_label_fraction <= 1.0:
-            raise ConfigError(f"noisy_label_fraction: expected a number in [0, 1], got "
-                              f"{self.noisy_label_fraction!r}")
-        _check_choice("granularity", self.granularity, ("teacher", "sample"))
-        _check_choice("action_transform", self.action_transform, ("softmax", "linear", "select"))
-        _check_choice("lr_schedule", self.lr_schedule, ("multistep", "cosine", "constant"))
-        _check_choice("amp", self.amp, ("none", "bf16"))
-        _check_choice("compile_mode", self.compile_mode, ("default", "reduce-overhead", "max-autotune"))
+            if not spec.split("=", 1)[0]:
+                raise ConfigError(f"teachers: each entry must be 'arch' or 'arch=source', got {short_repr(spec)}")
         if self.cache_teacher_outputs and self.augment:
             raise ConfigError("cache_teacher_outputs: teacher outputs can only be cached without augmentation; "
                               "set augment=false or cache_teacher_outputs=false")
-        if any(not isinstance(m, (int, float)) or not 0 < m < 1 for m in self.lr_milestones):
-            raise ConfigError(f"lr_milestones: expected fractions in (0, 1), got {self.lr_milestones!r}")
         if self.obs_features is not None:
             from .observations import OBS_FEATURES
 
-            bad = [f for f in self.obs_features if f not in OBS_FEATURES]
-            if bad or not self.obs_features or len(set(self.obs_features)) != len(self.obs_features):
+            if any(f not in OBS_FEATURES for f in self.obs_features) or len(set(self.obs_features)) != len(self.obs_features):
                 raise ConfigError(f"obs_features: expected a non-empty list of distinct names from {list(OBS_FEATURES)}, "
-                                  f"got {self.obs_features!r}")
+                                  f"got {short_repr(self.obs_features)}")
             if self.granularity != "teacher":
                 raise ConfigError("obs_features: selects teacher-granularity statistics; the sample granularity uses "
                                   "sample_obs_embeddings / sample_obs_logits / sample_obs_student")
-        if any(not isinstance(name, str) for name in self.log_rewards):
-            raise ConfigError(f"log_rewards: expected a list of reward names, got {self.log_rewards!r}")
         if self.granularity == "sample" and self.steps_per_action != 1:
             raise ConfigError("steps_per_action: sample granularity weights one batch per action, "
                               f"so it must be 1, got {self.steps_per_action}")
-        if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
-            raise ConfigError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        if not (self.device in ("auto", "cpu") or re.fullmatch(r"cuda(:\d+)?", self.device)):
+            raise ConfigError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {short_repr(self.device)}")
+
+    def validate(self) -> None:
+        """Check the current field values again (after in-place edits); raise `ConfigError`."""
+        dataclasses.replace(self)
 
     # --- (de)serialisation -----------------------------------------------------------------
     @classmethod
@@ -243,9 +213,7 @@ class EnvConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"env config: expected a mapping of field names to values, got "
                               f"{type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        _refuse_unknown(set(data), known)
-        return cls(**coerce_numbers(cls, data))
+        return cls(**data)
 
     @classmethod
     def from_file(cls, path: Union[str, Path]) -> "EnvConfig":
@@ -261,16 +229,19 @@ class EnvConfig:
 
     def replace(self, **overrides: Any) -> "EnvConfig":
         """A copy with `overrides` applied (validated like `from_dict`)."""
-        merged = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        known = set(merged)
-        _refuse_unknown(set(overrides), known)
-        merged.update(coerce_numbers(EnvConfig, overrides))
-        return EnvConfig(**merged)
+        return dataclasses.replace(self, **overrides)
 
     @classmethod
     def field_docs(cls) -> dict:
-        """Field name -> its documentation string (parsed from this source file)."""
-        return field_docs(cls)
+        """Field name -> its documentation string."""
+        return {name: " ".join((f.description or "").split()) for name, f in cls.__pydantic_fields__.items()}
+
+    @classmethod
+    def json_schema(cls) -> dict:
+        """The JSON schema of a config file (types, bounds, choices, defaults and docs)."""
+        from pydantic import TypeAdapter
+
+        return TypeAdapter(cls).json_schema()
 
 
 def load_config_file(path: Union[str, Path]) -> dict:
@@ -283,9 +254,7 @@ def load_config_file(path: Union[str, Path]) -> dict:
         if path.suffix.lower() == ".json":
             data = json.loads(text)
         elif path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
+            data = safe_yaml(text)
         else:
             raise ConfigError(f"config file {str(path)!r}: expected a .json, .yaml or .yml extension")
     except (json.JSONDecodeError, ValueError) as exc:
@@ -296,6 +265,7 @@ def load_config_file(path: Union[str, Path]) -> dict:
         raise ConfigError(f"config file {str(path)!r} is not valid: {exc}".splitlines()[0]) from None
     if data is None:
         data = {}
+    check_size(data, f"config file {str(path)!r}")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r}: expected a mapping at top level, got "
                           f"{type(data).__name__}")
@@ -306,16 +276,3 @@ def parse_overrides(pairs: list, flag: str = "override") -> dict:
     """Parse CLI `KEY=VALUE` strings; values are read as YAML scalars/lists (`epochs=2`,
     `teachers=[cnn,mlp]`, `device=cpu`). A key given twice with different values is refused."""
     return parse_pairs(pairs, flag)
-
-
-# --------------------------------------------------------------------------------------------
-def _refuse_unknown(keys: set, known: set) -> None:
-    unknown = sorted(keys - known)
-    if unknown:
-        raise ConfigError(f"unknown EnvConfig field(s) {unknown}{did_you_mean(unknown, known)}; known fields: "
-                          f"{sorted(known)}")
-
-
-def _check_choice(name: str, value: str, choices: tuple) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name}: expected one of {list(choices)}, got {value!r}")

@@ -4,17 +4,18 @@ the Protocols of the data and policy contracts."""
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
-from typing import List, Optional
+from dataclasses import field
+from typing import Annotated, List, Literal, Optional
 
 import pytest
 import torch
+from pydantic import Field
 
 from mtkd_env.runtime import resources
 from mtkd_env.runtime.cli import ArgumentParser, run_cli
 from mtkd_env.runtime.errors import ConfigError, UserError, did_you_mean
 from mtkd_env.runtime.files import atomic_write_text, load_weights
-from mtkd_env.runtime.options import add_options, check_options, knob, options_from
+from mtkd_env.runtime.options import Cli, add_options, options_from, reference_rows, settings
 
 
 # --- threads ---------------------------------------------------------------------------------------
@@ -52,30 +53,28 @@ def test_thread_overrides(cpus, monkeypatch):
 
 
 # --- options: a knob declared once ----------------------------------------------------------------
-@dataclass
+@settings(label="flag")
 class _Options:
-    name: str = knob(metavar="NAME")
+    name: Annotated[str, Cli(metavar='NAME')]
     """The name."""
-    jobs: int = knob(1, minimum=1)
+    jobs: Annotated[int, Field(ge=1)] = 1
     """Parallel workers."""
-    seeds: List[int] = knob(default_factory=lambda: [0, 1], minimum=0, nonempty="seed")
+    seeds: Annotated[List[Annotated[int, Field(ge=0)]], Field(min_length=1), Cli(item='seed')] = field(default_factory=lambda: [0, 1])
     """Seeds."""
-    names: List[str] = knob(default_factory=list, split=True)
+    names: Annotated[List[str], Cli(split=True)] = field(default_factory=list)
     """Comma-separated names."""
-    rate: float = knob(0.5, above=0, maximum=1)
+    rate: Annotated[float, Field(gt=0, le=1)] = 0.5
     """A rate."""
-    mode: str = knob("a", choices=("a", "b"))
+    mode: Literal["a", "b"] = "a"
     """A mode."""
     cap: Optional[int] = None
     """Optional."""
-    extra: dict = knob(default_factory=dict)
+    extra: dict = field(default_factory=dict)
     """KEY=VALUE pairs."""
     fast: bool = True
     """Go fast."""
-    internal: str = knob("x", cli=False)
-
-    def __post_init__(self) -> None:
-        check_options(self, label="flag")
+    internal: Annotated[str, Cli(hidden=True)] = 'x'
+    """Set by the program."""
 
 
 def _parse(argv):
@@ -100,8 +99,8 @@ def test_options_from_flags_defaults_and_help(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--jobs", "0"], "--jobs: expected an integer >= 1, got 0"),
     (["--seeds", "-1"], "--seeds: expected integers >= 0, got -1"),
-    (["--rate", "0"], "--rate: expected a number > 0, got 0.0"),
-    (["--rate", "2.5"], "--rate: expected a number <= 1, got 2.5"),
+    (["--rate", "0"], "--rate: expected a number in (0, 1], got 0.0"),
+    (["--rate", "2.5"], "--rate: expected a number in (0, 1], got 2.5"),
     (["--mode", "c"], "argument --mode: invalid choice: 'c'"),
     (["--extra", "k=1", "k=2"], "--extra: k is given twice (1 and 2); give each key once"),
     (["--extra", "novalue"], "--extra 'novalue': expected KEY=VALUE"),
@@ -115,10 +114,30 @@ def test_bad_options_are_one_line_user_errors(argv, message):
 
 
 def test_api_construction_is_checked_like_the_command_line():
-    with pytest.raises(ConfigError, match=r"--seeds: expected at least one seed"):
+    with pytest.raises(ConfigError, match=r"--seeds: expected a non-empty list of seeds"):
         _Options(name="n", seeds=[])
     with pytest.raises(ConfigError, match=r"--jobs: expected int, got str '2'"):
         _Options(name="n", jobs="2")
+
+
+def test_reference_rows_come_from_the_declaration():
+    rows = {row[0]: row for row in reference_rows(_Options)}
+    assert rows["jobs"] == ("jobs", "int", "1", ">= 1", "Parallel workers.")
+    assert rows["rate"][3] == "in (0, 1]" and rows["mode"][3] == "one of ['a', 'b']"
+    assert rows["seeds"][3] == "items >= 0; non-empty" and rows["name"][2] == "required"
+    assert rows["cap"][1] == "int or null"
+
+
+def test_error_messages_quote_a_short_prefix_of_a_huge_value():
+    import time
+
+    bomb: list = [0]
+    for _ in range(40):  # 2**40 items once expanded: formatting it whole would never end
+        bomb = [bomb, bomb]
+    start = time.perf_counter()
+    with pytest.raises(ConfigError) as err:
+        _Options(name="n", seeds=bomb)
+    assert time.perf_counter() - start < 1 and len(str(err.value)) < 200, str(err.value)
 
 
 def test_run_cli_maps_errors_to_exit_codes(capsys):

@@ -6,11 +6,13 @@ text; `baselines.compare.cli` derives the command line from it (`mtkd_env.runtim
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import List, Optional
+from dataclasses import field
+from typing import Annotated, List, Literal, Optional
+
+from pydantic import Field
 
 from mtkd_env.config import ConfigError, EnvConfig
-from mtkd_env.runtime.options import check_options, knob
+from mtkd_env.runtime.options import Cli, settings
 from mtkd_env.runtime.tracking import WANDB_MODES
 
 from ..weights import NORMALIZATIONS
@@ -29,41 +31,41 @@ class RunsFailed(RuntimeError):
     """Some evaluation runs raised; the others were recorded."""
 
 
-@dataclass
+@settings(label="flag")
 class CompareOptions:
     """Every knob of a comparison; CLI flags map 1:1 onto these fields (errors name the flag)."""
 
-    policies: List[str] = knob(default_factory=lambda: list(DEFAULT_POLICIES), split=True, nonempty="policy name",
-                               metavar="NAMES")
+    policies: Annotated[List[str], Field(min_length=1), Cli(split=True, item="policy name", metavar="NAMES")] = field(
+        default_factory=lambda: list(DEFAULT_POLICIES))
     """Policy names, comma- or space-separated (repeated flags add up): formula policies
     (`baselines.POLICIES`) and RL algorithms (`agents.api.ALGOS`, e.g. ppo, mtkd-rl)."""
-    seeds: List[int] = knob(default_factory=lambda: list(range(10)), minimum=0, nonempty="evaluation seed")
+    seeds: Annotated[List[Annotated[int, Field(ge=0)]], Field(min_length=1), Cli(item='evaluation seed')] = field(default_factory=lambda: list(range(10)))
     """Evaluation seeds: `env.reset(seed=s)` for every policy (same students, same data order)."""
-    env_config: EnvConfig = knob(default_factory=EnvConfig, cli=False)
+    env_config: Annotated[EnvConfig, Cli(hidden=True)] = field(default_factory=EnvConfig)
     """The env every policy is evaluated on (RL policies add their `env_overrides`)."""
-    out: str = knob("compare_out", metavar="DIR")
+    out: Annotated[str, Cli(metavar='DIR')] = 'compare_out'
     """Output folder; rerunning with the same folder skips finished rows."""
-    jobs: int = knob(1, minimum=1)
+    jobs: Annotated[int, Field(ge=1)] = 1
     """Parallel worker processes for the evaluation runs (must be 1 under torchrun)."""
-    shard: Optional[str] = knob(None, metavar="I/N")
+    shard: Annotated[Optional[str], Cli(metavar='I/N')] = None
     """"I/N": run only the I-th (1-based) of N contiguous slices of the seed-major (policy x seed) job
     list, e.g. --shard ${SLURM_ARRAY_TASK_ID}/4; one --out per shard, then --merge."""
-    eval_every: int = knob(10, minimum=1)
+    eval_every: Annotated[int, Field(ge=1)] = 10
     """Env steps between validation evaluations of the curves (eval mode; no effect on training)."""
-    normalization: str = knob("sum_to_one", choices=NORMALIZATIONS)
+    normalization: Literal[NORMALIZATIONS] = 'sum_to_one'
     """EBKD / CA-MKD weights: "sum_to_one" (same KD strength as AVER) or "reference" (the original
     code's effective strength)."""
-    aekd_cap: float = knob(0.6, above=0)
+    aekd_cap: Annotated[float, Field(gt=0)] = 0.6
     """AEKD's per-teacher weight cap C."""
-    agent_dir: Optional[str] = knob(None, metavar="DIR")
+    agent_dir: Annotated[Optional[str], Cli(metavar='DIR')] = None
     """Folder of trained agents (DIR/agents.json, DIR/<algo>/seed<k> or DIR/<algo>) instead of training."""
-    train_seeds: List[int] = knob(default_factory=lambda: [1000], minimum=0, nonempty="seed")
+    train_seeds: Annotated[List[Annotated[int, Field(ge=0)]], Field(min_length=1), Cli(item='seed')] = field(default_factory=lambda: [1000])
     """Seeds of RL agent training; evaluation seed s uses the agent of train_seeds[s % len]."""
-    train_timesteps: Optional[int] = knob(None, minimum=1)
+    train_timesteps: Optional[Annotated[int, Field(ge=1)]] = None
     """RL training budget in env steps (None: the algorithm's default)."""
     train_only: bool = False
     """Train (or reuse) the RL policies' agents into `out` and stop; shards load them with --agent-dir."""
-    wandb: str = knob("disabled", choices=WANDB_MODES)
+    wandb: Literal[WANDB_MODES] = 'disabled'
     """W&B mode: "disabled", "offline" (no network or login needed) or "online"."""
     wandb_project: str = "mtkd-rl"
     """W&B project."""
@@ -71,10 +73,9 @@ class CompareOptions:
     """W&B group of every run (default: kept in compare.json, "compare-<UTC time of the first run>")."""
     progress: bool = True
     """Show progress bars."""
-    command: str = knob("", cli=False)
+    command: Annotated[str, Cli(hidden=True)] = ''
     """The command line, written into summary.md."""
 
     def __post_init__(self) -> None:
-        check_options(self, label="flag")
         self.policies = list(dict.fromkeys(self.policies))
         self.seeds = list(dict.fromkeys(self.seeds))

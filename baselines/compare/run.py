@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 import sys
@@ -12,7 +13,6 @@ from mtkd_env.config import ConfigError
 from mtkd_env.distributed import DistContext
 from mtkd_env.runtime import collective
 from mtkd_env.runtime.files import atomic_write_text
-from mtkd_env.runtime.options import check_options
 
 from .. import report
 from ..policies import make_policy
@@ -52,7 +52,7 @@ def run_compare(opts: CompareOptions) -> List[report.PolicyStats]:
 
 def _check(opts: CompareOptions) -> Tuple[List[str], List[str], Optional[Tuple[int, int]]]:
     """Everything about the options that needs no env: (formula policies, RL policies, shard)."""
-    check_options(opts, label="flag")
+    dataclasses.replace(opts)  # validated again: the fields may have been edited since
     shard = parse_shard(opts.shard) if opts.shard is not None else None
     if shard is not None and opts.train_only:
         raise CompareError("--train-only trains the agents every shard shares: run it once, without --shard")

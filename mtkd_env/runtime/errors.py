@@ -10,9 +10,10 @@ The project's error types all derive from it: `ConfigError`, `CheckpointError`,
 from __future__ import annotations
 
 import difflib
+import reprlib
 from typing import Iterable, Sequence
 
-__all__ = ["UserError", "ConfigError", "CheckpointError", "USER_OS_ERRORS", "is_user_error", "first_line", "did_you_mean",
+__all__ = ["UserError", "ConfigError", "CheckpointError", "USER_OS_ERRORS", "is_user_error", "first_line", "did_you_mean", "short_repr",
            "unknown_name"]
 
 
@@ -66,3 +67,14 @@ def unknown_name(kind: str, name: object, known: Iterable[object], *, plural: st
     """`ConfigError("unknown {kind} 'x' (did you mean 'y'?); known {plural}: [...]")`."""
     known = sorted(str(k) for k in known)
     return ConfigError(f"unknown {kind} {name!r}{did_you_mean([name], known)}; known {plural or kind + 's'}: {known}")
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 2, 4, 4, 4, 40, 40
+
+
+def short_repr(value: object, limit: int = 80) -> str:
+    """`repr(value)` cut to at most `limit` characters; nested containers are shortened while they are
+    formatted (`reprlib`), so a huge or deeply nested value costs no more than a small one."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."

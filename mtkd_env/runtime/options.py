@@ -1,222 +1,263 @@
-"""A knob is declared once: as a field of a validated dataclass, with its type, default, bounds,
-choices and the docstring under it. The checks and the CLI flag (with its --help text) derive from
-that one declaration.
+"""Settings are declared once, as fields of a pydantic dataclass: type, bounds (`Field(ge=...)`),
+choices (`Literal[...]`), default and the docstring under the field. pydantic does the checking
+and the JSON schema; this module adds what it does not do for us: the argparse flags and --help
+(`add_options`), the one-line `ConfigError` ("<field>: expected <what>, got <short value>") and the
+rows of the config reference (`reference_rows`).
 
-    @dataclass
+    @settings(label="flag")
     class Options:
-        jobs: int = knob(1, minimum=1)
+        jobs: Annotated[int, Field(ge=1)] = 1
         \"\"\"Parallel worker processes.\"\"\"
-
-        def __post_init__(self):
-            check_options(self, label="flag")           # "--jobs: expected an integer >= 1, got 0"
+        out: Annotated[str, Cli(metavar="DIR")] = "out"
+        \"\"\"Output folder.\"\"\"
 
     add_options(parser, Options)                         # --jobs N, help "Parallel worker ... (default: 1)"
-    opts = options_from(Options, vars(parser.parse_args(argv)))
+    opts = options_from(Options, vars(parser.parse_args(argv)))   # "--jobs: expected an integer >= 1, got 0"
 
-Flags: `--field-name` (or `flag=`); bools get `--x/--no-x`; lists take several values, and a
-repeated flag extends the list (never silently replaces it); `split=True` lists also split on
-commas; dicts take KEY=VALUE pairs. Every flag's parser default is `argparse.SUPPRESS`, so the
-parsed namespace holds exactly the flags given (what `--resume`-style "cannot change it" checks need).
+Flags: `--field-name` (or `Cli(flag=...)`); bools get `--x/--no-x`; lists take several values and a
+repeated flag extends the list (`Cli(split=True)` lists also split on commas); dicts take KEY=VALUE
+pairs. Every flag's parser default is `argparse.SUPPRESS`, so the parsed namespace holds exactly
+the flags given (what `--resume`-style "cannot change it" checks need).
 
-`check_type` and `field_docs` are also what `EnvConfig` and the agents' hyperparameter dataclasses
-use, so type errors read the same everywhere: "<name>: expected <type>, got <type> <value>".
+Why pydantic and not tyro: the same declarations also validate what never passes a command line
+(`EnvConfig` from YAML/JSON and `gym.make` kwargs, hyperparameter files, API calls) and give the
+JSON schema; tyro would generate --help but not those, and its flags (`--jobs INT`, no SUPPRESS
+defaults, its own error text) would break the CLIs' contract. The argparse layer left here is ~80 lines.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import functools
-import inspect
-import math
 import types
 import typing
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
-from .errors import ConfigError
+import annotated_types
+import pydantic
+from pydantic import ConfigDict, ValidationError
 
-__all__ = ["knob", "is_instance", "check_type", "check_options", "field_docs", "add_options", "options_from", "type_name",
-           "coerce_numbers", "split_names", "parse_pairs"]
+from .errors import ConfigError, did_you_mean, short_repr
+from .mappings import parse_pairs
 
-_KEY = "knob"
+__all__ = ["Cli", "SETTINGS", "settings", "config_error", "add_options", "options_from", "reference_rows",
+           "type_name", "split_names"]
 
-
-def knob(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING,
-         flag: Optional[str] = None, minimum: Optional[float] = None, maximum: Optional[float] = None,
-         above: Optional[float] = None, choices: Optional[Sequence[Any]] = None, nonempty: Optional[str] = None,
-         split: bool = False, cli: bool = True, cli_help_default: Optional[str] = None,
-         metavar: Optional[str] = None) -> Any:
-    """A dataclass field with its checks and CLI spelling.
-
-    `minimum`/`maximum` (inclusive) and `above` (exclusive) bound numbers, or every item of a list;
-    `choices` lists the allowed values; `nonempty="seed"` refuses an empty list ("expected at least one
-    seed"); `split` splits list values on commas; `cli=False` keeps the field off the command line;
-    `cli_help_default` replaces the default shown in --help (when the CLI's default is not the field's).
-    """
-    meta = {_KEY: {"flag": flag, "minimum": minimum, "maximum": maximum, "above": above,
-                   "choices": tuple(choices) if choices is not None else None, "nonempty": nonempty,
-                   "split": split, "cli": cli, "cli_help_default": cli_help_default, "metavar": metavar}}
-    return dataclasses.field(default=default, default_factory=default_factory, metadata=meta)
+SETTINGS = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, use_attribute_docstrings=True,
+                      arbitrary_types_allowed=True)
+"""Every settings class: unknown keys refused, no silent coercion ("64" is not an int), finite floats."""
 
 
-def _spec(f: dataclasses.Field) -> Dict[str, Any]:
-    return dict(f.metadata.get(_KEY) or {"cli": True})
+@dataclasses.dataclass(frozen=True)
+class Cli:
+    """How a field appears on the command line (put it in the field's `Annotated[...]`)."""
+
+    flag: Optional[str] = None
+    """The flag, default `--field-name`."""
+    metavar: Optional[str] = None
+    split: bool = False
+    """List values also split on commas."""
+    hidden: bool = False
+    """Not a flag (set by the program)."""
+    help_default: Optional[str] = None
+    """The default shown in --help, when the CLI's default is not the field's."""
+    item: str = "value"
+    """What a list holds, for "expected a non-empty list of <item>s" (with `Field(min_length=1)`)."""
+    expected: Optional[str] = None
+    """What every error of the field says was expected (for unions, e.g. "a number or 'lin_<number>'")."""
 
 
-# --- types ------------------------------------------------------------------------------------
-def type_name(tp: Any) -> str:
-    if tp is type(None):
-        return "null"
-    origin = typing.get_origin(tp)
-    if origin is Union or origin is types.UnionType:
-        return " or ".join(type_name(a) for a in typing.get_args(tp))
-    if origin is not None:
-        return getattr(origin, "__name__", str(origin))
-    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+def settings(cls: Optional[type] = None, *, label: str = "field", prefix: str = "",
+             unknown: str = "field(s)", known: str = "fields") -> Any:
+    """Class decorator: a strict pydantic dataclass (`SETTINGS`) whose validation errors are one-line
+    `ConfigError`s naming the field (`label="field"`) or its flag (`label="flag"`), after `prefix`."""
 
+    def wrap(klass: type) -> type:
+        klass = pydantic.dataclasses.dataclass(config=SETTINGS)(klass)
+        init = klass.__init__
 
-def is_instance(value: Any, tp: Any) -> bool:
-    origin = typing.get_origin(tp)
-    if origin is Union or origin is types.UnionType:
-        return any(is_instance(value, a) for a in typing.get_args(tp))
-    if tp is Any:
-        return True
-    if tp is type(None):
-        return value is None
-    if origin is not None and origin.__module__ == "collections.abc":  # Callable
-        return callable(value)
-    if origin is not None:  # List[int], Dict[str, Any]: the container, then the items
-        if not isinstance(value, origin):
-            return False
-        args = typing.get_args(tp)
-        if origin in (list, tuple, set) and args and args[-1] is not Ellipsis:
-            return all(is_instance(v, args[0]) for v in value)
-        return True
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, tp)
-
-
-def check_type(label: str, value: Any, tp: Any) -> None:
-    """`ConfigError("<label>: expected <type>, got <type> <value>")` unless `value` is a `tp`."""
-    if not is_instance(value, tp):
-        raise ConfigError(f"{label}: expected {type_name(tp)}, got {type(value).__name__} {value!r}")
-
-
-def coerce_numbers(cls: type, data: Mapping[str, Any]) -> Dict[str, Any]:
-    """YAML 1.1 reads `1e-4` as a string: accept such numerals for float fields of dataclass `cls`."""
-    hints = typing.get_type_hints(cls)
-    out = dict(data)
-    for key, value in data.items():
-        tp = hints.get(key)
-        if isinstance(value, str) and (tp is float or tp == Optional[float]):
+        @functools.wraps(init)
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
             try:
-                out[key] = float(value)
-            except ValueError:
-                pass
+                init(self, *args, **kwargs)
+            except ValidationError as exc:
+                raise config_error(exc, klass, label=label, prefix=prefix, unknown=unknown, known=known) from None
+
+        klass.__init__ = __init__  # type: ignore[method-assign]
+        return klass
+
+    return wrap(cls) if cls is not None else wrap
+
+
+# --- types and constraints --------------------------------------------------------------------
+def _is_union(tp: Any) -> bool:
+    return typing.get_origin(tp) in (Union, types.UnionType)
+
+
+def _unwrap(tp: Any) -> Tuple[Any, list, bool]:
+    """(bare type, Annotated metadata, nullable) of a hint like Optional[Annotated[int, Field(ge=1)]]."""
+    meta: list = []
+    nullable = False
+    while True:
+        if typing.get_origin(tp) is typing.Annotated:
+            meta += list(tp.__metadata__)
+            tp = tp.__origin__
+        elif _is_union(tp) and type(None) in typing.get_args(tp):
+            nullable = True
+            rest = [a for a in typing.get_args(tp) if a is not type(None)]
+            if len(rest) != 1:
+                return Union[tuple(rest)], meta, nullable
+            tp = rest[0]
+        else:
+            return tp, meta, nullable
+
+
+def _constraints(meta: list) -> list:
+    out = []
+    for m in meta:
+        if isinstance(m, pydantic.fields.FieldInfo):
+            out += m.metadata
+        elif isinstance(m, annotated_types.GroupedMetadata):
+            out += list(m)
+        else:
+            out.append(m)
     return out
 
 
-# --- checks -----------------------------------------------------------------------------------
-def _label(f: dataclasses.Field, how: str) -> str:
-    if how == "flag":
-        return _spec(f).get("flag") or "--" + f.name.replace("_", "-")
-    return f.name
+def _hint(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls, include_extras=True)[name]
 
 
-def _bound_error(label: str, value: Any, spec: Dict[str, Any], integer: bool, plural: bool) -> Optional[str]:
-    lo, hi, above = spec.get("minimum"), spec.get("maximum"), spec.get("above")
-    if isinstance(value, float) and not math.isfinite(value):
-        return f"{label}: expected a finite number, got {value!r}"
-    what = ("integers" if integer else "numbers") if plural else ("an integer" if integer else "a number")
-    if lo is not None and hi is not None and not lo <= value <= hi:
-        return f"{label}: expected {what} in [{lo}, {hi}], got {value!r}"
-    if lo is not None and value < lo:
-        return f"{label}: expected {what} >= {lo}, got {value!r}"
-    if hi is not None and value > hi:
-        return f"{label}: expected {what} <= {hi}, got {value!r}"
-    if above is not None and not value > above:
-        return f"{label}: expected {what} > {above}, got {value!r}"
-    return None
+def _cli(cls: type, name: str) -> Cli:
+    return next((m for m in _unwrap(_hint(cls, name))[1] if isinstance(m, Cli)), Cli())
 
 
-def check_options(obj: Any, *, label: str = "field") -> None:
-    """Type-, range- and choice-check every field of dataclass instance `obj`; errors name the
-    field (`label="field"`) or its CLI flag (`label="flag"`)."""
-    hints = typing.get_type_hints(type(obj))
-    for f in dataclasses.fields(obj):
-        name, value, spec = _label(f, label), getattr(obj, f.name), _spec(f)
-        check_type(name, value, hints[f.name])
-        if value is None:
-            continue
-        plural = isinstance(value, (list, tuple))
-        items = list(value) if plural else [value]
-        if spec.get("nonempty") and not items:
-            raise ConfigError(f"{name}: expected at least one {spec['nonempty']}")
-        for item in items:
-            if spec.get("choices") is not None and item not in spec["choices"]:
-                raise ConfigError(f"{name}: expected one of {list(spec['choices'])}, got {item!r}")
-            if isinstance(item, (int, float)) and not isinstance(item, bool):
-                error = _bound_error(name, item, spec, isinstance(item, int), plural)
-                if error:
-                    raise ConfigError(error)
+def _item(tp: Any) -> Any:
+    """The item hint of a list hint."""
+    args = typing.get_args(tp)
+    return args[0] if args else Any
 
 
-@functools.lru_cache(maxsize=None)
-def field_docs(cls: type) -> Dict[str, str]:
-    """Field name -> the docstring placed right after the field in the class body (and its bases')."""
-    docs: Dict[str, str] = {}
-    for klass in reversed(cls.__mro__[:-1]):
-        try:
-            tree = ast.parse(inspect.getsource(klass))
-        except (OSError, TypeError, SyntaxError, IndentationError):
-            continue
-        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
-        for node, nxt in zip(body, body[1:]):
-            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(nxt, ast.Expr)
-                    and isinstance(getattr(nxt, "value", None), ast.Constant) and isinstance(nxt.value.value, str)):
-                docs[node.target.id] = " ".join(nxt.value.value.split())
-    return docs
+def type_name(tp: Any) -> str:
+    """"int", "int or null", "one of ['a', 'b']", "list", ... for a type hint."""
+    bare, _, nullable = _unwrap(tp)
+    if typing.get_origin(bare) is Literal:
+        text = f"one of {list(typing.get_args(bare))}"
+    elif _is_union(bare):
+        text = " or ".join(type_name(a) for a in typing.get_args(bare))
+    elif bare is Any:
+        text = "any value"
+    else:
+        origin = typing.get_origin(bare) or bare
+        text = getattr(origin, "__name__", str(origin))
+    return f"{text} or null" if nullable else text
 
 
-# --- command line -----------------------------------------------------------------------------
+def _bounds_text(meta: list) -> str:
+    lo = hi = None
+    for c in _constraints(meta):
+        if isinstance(c, annotated_types.Ge):
+            lo = ("[", ">=", c.ge)
+        elif isinstance(c, annotated_types.Gt):
+            lo = ("(", ">", c.gt)
+        elif isinstance(c, annotated_types.Le):
+            hi = ("]", "<=", c.le)
+        elif isinstance(c, annotated_types.Lt):
+            hi = (")", "<", c.lt)
+    def num(v: Any) -> Any:
+        return int(v) if isinstance(v, float) and v.is_integer() else v
+
+    if lo and hi:
+        return f"in {lo[0]}{num(lo[2])}, {num(hi[2])}{hi[0]}"
+    if lo or hi:
+        bound = lo or hi
+        return f"{bound[1]} {num(bound[2])}"
+    return ""
+
+
+def _constraint_text(tp: Any) -> str:
+    """"> 0", "in [0, 1]", "items in (0, 1)", "non-empty", "one of [...]" for a hint (reference rows)."""
+    bare, meta, _ = _unwrap(tp)
+    parts = [_bounds_text(meta)]
+    if typing.get_origin(bare) is Literal:
+        parts.append(f"one of {list(typing.get_args(bare))}")
+    if typing.get_origin(bare) in (list, tuple):
+        item, item_meta, _ = _unwrap(_item(bare))
+        parts.append(("items " + _bounds_text(item_meta)) if _bounds_text(item_meta) else "")
+        if typing.get_origin(item) is Literal:
+            parts.append(f"items one of {list(typing.get_args(item))}")
+    if any(getattr(c, "min_length", 0) for c in _constraints(meta)):
+        parts.append("non-empty")
+    return "; ".join(p for p in parts if p)
+
+
+# --- errors -------------------------------------------------------------------------------------
+def _flag(cls: type, name: str) -> str:
+    return _cli(cls, name).flag or "--" + name.replace("_", "-")
+
+
+def config_error(exc: ValidationError, cls: type, *, label: str = "field", prefix: str = "",
+                 unknown: str = "field(s)", known: str = "fields") -> ConfigError:
+    """The first problem of a pydantic `ValidationError` on settings class `cls`, as one line:
+    "<field>: expected <what>, got <short value>"; unknown keys with "did you mean"."""
+    errors = exc.errors(include_url=False)
+    names = [f.name for f in dataclasses.fields(cls)]
+    extra = [str(e["loc"][0]) for e in errors if e["type"] in ("unexpected_keyword_argument", "extra_forbidden")]
+    if extra:
+        return ConfigError(f"unknown {unknown} {extra}{did_you_mean(extra, names)}; known{' ' * bool(known)}{known}: "
+                           f"{sorted(names)}")
+    # of a union's branches, the one whose type matched (a bound or choice failed) says the most
+    err = next((e for e in errors if not e["type"].endswith("_type") and e["loc"][:1] == errors[0]["loc"][:1]),
+               errors[0])
+    kind, loc, value = err["type"], err["loc"], err.get("input")
+    if kind == "value_error" and isinstance(err.get("ctx", {}).get("error"), ConfigError):
+        return err["ctx"]["error"]  # a cross-field check of the class's __post_init__
+    if not loc or loc[0] not in names:
+        return ConfigError(f"{prefix}{cls.__name__}: {err['msg']}")
+    name = str(loc[0])
+    where = prefix + (_flag(cls, name) if label == "flag" else name)
+    hint = _hint(cls, name)
+    got = f"got {short_repr(value)}"
+    if kind in ("missing", "missing_argument"):
+        return ConfigError(f"{where} is required")
+    if _cli(cls, name).expected:  # the whole value: the shallowest error of the field holds it
+        whole = min((e for e in errors if e["loc"][:1] == loc[:1]), key=lambda e: len(e["loc"])).get("input")
+        return ConfigError(f"{where}: expected {_cli(cls, name).expected}, got {short_repr(whole)}")
+    plural = typing.get_origin(_unwrap(hint)[0]) is list and any(isinstance(part, int) for part in loc[1:])
+    if plural:
+        hint = _item(_unwrap(hint)[0])
+    bare, meta, nullable = _unwrap(hint)
+    if kind == "finite_number":
+        return ConfigError(f"{where}: expected a finite number, {got}")
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        integer = bare is int
+        what = ("integers" if integer else "numbers") if plural else ("an integer" if integer else "a number")
+        null = " or null" if nullable and not plural else ""
+        bounds = _bounds_text(meta) or _bounds_text([annotated_types.Interval(**err.get("ctx", {}))])
+        return ConfigError(f"{where}: expected {what} {bounds}{null}, {got}")
+    if kind == "literal_error":
+        choices = list(typing.get_args(bare)) if typing.get_origin(bare) is Literal else err["ctx"]["expected"]
+        return ConfigError(f"{where}: expected one of {choices}, {got}")
+    if kind == "too_short":
+        return ConfigError(f"{where}: expected a non-empty list of {_cli(cls, name).item}s")
+    if kind.endswith("_type") or kind in ("is_instance_of", "none_required", "callable_type"):
+        return ConfigError(f"{where}: expected {type_name(hint)}, got {type(value).__name__} {short_repr(value)}")
+    return ConfigError(f"{where}: {err['msg'][0].lower()}{err['msg'][1:]}, {got}")
+
+
+# --- command line -------------------------------------------------------------------------------
 def split_names(values: Optional[Iterable[Any]]) -> List[str]:
     """Comma- and space-separated names from repeated flags: ["a,b", "c"] -> ["a", "b", "c"]."""
     return [n.strip() for chunk in values or [] for n in str(chunk).split(",") if n.strip()]
 
 
-def parse_pairs(pairs: Optional[Iterable[str]], flag: str) -> Dict[str, Any]:
-    """KEY=VALUE strings -> dict; values are read as YAML scalars/lists (`epochs=2`, `teachers=[a,b]`).
-    A key given twice with different values is refused: no value is silently dropped."""
-    import yaml
-
-    out: Dict[str, Any] = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise ConfigError(f"{flag} {pair!r}: expected KEY=VALUE")
-        key, text = pair.split("=", 1)
-        key = key.strip()
-        try:
-            value = yaml.safe_load(text) if text != "" else None
-        except yaml.YAMLError:
-            value = text
-        if key in out and out[key] != value:
-            raise ConfigError(f"{flag}: {key} is given twice ({out[key]!r} and {value!r}); give each key once")
-        out[key] = value
-    return out
-
-
-def _default_text(f: dataclasses.Field, spec: Dict[str, Any]) -> Optional[str]:
-    if spec.get("cli_help_default") is not None:
-        return spec["cli_help_default"]
-    if f.default is not dataclasses.MISSING:
-        value = f.default
-    elif f.default_factory is not dataclasses.MISSING:
-        value = f.default_factory()
-    else:
+def _default_text(cls: type, f: dataclasses.Field) -> Optional[str]:
+    """The default as --help and the reference show it (`Cli.help_default` if given); None if required."""
+    if _cli(cls, f.name).help_default is not None:
+        return _cli(cls, f.name).help_default
+    value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    if value is dataclasses.MISSING:
         return None
     if isinstance(value, (list, tuple)):
         return " ".join(str(v) for v in value) if value else "none"
@@ -224,58 +265,67 @@ def _default_text(f: dataclasses.Field, spec: Dict[str, Any]) -> Optional[str]:
 
 
 def add_options(parser: argparse.ArgumentParser, cls: type, *, exclude: Sequence[str] = ()) -> None:
-    """One flag per CLI field of dataclass `cls` (see the module docstring)."""
-    hints = typing.get_type_hints(cls)
-    docs = field_docs(cls)
+    """One flag per CLI field of settings class `cls` (see the module docstring)."""
     for f in dataclasses.fields(cls):
-        spec = _spec(f)
-        if not spec.get("cli", True) or f.name in exclude:
+        cli = _cli(cls, f.name)
+        if cli.hidden or f.name in exclude:
             continue
-        flag = spec.get("flag") or "--" + f.name.replace("_", "-")
-        tp = hints[f.name]
-        args = typing.get_args(tp)
-        if typing.get_origin(tp) is Union and type(None) in args:
-            tp = next(a for a in args if a is not type(None))
-        help_ = docs.get(f.name, "")
-        default = _default_text(f, spec)
+        bare, meta, _ = _unwrap(_hint(cls, f.name))
+        default = _default_text(cls, f)
+        help_ = cls.__pydantic_fields__[f.name].description or ""
         if default is not None:
             help_ = f"{help_} (default: {default})".strip()
         kwargs: Dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_.replace("%", "%%"), "dest": f.name}
-        if spec.get("metavar"):
-            kwargs["metavar"] = spec["metavar"]
-        origin = typing.get_origin(tp)
-        if tp is bool:
+        if cli.metavar:
+            kwargs["metavar"] = cli.metavar
+        origin = typing.get_origin(bare)
+        flag = _flag(cls, f.name)
+        if bare is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif origin in (list, tuple):
-            item = typing.get_args(tp)[0] if typing.get_args(tp) else str
-            nargs = "*" if not spec.get("nonempty") else "+"
-            parser.add_argument(flag, nargs=nargs, action="extend", type=str if spec.get("split") else item,
-                                **kwargs)
-        elif origin is dict or tp is dict:
+            item = _unwrap(_item(bare))[0]
+            nonempty = any(getattr(c, "min_length", 0) for c in _constraints(meta))
+            parser.add_argument(flag, nargs="+" if nonempty else "*", action="extend",
+                                type=str if cli.split else _scalar(item), **kwargs)
+        elif origin is dict or bare is dict:
             parser.add_argument(flag, nargs="*", action="extend", **{"metavar": "KEY=VALUE", **kwargs})
         else:
-            if spec.get("choices") is not None:
-                kwargs["choices"] = spec["choices"]
-            parser.add_argument(flag, type=tp if tp in (int, float, str) else str, **kwargs)
+            if origin is Literal:
+                kwargs["choices"] = typing.get_args(bare)
+            parser.add_argument(flag, type=_scalar(bare), **kwargs)
+
+
+def _scalar(tp: Any) -> Callable[[str], Any]:
+    if typing.get_origin(tp) is Literal:
+        return type(typing.get_args(tp)[0])
+    return tp if tp in (int, float, str) else str
 
 
 def options_from(cls: type, given: Mapping[str, Any], **fixed: Any) -> Any:
     """An instance of `cls` from the parsed flags `given` (missing ones take the field defaults) and
     `fixed` values; dict fields parse their KEY=VALUE pairs, `split` lists their commas."""
-    hints = typing.get_type_hints(cls)
     values: Dict[str, Any] = {}
     for f in dataclasses.fields(cls):
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        if required and f.name not in fixed and f.name not in given:
-            raise ConfigError(f"{_spec(f).get('flag') or '--' + f.name.replace('_', '-')} is required")
         if f.name in fixed:
             values[f.name] = fixed[f.name]
         elif f.name in given:
-            value, spec = given[f.name], _spec(f)
-            tp = hints[f.name]
-            if (typing.get_origin(tp) is dict or tp is dict) and isinstance(value, list):
-                value = parse_pairs(value, spec.get("flag") or "--" + f.name.replace("_", "-"))
-            elif spec.get("split"):
+            value, bare = given[f.name], _unwrap(_hint(cls, f.name))[0]
+            if (typing.get_origin(bare) is dict or bare is dict) and isinstance(value, list):
+                value = parse_pairs(value, _flag(cls, f.name))
+            elif _cli(cls, f.name).split:
                 value = split_names(value)
             values[f.name] = value
     return cls(**values)
+
+
+# --- reference ----------------------------------------------------------------------------------
+def reference_rows(cls: type) -> List[Tuple[str, str, str, str, str]]:
+    """One row per field of settings class `cls`: (name, type, default, constraints, doc), as text,
+    for the generated config reference."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        hint, default = _hint(cls, f.name), _default_text(cls, f)
+        kind = "str" if typing.get_origin(_unwrap(hint)[0]) is Literal else type_name(hint)
+        doc = " ".join((cls.__pydantic_fields__[f.name].description or "").split())
+        rows.append((f.name, kind, "required" if default is None else default, _constraint_text(hint), doc))
+    return rows

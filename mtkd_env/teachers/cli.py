@@ -16,14 +16,16 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Annotated, List, Optional, Sequence
+
+from pydantic import Field
 
 from ..runtime.cli import ArgumentParser, run_cli
-from ..runtime.errors import CheckpointError, ConfigError
+from ..runtime.errors import CheckpointError, ConfigError, short_repr
 from ..runtime.files import load_weights, torch_save_atomic
-from ..runtime.options import add_options, check_options, knob, options_from
+from ..runtime.options import Cli, add_options, options_from, settings
 
 __all__ = ["TeacherTrainConfig", "train_teacher", "list_teachers", "main", "DEFAULT_MILESTONES"]
 
@@ -31,7 +33,7 @@ DEFAULT_MILESTONES = (150, 180, 210)
 """Learning-rate milestones of the reference 240-epoch teacher recipe."""
 
 
-@dataclass
+@settings
 class TeacherTrainConfig:
     """One teacher training run; every field is the CLI flag of the same name (`_` -> `-`)."""
 
@@ -43,27 +45,27 @@ class TeacherTrainConfig:
     """Root folder of on-disk datasets."""
     dataset_kwargs: dict = field(default_factory=dict)
     """Dataset options as KEY=VALUE (e.g. n_val=0 to train on all 50k CIFAR-100 images)."""
-    epochs: int = knob(240, minimum=1)
+    epochs: Annotated[int, Field(ge=1)] = 240
     """Training epochs."""
-    lr: float = knob(0.05, minimum=0)
+    lr: Annotated[float, Field(ge=0)] = 0.05
     """Initial learning rate (RepDistiller uses 0.01 for MobileNet/ShuffleNet teachers)."""
-    milestones: Optional[List[int]] = knob(None, cli_help_default=" ".join(map(str, DEFAULT_MILESTONES)), metavar="EPOCH")
+    milestones: Annotated[Optional[List[Annotated[int, Field(ge=1)]]], Cli(metavar='EPOCH', help_default=' '.join(map(str, DEFAULT_MILESTONES)))] = None
     """Epochs at which the learning rate is multiplied by `gamma` (none given: a constant learning rate)."""
-    gamma: float = knob(0.1, minimum=0)
+    gamma: Annotated[float, Field(ge=0)] = 0.1
     """Learning-rate decay factor at each milestone."""
-    weight_decay: float = knob(5e-4, minimum=0)
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0005
     """SGD weight decay."""
-    momentum: float = knob(0.9, minimum=0)
+    momentum: Annotated[float, Field(ge=0)] = 0.9
     """SGD momentum."""
     nesterov: bool = False
     """Nesterov momentum (off in the reference teacher recipe)."""
-    batch_size: int = knob(64, minimum=1)
+    batch_size: Annotated[int, Field(ge=1)] = 64
     """Training batch size (the last partial batch of an epoch is dropped)."""
     augment: bool = True
     """The dataset's standard training augmentation."""
-    seed: int = knob(0, minimum=0)
+    seed: Annotated[int, Field(ge=0)] = 0
     """Seed of initialisation, data order and augmentation (EnvConfig.teacher_seed)."""
-    data_seed: int = knob(0, minimum=0)
+    data_seed: Annotated[int, Field(ge=0)] = 0
     """Seed of the train/val split (EnvConfig.data_seed)."""
     device: str = "auto"
     """"auto", "cpu", "cuda" or "cuda:N"."""
@@ -73,15 +75,14 @@ class TeacherTrainConfig:
     """Write the checkpoint here instead of the cache (use it as "arch=/path" in EnvConfig)."""
     resume: bool = True
     """Continue from this run's resume file if one exists."""
-    eval_every: int = knob(1, minimum=1)
+    eval_every: Annotated[int, Field(ge=1)] = 1
     """Epochs between validation evaluations (the last epoch is always evaluated)."""
-    eval_batch_size: int = knob(512, minimum=1)
+    eval_batch_size: Annotated[int, Field(ge=1)] = 512
     """Batch size of evaluation."""
     show_progress: bool = True
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
-        check_options(self)
         if self.milestones is None:
             if any(not 0 < m < self.epochs for m in DEFAULT_MILESTONES):
                 raise ConfigError(f"milestones: the default {list(DEFAULT_MILESTONES)} (epochs of the 240-epoch "
@@ -89,7 +90,7 @@ class TeacherTrainConfig:
                                   f"(0, {self.epochs}), or --milestones alone for a constant learning rate")
             self.milestones = list(DEFAULT_MILESTONES)
         if any(not 0 < m < self.epochs for m in self.milestones):
-            raise ConfigError(f"milestones: expected epochs in (0, {self.epochs}), got {self.milestones!r}")
+            raise ConfigError(f"milestones: expected epochs in (0, {self.epochs}), got {short_repr(self.milestones)}")
 
     def recipe(self) -> dict:
         return {"optimizer": "sgd", "lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay,
