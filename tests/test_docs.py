@@ -40,12 +40,11 @@ def test_config_reference_renders_every_env_config_field():
     import mtkd_env
 
     table = _hook().env_config_reference()
-    names = [f.name for f in dataclasses.fields(mtkd_env.EnvConfig)] if dataclasses.is_dataclass(
-        mtkd_env.EnvConfig) else list(mtkd_env.EnvConfig.model_fields)
+    names = [f.name for f in dataclasses.fields(mtkd_env.EnvConfig)]
     assert names
     for name in names:
         assert f"| `{name}` |" in table, name
-    assert "| `batch_size` | `int` | `64` | Training batch size B." in table
+    assert "| `batch_size` | `int` | `64` | >= 1 | Training batch size B." in table
 
 
 def test_hyperparams_reference_renders_every_algo():

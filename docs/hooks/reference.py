@@ -10,7 +10,7 @@ the reference never drifts from the declarations (nothing here is copied by hand
     <!-- floors-table -->            the floors of `mtkd_env/layering.py`  (`floors_table`)
 
 One function reads each kind of declaration: `settings_rows` (a settings class -> rows; the only
-code that knows whether settings are dataclasses or pydantic models), `cli_help` (a CLI module ->
+code that reads settings declarations, through `reference_rows`), `cli_help` (a CLI module ->
 its `--help`), `floors_table` (the layering module -> a table). When the settings layer changes,
 only the matching function changes. `tests/test_docs.py` calls them without mkdocs.
 """
@@ -18,13 +18,11 @@ only the matching function changes. `tests/test_docs.py` calls them without mkdo
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import importlib
 import io
 import json
 import os
 import re
-import typing
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 MARKERS: Dict[str, str] = {}  # marker -> name of the function that renders it (filled below)
@@ -46,36 +44,14 @@ HELP_COLUMNS = 100
 
 
 # --- the one reader per kind of declaration --------------------------------------------------
-def settings_rows(cls: type) -> List[Tuple[str, str, str, str]]:
-    """(name, type, default, one-line doc) of every field of a settings class.
+def settings_rows(cls: type) -> List[Tuple[str, str, str, str, str]]:
+    """(name, type, default, constraints, one-line doc) of every field of a settings class: the
+    declarations read by `mtkd_env.runtime.options.reference_rows`, the same reader that builds the
+    flags and the checks."""
+    from mtkd_env.runtime.options import reference_rows
 
-    Reads pydantic models (`model_fields`: annotation, default, description) and dataclasses
-    (`dataclasses.fields` + the docstring under each field, `mtkd_env.runtime.options.field_docs`).
-    """
-    rows = []
-    if hasattr(cls, "model_fields"):  # pydantic v2
-        for name, info in cls.model_fields.items():
-            if info.is_required():
-                default = "required"
-            elif info.default_factory is not None:
-                default = _value(info.default_factory())
-            else:
-                default = _value(info.default)
-            rows.append((name, _type_text(info.annotation), default, _one_line(info.description or "")))
-        return rows
-    from mtkd_env.runtime.options import field_docs
-
-    docs = field_docs(cls)
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.default is not dataclasses.MISSING:
-            default = _value(f.default)
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            default = _value(f.default_factory())  # type: ignore[misc]
-        else:
-            default = "required"
-        rows.append((f.name, _type_text(hints.get(f.name, f.type)), default, _one_line(docs.get(f.name, ""))))
-    return rows
+    return [(name, kind, default, constraints, _one_line(doc))
+            for name, kind, default, constraints, doc in reference_rows(cls)]
 
 
 def cli_help(module_name: str, prog: str = "") -> str:
@@ -158,8 +134,7 @@ def env_config_reference() -> str:
     """The `EnvConfig` table."""
     import mtkd_env
 
-    return _table(("field", "type", "default", "meaning"), [
-        (f"`{n}`", f"`{t}`", f"`{d}`", doc) for n, t, d, doc in settings_rows(mtkd_env.EnvConfig)])
+    return _settings_table(mtkd_env.EnvConfig, "field")
 
 
 def hyperparams_reference() -> str:
@@ -180,8 +155,7 @@ def hyperparams_reference() -> str:
         if config_class is not None:
             parts.append(f"\nEvery hyperparameter of `{algo}` (`{config_class.__name__}`), besides `n_timesteps` "
                          "and `env_kwargs`:\n")
-            parts.append(_table(("key", "type", "default", "meaning"), [
-                (f"`{n}`", f"`{t}`", f"`{d}`", doc) for n, t, d, doc in settings_rows(config_class)]))
+            parts.append(_settings_table(config_class, "key"))
         else:
             parts.append("\nAny constructor argument of Stable-Baselines3's class for this algorithm is accepted, "
                          "plus the rl-zoo3 keys `n_timesteps`, `policy`, `normalize`, `policy_kwargs`, "
@@ -256,25 +230,13 @@ def on_page_markdown(markdown: str, page: Any = None, config: Any = None, files:
 
 
 # --- formatting ------------------------------------------------------------------------------
+def _settings_table(cls: type, what: str) -> str:
+    return _table((what, "type", "default", "allowed", "meaning"), [
+        (f"`{n}`", f"`{t}`", f"`{d}`", c, doc) for n, t, d, c, doc in settings_rows(cls)])
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
-
-
-def _type_text(tp: Any) -> str:
-    if isinstance(tp, str):
-        return tp
-    if tp is type(None):
-        return "None"
-    origin = typing.get_origin(tp)
-    if origin is typing.Union or type(tp).__name__ == "UnionType":
-        return " or ".join(_type_text(a) for a in typing.get_args(tp))
-    if origin is not None:
-        name = getattr(origin, "__name__", str(origin))
-        args = typing.get_args(tp)
-        if origin.__module__ == "collections.abc":
-            return name
-        return f"{name}[{', '.join(_type_text(a) for a in args)}]" if args else name
-    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
 def _value(value: Any) -> str:
