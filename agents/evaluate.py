@@ -14,7 +14,8 @@ import sys
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from mtkd_env.runtime.cli import ArgumentParser, add_env_flags, env_config_from, run_cli
+from mtkd_env.config import add_env_flags, env_config_from
+from mtkd_env.runtime.cli import ArgumentParser, run_cli
 from mtkd_env.runtime.options import add_options, check_options, knob, options_from
 
 

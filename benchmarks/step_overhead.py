@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from mtkd_env import EnvConfig
 from mtkd_env import models
 from mtkd_env.env import MultiTeacherKDEnv
-from mtkd_env.projectors import ProjectorBank
+from mtkd_env.models.projectors import ProjectorBank
 from mtkd_env.runtime.cli import ArgumentParser, run_cli
 from mtkd_env.runtime.files import atomic_write_text
 

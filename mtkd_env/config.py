@@ -6,6 +6,7 @@ with a one-line message naming the field and what was expected.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -13,12 +14,13 @@ import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Union
 
 from .runtime.errors import ConfigError, did_you_mean
 from .runtime.options import check_type, coerce_numbers, field_docs, parse_pairs
 
-__all__ = ["EnvConfig", "ConfigError", "load_config_file", "parse_overrides", "default_cache_dir"]
+__all__ = ["EnvConfig", "ConfigError", "load_config_file", "parse_overrides", "default_cache_dir", "add_env_flags",
+           "env_config_data", "env_config_from"]
 
 
 def default_cache_dir() -> str:
@@ -117,7 +119,7 @@ class EnvConfig:
     """Softmax temperature of the action transform."""
     obs_features: Optional[list] = None
     """Teacher granularity: the statistics in the observation, in this order, from
-    `mtkd_env.observations.OBS_FEATURES` — per teacher "ce", "acc", "kl", "cos", "entropy" (M
+    `mtkd_env.mdp.OBS_FEATURES` — per teacher "ce", "acc", "kl", "cos", "entropy" (M
     columns each), then "student_ce", "student_acc", "progress", "lr"; null = all (5M + 4). The
     teachers' own statistics ("ce", "acc", "entropy") do not depend on the student, so a value
     function cannot read the effect of the agent's earlier actions from them."""
@@ -129,7 +131,7 @@ class EnvConfig:
     """Sample granularity: append the student's pooled embedding (D_s) to every state row, after
     the teacher blocks (the student representation of Reinforced Multi-Teacher Selection)."""
     reward: Union[str, Callable, None] = None
-    """Reward name from `mtkd_env.rewards.REWARDS`, or a callable `f(StepResult) -> float`.
+    """Reward name from `mtkd_env.mdp.REWARDS`, or a callable `f(StepResult) -> float`.
     None = "probe_loss_drop" for teacher granularity, "paper" for sample granularity."""
     reward_interval: int = 10
     """Steps between validation evaluations of the rewards that use them ("val_acc_delta",
@@ -219,7 +221,7 @@ class EnvConfig:
         if any(not isinstance(m, (int, float)) or not 0 < m < 1 for m in self.lr_milestones):
             raise ConfigError(f"lr_milestones: expected fractions in (0, 1), got {self.lr_milestones!r}")
         if self.obs_features is not None:
-            from .observations import OBS_FEATURES
+            from .mdp.observations import OBS_FEATURES
 
             bad = [f for f in self.obs_features if f not in OBS_FEATURES]
             if bad or not self.obs_features or len(set(self.obs_features)) != len(self.obs_features):
@@ -319,3 +321,26 @@ def _refuse_unknown(keys: set, known: set) -> None:
 def _check_choice(name: str, value: str, choices: tuple) -> None:
     if value not in choices:
         raise ConfigError(f"{name}: expected one of {list(choices)}, got {value!r}")
+
+
+# --- the env-config flags every CLI shares ----------------------------------------------------
+def add_env_flags(parser: argparse.ArgumentParser) -> None:
+    """`--env-config FILE` and `--env KEY=VALUE ...` (repeatable: every --env adds to the overrides)."""
+    parser.add_argument("--env-config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="YAML/JSON file of EnvConfig fields")
+    parser.add_argument("--env", nargs="+", action="extend", metavar="KEY=VALUE", default=argparse.SUPPRESS,
+                        help="EnvConfig overrides, e.g. --env epochs=5 device=cpu; repeated --env flags add up "
+                             "(a key given twice with different values is refused)")
+
+
+def env_config_data(args: Mapping[str, Any], base: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The EnvConfig fields the command line sets: `--env-config` (else `base`) with the `--env`
+    overrides, as a dict (its keys are the fields the user chose)."""
+    data = load_config_file(args["env_config"]) if "env_config" in args else dict(base or {})
+    data.update(parse_overrides(args.get("env", []), "--env"))
+    return data
+
+
+def env_config_from(args: Mapping[str, Any], base: Optional[Dict[str, Any]] = None) -> EnvConfig:
+    """The `EnvConfig` of `--env-config` (else `base`, else the defaults) with the `--env` overrides."""
+    return EnvConfig.from_dict(env_config_data(args, base))

@@ -13,13 +13,14 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from . import observations as obsmod
-from .actions import check_weights, split_action, to_simplex, weights_to_action
 from .config import ConfigError, EnvConfig
-from .engine import DistillationEngine
-from .measurements import MeasurementPlan
-from .rewards import StepResult, config_rewards, needs_twin
-from .stepping import Pending, run_iterations, to_host
+from .engine.core import DistillationEngine
+from .engine.observe import sample_obs, teacher_obs
+from .mdp import observations as obsmod
+from .mdp.actions import check_weights, split_action, to_simplex, weights_to_action
+from .mdp.measurements import MeasurementPlan
+from .mdp.rewards import StepResult, config_rewards, needs_twin
+from .mdp.stepping import Pending, run_iterations, to_host
 
 __all__ = ["MultiTeacherKDEnv", "make_config"]
 
@@ -68,7 +69,7 @@ class MultiTeacherKDEnv(gym.Env):
         rewards = [self.reward_fn, *self.logged_rewards.values()]
         twin = needs_twin(rewards)
         # `engine`: what drives the student instead of an own `DistillationEngine` (the batched
-        # vector env passes each sub-env its row of the batched engine, `mtkd_env.batched.EngineSlot`).
+        # vector env passes each sub-env its row of the batched engine, `mtkd_env.engine.batched.EngineSlot`).
         if engine is not None and engine.has_twin != twin:
             raise ValueError(f"engine {'has' if engine.has_twin else 'has no'} twin student but the rewards "
                              f"{'need' if twin else 'do not need'} one")
@@ -284,8 +285,8 @@ class MultiTeacherKDEnv(gym.Env):
         """This rank's observation part: (5M + 2,) batch means, or (b, F) per-sample rows."""
         batch, cfg = self.engine.batch, self.config
         if cfg.granularity == "teacher":
-            return obsmod.teacher_obs(batch)
-        return obsmod.sample_obs(batch, cfg.sample_obs_embeddings, cfg.sample_obs_logits, cfg.sample_obs_student)
+            return teacher_obs(batch)
+        return sample_obs(batch, cfg.sample_obs_embeddings, cfg.sample_obs_logits, cfg.sample_obs_student)
 
     def _device_parts(self, per_sample: Optional[torch.Tensor], scalars: list, evals: torch.Tensor,
                       obs: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
