@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Union
 
+from .mdp.actions import ACTION_TRANSFORMS
 from .runtime.errors import ConfigError, did_you_mean
 from .runtime.options import check_type, coerce_numbers, field_docs, parse_pairs
 
@@ -211,7 +212,7 @@ class EnvConfig:
             raise ConfigError(f"noisy_label_fraction: expected a number in [0, 1], got "
                               f"{self.noisy_label_fraction!r}")
         _check_choice("granularity", self.granularity, ("teacher", "sample"))
-        _check_choice("action_transform", self.action_transform, ("softmax", "linear", "select"))
+        _check_choice("action_transform", self.action_transform, tuple(ACTION_TRANSFORMS))
         _check_choice("lr_schedule", self.lr_schedule, ("multistep", "cosine", "constant"))
         _check_choice("amp", self.amp, ("none", "bf16"))
         _check_choice("compile_mode", self.compile_mode, ("default", "reduce-overhead", "max-autotune"))

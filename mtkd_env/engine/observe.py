@@ -7,19 +7,22 @@ from __future__ import annotations
 
 import torch
 
+from ..mdp.observations import STUDENT_STATS, TEACHER_STATS
 from .batch import Batch
 
 __all__ = ["teacher_obs", "sample_obs"]
 
 
 def teacher_obs(batch: Batch) -> torch.Tensor:
-    """(5M + 2,) device part of the observation, stat-major: all teachers' CE, then accuracy, KL,
-    cos, entropy; then student CE and accuracy. Progress and LR are host values the env appends."""
-    per_teacher = torch.stack([batch.teacher_ce.mean(0), batch.teacher_correct.mean(0),
-                               batch.kl.detach().mean(0), batch.cos.mean(0),
-                               batch.teacher_entropy.mean(0)])               # (5, M)
-    student = torch.stack([batch.student_ce.detach().mean(), batch.student_correct.mean()])
-    return torch.cat([per_teacher.flatten(), student]).float()
+    """The device part of the observation, stat-major in the order of `TEACHER_STATS` (M columns
+    each), then the student's statistics of `STUDENT_STATS` that live on the device (CE, accuracy):
+    (5M + 2,). Progress and LR are host values the env appends."""
+    per_teacher = {"ce": batch.teacher_ce.mean(0), "acc": batch.teacher_correct.mean(0),
+                   "kl": batch.kl.detach().mean(0), "cos": batch.cos.mean(0),
+                   "entropy": batch.teacher_entropy.mean(0)}
+    student = {"ce": batch.student_ce.detach().mean(), "acc": batch.student_correct.mean()}
+    return torch.cat([torch.stack([per_teacher[s] for s in TEACHER_STATS]).flatten(),
+                      torch.stack([student[s] for s in STUDENT_STATS if s in student])]).float()
 
 
 def sample_obs(batch: Batch, embeddings: bool, logits: bool, student: bool = False) -> torch.Tensor:
