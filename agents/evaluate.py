@@ -15,7 +15,8 @@ from typing import Annotated, Optional, Sequence
 
 from pydantic import Field
 
-from mtkd_env.runtime.cli import ArgumentParser, add_env_flags, env_config_from, run_cli
+from mtkd_env.config import add_env_flags, env_config_from
+from mtkd_env.runtime.cli import ArgumentParser, run_cli
 from mtkd_env.runtime.options import Cli, add_options, options_from, settings
 
 

@@ -1,6 +1,6 @@
 """Evaluation episodes of a trained `Policy` and of equal weights (AVER) on fresh students.
 
-Both run through `mtkd_env.runtime.episodes` (the one episode runner): the policy through
+Both run through `mtkd_env.episodes` (the one episode runner): the policy through
 `env.step(policy.predict(obs, deterministic=True)[0])` on
 `MultiTeacherKDEnv(user_config.replace(**policy.env_overrides))`, AVER through `env.step_weights(1/M)`
 on the user's config; episodes with the same seed start from the same student, data order and
@@ -14,7 +14,7 @@ from typing import List, Sequence, Tuple
 import numpy as np
 
 from mtkd_env import EnvConfig
-from mtkd_env.runtime.episodes import EpisodeResult, EqualWeights, run_episodes
+from mtkd_env.episodes import EpisodeResult, EqualWeights, run_episodes
 
 from .policy import Policy
 

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mtkd_env.actions import weights_to_action
+from mtkd_env.mdp.actions import weights_to_action
 from mtkd_env.config import ConfigError
 
 from .mtkd_rl_network import MTKDRLConfig, PolicyTrans, StateLayout

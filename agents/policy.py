@@ -47,7 +47,7 @@ class Policy:
     @property
     def env_config(self) -> EnvConfig:
         """The env config the agent was trained on (a callable reward is replaced by the default)."""
-        from mtkd_env.rewards import REWARDS
+        from mtkd_env.mdp.rewards import REWARDS
 
         data = dict(self.meta["env_config"])
         if data.get("reward") is not None and data["reward"] not in REWARDS:  # a callable's saved name

@@ -37,7 +37,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from mtkd_env import ENV_ID, EnvConfig
 from mtkd_env.config import ConfigError
-from mtkd_env.distributed import context as dist_context
+from mtkd_env.runtime.distributed import context as dist_context
 from mtkd_env.runtime import collective
 from mtkd_env.runtime.files import atomic_write_text, check_output_dir, torch_save_atomic
 from mtkd_env.runtime.errors import short_repr

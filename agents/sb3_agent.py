@@ -8,7 +8,7 @@ Monitor and VecNormalize accumulators, `_last_obs`, counters, the replay buffer 
 Checkpoints are taken at rollout boundaries (`on_rollout_start`), where the rollout buffer is
 empty, so nothing half-collected has to be saved. That state lives in SB3's private attributes
 (`_last_obs`, `_n_updates`, `_episode_num`, ...), so setup.cfg bounds stable-baselines3 to the
-versions tested (`<2.10`); a new version needs the resume tests (tests/test_agents_resume.py).
+versions tested (`<2.10`); a new version needs the resume tests (tests/agents/test_resume.py).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class SB3Agent:
     def __init__(self, algo: str, env_config: EnvConfig, hyperparams: dict, seed: int, device: str) -> None:
         from stable_baselines3.common.vec_env import VecNormalize
 
-        from mtkd_env.distributed import context as dist_context
+        from mtkd_env.runtime.distributed import context as dist_context
 
         if env_config.granularity != "teacher":
             raise ConfigError(f"--algo {algo}: SB3 algorithms act on the flat teacher-granularity env, got "

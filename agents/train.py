@@ -24,9 +24,9 @@ import sys
 from dataclasses import fields
 from typing import Any, Dict, List, Optional, Sequence
 
-from mtkd_env.config import ConfigError, EnvConfig
+from mtkd_env.config import ConfigError, EnvConfig, add_env_flags, env_config_data
 from mtkd_env.runtime import collective
-from mtkd_env.runtime.cli import ArgumentParser, add_env_flags, env_config_data, given_flags, run_cli, say
+from mtkd_env.runtime.cli import ArgumentParser, given_flags, run_cli, say
 
 _RUN_DEFINING = ("seed", "env_config", "env", "hyperparams", "out_dir", "save_freq", "wandb_project", "wandb_group",
                  "n_envs", "vec_env")

@@ -37,8 +37,8 @@ from pydantic import Field
 
 import numpy as np
 
-from mtkd_env.config import ConfigError, EnvConfig
-from mtkd_env.runtime.cli import ArgumentParser, add_env_flags, env_config_from, run_cli
+from mtkd_env.config import ConfigError, EnvConfig, add_env_flags, env_config_from
+from mtkd_env.runtime.cli import ArgumentParser, run_cli
 from mtkd_env.runtime.errors import did_you_mean
 from mtkd_env.runtime.options import Cli, add_options, options_from, settings
 
@@ -65,7 +65,7 @@ class DiagnoseOptions:
     rewards: Annotated[List[str], Cli(split=True)] = field(default_factory=list)
     """Reward names to measure (default: every registered reward)."""
     imports: Annotated[List[str], Cli(flag='--import', metavar='MODULE')] = field(default_factory=list)
-    """Modules to import first (to register your own rewards with `mtkd_env.rewards.register_reward`)."""
+    """Modules to import first (to register your own rewards with `mtkd_env.mdp.register_reward`)."""
     out: str = "diagnose_out"
     """Output folder for diagnose.json and snr.png."""
     progress: bool = True
@@ -153,7 +153,7 @@ def _run_to_end(env, arm: Arm, names: Sequence[str], fork_steps=(), states=None)
 def run_diagnosis(options: DiagnoseOptions, progress: Callable[[str], None] = lambda s: None) -> dict:
     """Run the fork study; returns the JSON-ready result (options, records, summary rows)."""
     from mtkd_env.env import MultiTeacherKDEnv
-    from mtkd_env.rewards import REWARDS
+    from mtkd_env.mdp.rewards import REWARDS
 
     names = list(options.rewards) or sorted(REWARDS)
     unknown = [n for n in names if n not in REWARDS]

@@ -40,7 +40,7 @@ from pydantic import Field
 from mtkd_env import EnvConfig
 from mtkd_env import models
 from mtkd_env.env import MultiTeacherKDEnv
-from mtkd_env.projectors import ProjectorBank
+from mtkd_env.models.projectors import ProjectorBank
 from mtkd_env.runtime.cli import ArgumentParser, run_cli
 from mtkd_env.runtime.files import atomic_write_text
 from mtkd_env.runtime.options import Cli, add_options, options_from, settings

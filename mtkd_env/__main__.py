@@ -7,7 +7,8 @@ from typing import Annotated, Optional, Sequence
 
 from pydantic import Field
 
-from .runtime.cli import ArgumentParser, add_env_flags, env_config_from, run_cli
+from .config import add_env_flags, env_config_from
+from .runtime.cli import ArgumentParser, run_cli
 from .runtime.options import add_options, options_from, settings
 
 
@@ -35,7 +36,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
 
     from .env import MultiTeacherKDEnv
     from .runtime import collective
-    from .runtime.episodes import EqualWeights, run_episode
+    from .episodes import EqualWeights, run_episode
 
     ctx = collective.join(cfg.device)  # under torchrun: one distillation over all ranks
     env = MultiTeacherKDEnv(cfg)

@@ -9,21 +9,24 @@ one-line message naming the field and what was expected.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
 import re
 from dataclasses import field
 from pathlib import Path
-from typing import Annotated, Any, Callable, Dict, List, Literal, Optional, Union
+from typing import Annotated, Any, Callable, Dict, List, Literal, Mapping, Optional, Union
 
 from pydantic import Field
 
+from .mdp.actions import ACTION_TRANSFORMS
 from .runtime.errors import ConfigError, short_repr
 from .runtime.mappings import check_size, parse_pairs, safe_yaml
 from .runtime.options import Cli, settings
 
-__all__ = ["EnvConfig", "ConfigError", "load_config_file", "parse_overrides", "default_cache_dir"]
+__all__ = ["EnvConfig", "ConfigError", "load_config_file", "parse_overrides", "default_cache_dir", "add_env_flags",
+           "env_config_data", "env_config_from"]
 
 
 def default_cache_dir() -> str:
@@ -114,7 +117,7 @@ class EnvConfig:
     per-sample state (B, F), action (B, M) or (B, 2M)."""
     separate_feature_weights: bool = False
     """Separate logit and feature weights: action width 2M instead of M."""
-    action_transform: Literal["softmax", "linear", "select"] = "softmax"
+    action_transform: Literal[tuple(ACTION_TRANSFORMS)] = "softmax"
     """How actions in [-1, 1] become simplex weights: "softmax" = softmax(a / action_temperature),
     "linear" = (a + 1) / sum(a + 1) (exactly invertible; uniform if all are -1), "select" = teacher
     m is selected iff a_m > 0 and the selected teachers share the weight equally (1 / #selected);
@@ -123,7 +126,7 @@ class EnvConfig:
     """Softmax temperature of the action transform."""
     obs_features: Optional[Annotated[List[str], Field(min_length=1)]] = None
     """Teacher granularity: the statistics in the observation, in this order, from
-    `mtkd_env.observations.OBS_FEATURES` — per teacher "ce", "acc", "kl", "cos", "entropy" (M
+    `mtkd_env.mdp.OBS_FEATURES` — per teacher "ce", "acc", "kl", "cos", "entropy" (M
     columns each), then "student_ce", "student_acc", "progress", "lr"; null = all (5M + 4). The
     teachers' own statistics ("ce", "acc", "entropy") do not depend on the student, so a value
     function cannot read the effect of the agent's earlier actions from them."""
@@ -135,7 +138,7 @@ class EnvConfig:
     """Sample granularity: append the student's pooled embedding (D_s) to every state row, after
     the teacher blocks (the student representation of Reinforced Multi-Teacher Selection)."""
     reward: Union[str, Callable, None] = None
-    """Reward name from `mtkd_env.rewards.REWARDS`, or a callable `f(StepResult) -> float`.
+    """Reward name from `mtkd_env.mdp.REWARDS`, or a callable `f(StepResult) -> float`.
     None = "probe_loss_drop" for teacher granularity, "paper" for sample granularity."""
     reward_interval: Annotated[int, Field(ge=1)] = 10
     """Steps between validation evaluations of the rewards that use them ("val_acc_delta",
@@ -188,7 +191,7 @@ class EnvConfig:
             raise ConfigError("cache_teacher_outputs: teacher outputs can only be cached without augmentation; "
                               "set augment=false or cache_teacher_outputs=false")
         if self.obs_features is not None:
-            from .observations import OBS_FEATURES
+            from .mdp.observations import OBS_FEATURES
 
             if any(f not in OBS_FEATURES for f in self.obs_features) or len(set(self.obs_features)) != len(self.obs_features):
                 raise ConfigError(f"obs_features: expected a non-empty list of distinct names from {list(OBS_FEATURES)}, "
@@ -276,3 +279,26 @@ def parse_overrides(pairs: list, flag: str = "override") -> dict:
     """Parse CLI `KEY=VALUE` strings; values are read as YAML scalars/lists (`epochs=2`,
     `teachers=[cnn,mlp]`, `device=cpu`). A key given twice with different values is refused."""
     return parse_pairs(pairs, flag)
+
+
+# --- the env-config flags every CLI shares ----------------------------------------------------
+def add_env_flags(parser: argparse.ArgumentParser) -> None:
+    """`--env-config FILE` and `--env KEY=VALUE ...` (repeatable: every --env adds to the overrides)."""
+    parser.add_argument("--env-config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="YAML/JSON file of EnvConfig fields")
+    parser.add_argument("--env", nargs="+", action="extend", metavar="KEY=VALUE", default=argparse.SUPPRESS,
+                        help="EnvConfig overrides, e.g. --env epochs=5 device=cpu; repeated --env flags add up "
+                             "(a key given twice with different values is refused)")
+
+
+def env_config_data(args: Mapping[str, Any], base: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The EnvConfig fields the command line sets: `--env-config` (else `base`) with the `--env`
+    overrides, as a dict (its keys are the fields the user chose)."""
+    data = load_config_file(args["env_config"]) if "env_config" in args else dict(base or {})
+    data.update(parse_overrides(args.get("env", []), "--env"))
+    return data
+
+
+def env_config_from(args: Mapping[str, Any], base: Optional[Dict[str, Any]] = None) -> EnvConfig:
+    """The `EnvConfig` of `--env-config` (else `base`, else the defaults) with the `--env` overrides."""
+    return EnvConfig.from_dict(env_config_data(args, base))

@@ -13,13 +13,14 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from . import observations as obsmod
-from .actions import check_weights, split_action, to_simplex, weights_to_action
 from .config import ConfigError, EnvConfig
-from .engine import DistillationEngine
-from .measurements import MeasurementPlan
-from .rewards import StepResult, config_rewards, needs_twin
-from .stepping import Pending, run_iterations, to_host
+from .engine.core import DistillationEngine
+from .engine.observe import sample_obs, teacher_obs
+from .mdp import observations as obsmod
+from .mdp.actions import ActionMap
+from .mdp.measurements import MeasurementPlan
+from .mdp.rewards import StepResult, config_rewards, needs_twin
+from .mdp.stepping import Pending, run_iterations, to_host
 
 __all__ = ["MultiTeacherKDEnv", "make_config"]
 
@@ -68,7 +69,7 @@ class MultiTeacherKDEnv(gym.Env):
         rewards = [self.reward_fn, *self.logged_rewards.values()]
         twin = needs_twin(rewards)
         # `engine`: what drives the student instead of an own `DistillationEngine` (the batched
-        # vector env passes each sub-env its row of the batched engine, `mtkd_env.batched.EngineSlot`).
+        # vector env passes each sub-env its row of the batched engine, `mtkd_env.engine.batched.EngineSlot`).
         if engine is not None and engine.has_twin != twin:
             raise ValueError(f"engine {'has' if engine.has_twin else 'has no'} twin student but the rewards "
                              f"{'need' if twin else 'do not need'} one")
@@ -79,7 +80,9 @@ class MultiTeacherKDEnv(gym.Env):
         self.batch_size = cfg.batch_size
         self.teacher_names = [t.name for t in self.engine.teachers]
         self.teacher_val_acc = np.array([t.val_acc for t in self.engine.teachers], dtype=np.float64)
-        self.action_width = 2 * m if cfg.separate_feature_weights else m
+        self.action_map = ActionMap(cfg.action_transform, cfg.action_temperature, m, cfg.batch_size,
+                                    cfg.separate_feature_weights, cfg.granularity)
+        self.action_width = self.action_map.width
         self._obs_columns = None
         if cfg.granularity == "teacher":
             low, high = obsmod.teacher_bounds(m)
@@ -89,14 +92,13 @@ class MultiTeacherKDEnv(gym.Env):
                 low, high = low[self._obs_columns], high[self._obs_columns]
                 self.feature_names = [self.feature_names[i] for i in self._obs_columns]
             self.sample_layout = None
-            self.action_space = spaces.Box(-1.0, 1.0, (self.action_width,), dtype=np.float32)
         else:
             self.sample_layout = obsmod.sample_layout(self.engine.num_classes, self.engine.teacher_embedding_dims,
                                                       cfg.sample_obs_embeddings, cfg.sample_obs_logits,
                                                       self.engine.student_embedding_dim if cfg.sample_obs_student else 0)
             low, high = obsmod.sample_bounds(self.sample_layout, cfg.batch_size)
             self.feature_names = None
-            self.action_space = spaces.Box(-1.0, 1.0, (cfg.batch_size, self.action_width), dtype=np.float32)
+        self.action_space = spaces.Box(-1.0, 1.0, self.action_map.shape, dtype=np.float32)
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
         self.total_steps = self.engine.total_steps
         self._obs_low, self._obs_high = low, high
@@ -117,28 +119,14 @@ class MultiTeacherKDEnv(gym.Env):
         return self.step_weights(w_logit, w_feat)
 
     # --- actions ---------------------------------------------------------------------------
-    @property
-    def _weight_shape(self) -> Tuple[int, ...]:
-        m = self.num_teachers
-        return (m,) if self.config.granularity == "teacher" else (self.batch_size, m)
-
     def action_to_weights(self, action) -> Tuple[np.ndarray, np.ndarray]:
         """Validate `action` and map it to (logit weights, feature weights) on the simplex."""
-        cfg = self.config
-        logit_part, feat_part = split_action(action, self.action_space.shape, self.num_teachers,
-                                             cfg.separate_feature_weights, cfg.granularity)
-        return self._to_simplex(logit_part), self._to_simplex(feat_part)
-
-    def _to_simplex(self, a: np.ndarray) -> np.ndarray:
-        return to_simplex(a, self.config.action_transform, self.config.action_temperature)
+        return self.action_map.to_weights(action)
 
     def weights_to_action(self, w_logit: np.ndarray, w_feat: Optional[np.ndarray] = None) -> np.ndarray:
         """An action that maps back to these weights (exact for "linear"; for "softmax" exact up
         to the clip of the log-ratio range to [-1, 1])."""
-        parts = [w_logit] + ([w_feat if w_feat is not None else w_logit]
-                             if self.config.separate_feature_weights else [])
-        parts = [np.broadcast_to(np.asarray(w, dtype=np.float64), self._weight_shape) for w in parts]
-        return weights_to_action(parts, self.config.action_transform, self.config.action_temperature)
+        return self.action_map.to_action(w_logit, w_feat)
 
     # --- the step --------------------------------------------------------------------------
     def step_weights(self, w_logit, w_feat=None):
@@ -187,8 +175,8 @@ class MultiTeacherKDEnv(gym.Env):
             raise RuntimeError("call reset() before step()")
         if self._episode_over:
             raise RuntimeError("the episode has ended (terminated=True); call reset() before step()")
-        wl = self._check_weights("w_logit", w_logit)
-        wf = wl if w_feat is None else self._check_weights("w_feat", w_feat)
+        wl = self.action_map.check("w_logit", w_logit)
+        wf = wl if w_feat is None else self.action_map.check("w_feat", w_feat)
         if self.dist.enabled:  # one agent, one decision: every rank applies rank 0's weights
             wl = self.dist.broadcast_array(wl, self.engine.device).astype(np.float32)
             wf = self.dist.broadcast_array(wf, self.engine.device).astype(np.float32)
@@ -274,18 +262,13 @@ class MultiTeacherKDEnv(gym.Env):
             return torch.cat([fn().float().reshape(-1) for _, fn in plan])
         return torch.zeros(size, device=device)
 
-    def _check_weights(self, name: str, w) -> np.ndarray:
-        shapes = [(self.num_teachers,)] + ([(self.batch_size, self.num_teachers)]
-                                           if self.config.granularity == "sample" else [])
-        return check_weights(name, w, shapes, self.num_teachers)
-
     # --- observations ----------------------------------------------------------------------
     def _obs_tensor(self) -> torch.Tensor:
         """This rank's observation part: (5M + 2,) batch means, or (b, F) per-sample rows."""
         batch, cfg = self.engine.batch, self.config
         if cfg.granularity == "teacher":
-            return obsmod.teacher_obs(batch)
-        return obsmod.sample_obs(batch, cfg.sample_obs_embeddings, cfg.sample_obs_logits, cfg.sample_obs_student)
+            return teacher_obs(batch)
+        return sample_obs(batch, cfg.sample_obs_embeddings, cfg.sample_obs_logits, cfg.sample_obs_student)
 
     def _device_parts(self, per_sample: Optional[torch.Tensor], scalars: list, evals: torch.Tensor,
                       obs: Optional[torch.Tensor] = None) -> List[torch.Tensor]:

@@ -6,7 +6,7 @@ Data (`mtkd_env.data.build_dataset` returns a `Splits`):
     `TrainLoader`  fixed-size training batches in a seeded order: `DeviceLoader`, `StreamingLoader`
     `EvalSet`      a validation or test split: `TensorEvalSet`, `StreamEvalSet`
 
-Weighting policies (what `mtkd_env.runtime.episodes.run_episode` drives):
+Weighting policies (what `mtkd_env.episodes.run_episode` drives):
     `ActionPolicy` an agent: raw observation -> env action (`agents.policy.Policy`, SB3 style)
     `WeightPolicy` a policy that outputs teacher weights for `env.step_weights` (formula baselines,
                    `runtime.episodes.EqualWeights`)

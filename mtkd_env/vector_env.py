@@ -4,7 +4,7 @@
     envs = gym.make_vec("MultiTeacherKD-v0", num_envs=8, vectorization_mode="sync")   # K envs in turn
 
 The teachers are loaded once; each step runs one batched forward/backward of all K students
-(`mtkd_env.batched.BatchedEngine`) and one device->host copy. Sub-env k is an ordinary
+(`mtkd_env.engine.batched.BatchedEngine`) and one device->host copy. Sub-env k is an ordinary
 `MultiTeacherKDEnv` driven through its row of the batched engine, so it computes the same
 observation, reward and info as the single env: sub-env k of a vector env reset with seed s
 follows the single env reset with seed s + k (the same trajectory within float tolerance).
@@ -30,11 +30,11 @@ import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from .batched import BatchedEngine
+from .engine.batched import BatchedEngine
 from .config import EnvConfig
 from .env import MultiTeacherKDEnv, make_config
-from .stepping import run_iterations, to_host
-from .rewards import config_rewards, needs_twin
+from .mdp.stepping import run_iterations, to_host
+from .mdp.rewards import config_rewards, needs_twin
 
 __all__ = ["MultiTeacherKDVectorEnv"]
 

@@ -28,7 +28,7 @@ agents: they load them from a shared `--agent-dir` (made once with `--train-only
 evaluates the very same agent files.
 
 Under `torchrun` (RANK/WORLD_SIZE set) every rank runs the same episodes, each as one distillation
-spread over all ranks (`mtkd_env.distributed`); only rank 0 prints, writes files and logs to W&B.
+spread over all ranks (`mtkd_env.runtime.distributed`); only rank 0 prints, writes files and logs to W&B.
 """
 
 from __future__ import annotations

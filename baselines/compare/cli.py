@@ -8,7 +8,8 @@ import shlex
 import sys
 from typing import Any, Dict, Optional, Sequence
 
-from mtkd_env.runtime.cli import ArgumentParser, add_env_flags, env_config_from, given_flags, run_cli, say
+from mtkd_env.config import add_env_flags, env_config_from
+from mtkd_env.runtime.cli import ArgumentParser, given_flags, run_cli, say
 from mtkd_env.runtime.options import add_options, options_from
 
 from .options import CompareError, CompareOptions, RunsFailed

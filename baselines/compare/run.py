@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from mtkd_env.config import ConfigError
-from mtkd_env.distributed import DistContext
+from mtkd_env.runtime.distributed import DistContext
 from mtkd_env.runtime import collective
 from mtkd_env.runtime.files import atomic_write_text
 

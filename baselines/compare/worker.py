@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from mtkd_env.runtime.episodes import EpisodeResult, run_episodes
+from mtkd_env.episodes import EpisodeResult, run_episodes
 from mtkd_env.runtime.errors import UserError, first_line
 from mtkd_env.runtime.resources import configure_threads
 from mtkd_env.runtime.tracking import start_wandb

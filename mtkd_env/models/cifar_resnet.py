@@ -15,7 +15,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ..runtime.errors import ConfigError
-from . import ModelOutput, register
+from .registry import ModelOutput, register
 
 
 class BasicBlock(nn.Module):

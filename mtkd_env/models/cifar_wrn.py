@@ -13,7 +13,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ..runtime.errors import ConfigError
-from . import ModelOutput, msra_init_, register
+from .registry import ModelOutput, msra_init_, register
 
 
 class PreActBlock(nn.Module):

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..runtime.errors import CheckpointError, ConfigError, UserError
-from . import ModelOutput, register
+from .registry import ModelOutput, register
 
 __all__ = ["TORCHVISION_MODELS", "TorchvisionModel", "resolve_weights_file", "WeightsNotFoundError"]
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import ModelOutput, msra_init_, register
+from .registry import ModelOutput, msra_init_, register
 
 # (expansion t, channels c, repeats n, first stride s); CIFAR keeps stage 2 at stride 1.
 _SETTING = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),

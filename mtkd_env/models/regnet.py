@@ -15,7 +15,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from . import ModelOutput, register
+from .registry import ModelOutput, register
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from . import ModelOutput, register
+from .registry import ModelOutput, register
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:

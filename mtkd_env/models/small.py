@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from . import ModelOutput, register
+from .registry import ModelOutput, register
 from .cifar_resnet import BasicBlock
 
 

@@ -19,14 +19,13 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from typing import Any, Callable, Dict, List, Mapping, NoReturn, Optional, Sequence
+from typing import Any, Callable, List, Mapping, NoReturn, Optional, Sequence
 
 from .collective import RankFailed, launch_rank, leave
 from .errors import UserError, did_you_mean, first_line, is_user_error
 from .resources import configure_threads
 
-__all__ = ["ArgumentParser", "UsageError", "run_cli", "describe_error", "say", "add_env_flags", "env_config_data", "env_config_from",
-           "given_flags"]
+__all__ = ["ArgumentParser", "UsageError", "run_cli", "describe_error", "say", "given_flags"]
 
 class UsageError(UserError):
     """A command-line argument was malformed or unknown."""
@@ -86,32 +85,6 @@ def run_cli(body: Callable[[Optional[Sequence[str]]], int], argv: Optional[Seque
         return 2
     finally:
         leave()
-
-
-def add_env_flags(parser: argparse.ArgumentParser) -> None:
-    """`--env-config FILE` and `--env KEY=VALUE ...` (repeatable: every --env adds to the overrides)."""
-    parser.add_argument("--env-config", metavar="FILE", default=argparse.SUPPRESS,
-                        help="YAML/JSON file of EnvConfig fields")
-    parser.add_argument("--env", nargs="+", action="extend", metavar="KEY=VALUE", default=argparse.SUPPRESS,
-                        help="EnvConfig overrides, e.g. --env epochs=5 device=cpu; repeated --env flags add up "
-                             "(a key given twice with different values is refused)")
-
-
-def env_config_data(args: Mapping[str, Any], base: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """The EnvConfig fields the command line sets: `--env-config` (else `base`) with the `--env`
-    overrides, as a dict (its keys are the fields the user chose)."""
-    from mtkd_env.config import load_config_file, parse_overrides
-
-    data = load_config_file(args["env_config"]) if "env_config" in args else dict(base or {})
-    data.update(parse_overrides(args.get("env", []), "--env"))
-    return data
-
-
-def env_config_from(args: Mapping[str, Any], base: Optional[Dict[str, Any]] = None) -> Any:
-    """The `EnvConfig` of `--env-config` (else `base`, else the defaults) with the `--env` overrides."""
-    from mtkd_env.config import EnvConfig
-
-    return EnvConfig.from_dict(env_config_data(args, base))
 
 
 def given_flags(parser: argparse.ArgumentParser, args: Mapping[str, Any], dests: Sequence[str]) -> List[str]:

@@ -1,7 +1,7 @@
 """What an entry point needs from torch.distributed beyond the env: agreeing on outcomes.
 
 Under `torchrun`, every rank runs the same `agents.train` code with the same seed and the env
-applies rank 0's action on every rank (`mtkd_env.distributed`), so rank 0's agent decides. Every
+applies rank 0's action on every rank (`mtkd_env.runtime.distributed`), so rank 0's agent decides. Every
 env call is a collective, so anything that can end a run early (a bad input, a failed build, a
 signal) must end it on every rank at the same point. The helpers here turn one rank's outcome
 into every rank's outcome; without a process group they are plain calls.
@@ -16,7 +16,7 @@ from typing import Any, Callable, List, Optional, TypeVar
 import torch
 import torch.distributed as dist
 
-from mtkd_env.distributed import DistContext, leave  # noqa: F401  (re-exported: entry points leave the group together)
+from .distributed import DistContext, leave  # noqa: F401  (re-exported: entry points leave the group together)
 
 from .errors import ConfigError, first_line, is_user_error
 
@@ -43,7 +43,7 @@ def join(device: str) -> DistContext:
     context outside torchrun. Non-zero ranks drop Python warnings: rank 0 shows the same ones."""
     if not launched_by_torchrun():
         return DistContext()
-    from mtkd_env.distributed import init_from_env
+    from .distributed import init_from_env
 
     ctx = init_from_env(device)
     if not ctx.is_main:

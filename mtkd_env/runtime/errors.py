@@ -2,7 +2,7 @@
 its first line and exits 2 (`mtkd_env.runtime.cli`). Anything else is a bug and keeps its traceback.
 
 The project's error types all derive from it: `ConfigError`, `CheckpointError`,
-`mtkd_env.disk_data.DatasetNotFoundError`, `mtkd_env.models.imagenet.WeightsNotFoundError`,
+`mtkd_env.data.disk_data.DatasetNotFoundError`, `mtkd_env.models.imagenet.WeightsNotFoundError`,
 `baselines.compare.CompareError`. `unknown_name` words "unknown X" errors with Gymnasium-style
 "did you mean" suggestions. No torch here: `import mtkd_env` loads this module.
 """

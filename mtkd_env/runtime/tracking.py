@@ -14,6 +14,7 @@ import os
 import platform
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
 
@@ -88,11 +89,9 @@ def package_versions() -> dict:
     import stable_baselines3
     import torch
 
-    import mtkd_env
-
     versions = {"python": platform.python_version(), "torch": str(torch.__version__), "numpy": np.__version__,
                 "gymnasium": str(gymnasium.__version__),
-                "stable_baselines3": str(stable_baselines3.__version__), "mtkd_env": str(mtkd_env.__version__)}
+                "stable_baselines3": str(stable_baselines3.__version__), "mtkd_env": metadata.version("mtkd-env")}
     try:
         import wandb
 

@@ -29,7 +29,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from .. import models
-from ..accuracy import correct_count, split_correct
+from ..models.accuracy import correct_count, split_correct
 from ..data import DATASETS, DatasetSplits
 from ..protocols import EvalSet, Splits
 from ..runtime.files import load_weights, torch_save_atomic

@@ -1,0 +1,383 @@
+"""The distillation engine: the one place where a multi-teacher KD iteration happens.
+
+The env, the agents, the baselines and the benchmarks all drive this class. One iteration:
+
+1. `prepare()` draws the next batch, runs the frozen teachers (no grad) and the student with its
+   projectors (with grad), and computes the per-sample quantities both the loss and the agent's
+   state need: KL (B, M), feature MSE (B, M), cosine (B, M), teacher CE (B, M), student CE (B,).
+2. The policy looks at those statistics and chooses weights.
+3. `apply(weights)` forms `CE + alpha * sum_m wL*KL + beta * sum_m wF*MSE` from the *same* forward,
+   backpropagates, steps the optimiser and the LR schedule.
+
+Keeping the student forward of step 1 for step 3 (as MTKD-RL's code does) means the state costs
+no extra forward pass.
+
+Methods that need more of the step than weights use two further APIs, which never touch the real
+student, projectors, optimiser or BatchNorm statistics:
+
+- `forward_with(x, y, params)`: the same per-sample quantities for any inputs, with the student and
+  projectors evaluated under the given parameters (`torch.func.functional_call`), so gradients flow
+  into those parameters;
+- `virtual_optimizer()`: a differentiable copy of the optimiser step (`mtkd_env.engine.virtual.VirtualSGD`)
+  starting from the current parameters and momentum buffers.
+
+Together they unroll "virtual" steps of the student (MMKD's meta step) without a second copy of
+the step.
+
+**Twin.** With `twin=True` the engine trains a second student in lockstep: a reference trained with
+equal weights 1/M (AVER) on exactly the agent's batches, from exactly the agent's initialisation
+(a copy made at `reset`). It shares the teachers' forward of every batch, so it costs one more
+student forward + backward per iteration and nothing on the teacher side. Paired rewards measure
+the agent's student against it (`probe_loss(twin=True)`, `split_metrics(..., twin=True)`); the
+agent's own trajectory is the same with or without a twin.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from .. import models
+from ..config import ConfigError, EnvConfig, default_cache_dir
+from ..data import DeviceLoader, build_dataset
+from ..models.accuracy import correct_and_ce, correct_count, split_sums
+from ..models.projectors import ProjectorBank
+from ..protocols import EvalSet, TrainLoader
+from ..runtime import distributed
+from ..runtime.distributed import DistContext
+from ..runtime.resources import resolve_device
+from ..teachers import Teacher, load_pool
+from .batch import Batch, TeacherStats, loss_terms, measure, teacher_stats
+from .trainee import Trainee
+from .virtual import VirtualSteps
+
+__all__ = ["DistillationEngine", "Batch", "resolve_device"]
+
+
+class DistillationEngine(VirtualSteps):
+    """Owns data, teachers, student, projectors, optimiser and LR schedule of one episode.
+
+    The virtual-step API (`trainable_parameters`, `forward_with`, `virtual_optimizer`) comes from
+    `mtkd_env.engine.virtual.VirtualSteps`."""
+
+    def __init__(self, config: EnvConfig, dist_ctx: Optional[DistContext] = None, twin: bool = False) -> None:
+        self.config = cfg = config
+        self.has_twin = bool(twin)
+        self.dist = dist_ctx or distributed.context()
+        self.device = distributed.device_for(self.dist, resolve_device(cfg.device))
+        splits = build_dataset(cfg.dataset, data_dir=cfg.data_dir, seed=cfg.data_seed, **cfg.dataset_kwargs)
+        self.num_classes = splits.num_classes
+        self.input_shape = splits.input_shape
+        self.teachers: List[Teacher] = load_pool(
+            cfg.teachers, splits, self.device, cfg.teacher_cache_dir or f"{default_cache_dir()}/teachers",
+            seed=cfg.teacher_seed, data_seed=cfg.data_seed, epochs=cfg.teacher_epochs,
+            noisy_fraction=cfg.noisy_label_fraction, show_progress=cfg.show_progress,
+            dataset_name=cfg.dataset, dataset_kwargs=cfg.dataset_kwargs, data_dir=cfg.data_dir)
+        self.num_teachers = len(self.teachers)
+        dev = self.device
+        # Eval splits: device tensors for in-memory datasets (val_x etc. set), or streamed from
+        # disk (val_x etc. None; evaluation iterates `val_set.batches`).
+        self.val_set, self.test_set = splits.eval_set("val", dev), splits.eval_set("test", dev)
+        self.val_x, self.val_y = self.val_set.x, self.val_set.y
+        self.test_x, self.test_y = self.test_set.x, self.test_set.y
+        self.probe_x, self.probe_y = self.val_set.head(cfg.probe_size)
+        self._shape_probe = self.val_set.head(2)[0]
+        self.loader: TrainLoader = splits.train_loader(cfg.batch_size, cfg.augment, dev, rank=self.dist.rank,
+                                                        world_size=self.dist.world_size)
+        if cfg.cache_teacher_outputs and not isinstance(self.loader, DeviceLoader):
+            raise ConfigError(f"cache_teacher_outputs: needs an in-memory dataset; {cfg.dataset!r} is streamed "
+                              f"from disk")
+        with torch.no_grad():
+            outs = [t.model(self._shape_probe) for t in self.teachers]
+        self.teacher_feature_shapes = [tuple(o.feature_map.shape[1:]) for o in outs]
+        self.teacher_embedding_dims = [int(o.embedding.shape[1]) for o in outs]
+        self.student_embedding_dim: Optional[int] = None  # (D_s,), measured only when the state needs it
+        if cfg.sample_obs_student:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):  # the throw-away init leaves the RNG alone
+                probe = models.build(cfg.student, num_classes=self.num_classes, input_shape=self.input_shape).eval()
+                self.student_embedding_dim = int(probe(self._shape_probe.cpu()).embedding.shape[1])
+        if cfg.max_steps is not None:
+            self.total_iterations = cfg.max_steps * cfg.steps_per_action
+        else:
+            self.total_iterations = max(1, math.ceil(cfg.epochs * self.loader.batches_per_epoch))
+        self.total_steps = math.ceil(self.total_iterations / cfg.steps_per_action)
+        self._amp = cfg.amp == "bf16" and self.device.type == "cuda"
+        if cfg.cudnn_benchmark and self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self._memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self._teacher_forwards = [self._prepare_module(t.model) for t in self.teachers]
+        self._teacher_cache: Optional[List[torch.Tensor]] = None
+        if cfg.cache_teacher_outputs:
+            self._teacher_cache = self._run_teachers_over(self.loader.x)
+        self.main: Optional[Trainee] = None
+        self.twin: Optional[Trainee] = None
+        self.iteration = 0
+        self.batch: Optional[Batch] = None
+        self.twin_batch: Optional[Batch] = None
+        """The twin's view of the prepared batch (same teachers' outputs), None without a twin."""
+        self._loader_state_before_batch: Optional[dict] = None
+
+    # --- episode lifecycle -----------------------------------------------------------------
+    def reset(self, seed: int) -> Batch:
+        """Fresh student, projectors, optimiser and data order, all from `seed` (and a twin that
+        starts as an exact copy of the student when the engine has one)."""
+        student, projectors = self.init_student(seed)
+        twin_modules = (copy.deepcopy(student), copy.deepcopy(projectors)) if self.has_twin else None
+        self.main = self._trainee(student, projectors)
+        self.twin = None if twin_modules is None else self._trainee(*twin_modules)
+        self.loader.reset(seed + 1)
+        self.iteration = 0
+        self.batch = self.prepare()
+        return self.batch
+
+    def init_student(self, seed: int) -> Tuple[nn.Module, Optional[ProjectorBank]]:
+        """The fresh student (train mode, on the device) and projectors (None without feature KD)
+        of an episode seeded `seed`: a pure function of the seed, leaving the global RNG alone.
+        `reset` trains these; the batched engine stacks one per sub-env."""
+        cfg = self.config
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            student = models.build(cfg.student, num_classes=self.num_classes,
+                                   input_shape=self.input_shape).to(self.device).train()
+            projectors = None
+            if cfg.feature_kd:
+                with torch.no_grad():  # eval mode: the shape probe must not touch BN statistics
+                    s_channels = student.eval()(self._shape_probe).feature_map.shape[1]
+                student.train()
+                projectors = ProjectorBank(s_channels, self.teacher_feature_shapes).to(self.device).train()
+        return student, projectors
+
+    def _trainee(self, student: nn.Module, projectors: Optional[ProjectorBank]) -> Trainee:
+        cfg = self.config
+        params = list(student.parameters()) + ([] if projectors is None else list(projectors.parameters()))
+        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                                    weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
+        return Trainee(student, projectors, optimizer, scheduler, self._prepare_module(student, trained=True),
+                       None if projectors is None else self._prepare_module(projectors, trained=True))
+
+    # The agent's student, under the names the rest of the code uses.
+    @property
+    def student(self) -> Optional[nn.Module]:
+        return None if self.main is None else self.main.student
+
+    @property
+    def projectors(self) -> Optional[ProjectorBank]:
+        return None if self.main is None else self.main.projectors
+
+    @property
+    def optimizer(self) -> Optional[torch.optim.Optimizer]:
+        return None if self.main is None else self.main.optimizer
+
+    @property
+    def scheduler(self):
+        return None if self.main is None else self.main.scheduler
+
+    def _lr_factor(self, iteration: int) -> float:
+        cfg, progress = self.config, iteration / self.total_iterations
+        if cfg.lr_schedule == "multistep":
+            return cfg.lr_gamma ** sum(progress >= m for m in cfg.lr_milestones)
+        if cfg.lr_schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return 1.0
+
+    @property
+    def lr(self) -> float:
+        return self.config.lr * self._lr_factor(self.iteration)
+
+    @property
+    def done(self) -> bool:
+        return self.iteration >= self.total_iterations
+
+    # --- one iteration ---------------------------------------------------------------------
+    def _prepare_module(self, module: nn.Module, trained: bool = False):
+        """The callable used in the hot path: the module in channels_last if asked, then (trained
+        modules under torch.distributed) wrapped in DDP so gradients are averaged over ranks, then
+        compiled if asked."""
+        if self.config.channels_last:
+            module.to(memory_format=torch.channels_last)
+        if trained and self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            module = DistributedDataParallel(module, device_ids=ids)
+        return torch.compile(module, mode=self.config.compile_mode) if self.config.compile else module
+
+    def _autocast(self):
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self._amp)
+
+    def _format(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=self._memory_format) if x.dim() == 4 else x
+
+    @torch.no_grad()
+    def _run_teachers_over(self, x_all: torch.Tensor) -> List[torch.Tensor]:
+        """Teacher outputs for every training sample, flattened per teacher as
+        [logits (N, C), embedding (N, D_m), feature map (N, C_m*H_m*W_m)] -> one (N, F_m) tensor each."""
+        bs = self.config.eval_batch_size
+        chunks = [[] for _ in self.teachers]
+        for i in range(0, len(x_all), bs):
+            with self._autocast():
+                outs = [f(self._format(x_all[i:i + bs])) for f in self._teacher_forwards]
+            for m, o in enumerate(outs):
+                chunks[m].append(torch.cat([o.logits.float(), o.embedding.float(),
+                                            o.feature_map.float().flatten(1)], dim=1))
+        return [torch.cat(c) for c in chunks]
+
+    def _teacher_outputs(self, x: torch.Tensor, index: torch.Tensor) -> List[models.ModelOutput]:
+        if self._teacher_cache is None:
+            with torch.no_grad(), self._autocast():
+                return [f(x) for f in self._teacher_forwards]
+        outs, c = [], self.num_classes
+        for flat, shape, dim in zip(self._teacher_cache, self.teacher_feature_shapes, self.teacher_embedding_dims):
+            rows = flat[index]
+            outs.append(models.ModelOutput(rows[:, :c], rows[:, c + dim:].view(len(rows), *shape),
+                                           rows[:, c:c + dim]))
+        return outs
+
+    def prepare(self) -> Batch:
+        """Draw the next batch; forward teachers (no grad) and student + projectors (grad); the
+        twin's forward of the same batch goes to `twin_batch`."""
+        self._loader_state_before_batch = self.loader.state_dict()
+        x, y, index = self.loader.next()
+        x = self._format(x)
+        t_outs = self._teacher_outputs(x, index)
+        teacher = teacher_stats(t_outs, y, self.config.kd_temperature)
+        self.twin_batch = None if self.twin is None else self._student_pass(self.twin, x, y, index, t_outs, teacher)
+        return self._student_pass(self.main, x, y, index, t_outs, teacher)
+
+    def _student_pass(self, trainee: Trainee, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
+                      t_outs: List[models.ModelOutput], teacher: TeacherStats) -> Batch:
+        """The trainee's forward (with grad) and everything the loss and the state need."""
+        with self._autocast():
+            s_out = trainee.forward(x)
+            projected = None if trainee.projector_forward is None else trainee.projector_forward(s_out.feature_map)
+        return measure(x, y, index, t_outs, teacher, s_out, projected, self.config.kd_temperature,
+                       self.config.keep_feature_maps)
+
+    def _measure(self, x: torch.Tensor, y: torch.Tensor, index: Optional[torch.Tensor],
+                 t_outs: List[models.ModelOutput], s_out: models.ModelOutput,
+                 projected: Optional[List[torch.Tensor]], keep_maps: bool) -> Batch:
+        """The per-sample quantities of a batch from the teachers' and the student's outputs."""
+        t = self.config.kd_temperature
+        return measure(x, y, index, t_outs, teacher_stats(t_outs, y, t), s_out, projected, t, keep_maps)
+
+    def loss_terms(self, batch: Batch, w_logit: torch.Tensor, w_feat: torch.Tensor):
+        """Per-sample total loss (B,) and the batch-mean KD and feature terms
+        (`mtkd_env.engine.batch.loss_terms` with this config's coefficients).
+
+        `w_logit`, `w_feat`: (M,) or (B, M) weights; broadcast over the batch.
+        """
+        return loss_terms(batch, w_logit, w_feat, self.config.kd_alpha, self.config.feat_beta)
+
+    def apply(self, w_logit: torch.Tensor, w_feat: torch.Tensor) -> dict:
+        """Update the student on the prepared batch with the given weights (and the twin, when
+        there is one, with 1/M). The caller measures what it needs on the updated student, then
+        calls `advance()` for the next batch (so that measurements never see a forward of a batch
+        the student has not trained on).
+
+        Returns device tensors: per-sample loss (B,), mean loss, KD and feature terms.
+        """
+        batch = self.batch
+        total, kd, feat = self.loss_terms(batch, w_logit, w_feat)
+        loss = total.mean()
+        objective, trainees = loss, [self.main]
+        if self.twin is not None:
+            # The twin's graph is disjoint from the student's, so one backward of the sum gives each
+            # exactly its own gradient.
+            equal = torch.full((self.num_teachers,), 1.0 / self.num_teachers, device=self.device)
+            objective = objective + self.loss_terms(self.twin_batch, equal, equal)[0].mean()
+            trainees.append(self.twin)
+        for trainee in trainees:
+            trainee.zero_grad()
+        objective.backward()
+        for trainee in trainees:
+            trainee.step()
+        self.iteration += 1
+        out = {"per_sample_loss": total.detach(), "loss": loss.detach(), "kd_loss": kd.detach(),
+               "feat_loss": feat.detach(), "student_ce": batch.student_ce.detach().mean(),
+               "student_acc": batch.student_correct.mean()}
+        return out
+
+    def advance(self) -> None:
+        """Prepare the next batch (after `apply`)."""
+        self.batch = self.prepare()
+
+    # --- measurements ----------------------------------------------------------------------
+    def _evaluated(self, twin: bool) -> nn.Module:
+        if twin and self.twin is None:
+            raise RuntimeError("this engine has no twin (construct it with twin=True)")
+        return self.twin.student if twin else self.main.student
+
+    def _eval_forward(self, module: nn.Module):
+        def forward(x: torch.Tensor) -> models.ModelOutput:
+            with self._autocast():  # the bare module: a DDP forward here would re-broadcast BN buffers in place
+                return module(self._format(x))
+
+        return forward
+
+    def correct_count(self, x: torch.Tensor, y: torch.Tensor, twin: bool = False) -> torch.Tensor:
+        """Number of correct student predictions on (x, y), as a 0-d device tensor (no sync)."""
+        module = self._evaluated(twin)
+        return correct_count(module, x, y, self.config.eval_batch_size, self._eval_forward(module))
+
+    def val_accuracy(self, twin: bool = False) -> torch.Tensor:
+        return self.split_accuracy(self.val_set, twin)
+
+    def test_accuracy(self, twin: bool = False) -> torch.Tensor:
+        return self.split_accuracy(self.test_set, twin)
+
+    def split_accuracy(self, eval_set: EvalSet, twin: bool = False) -> torch.Tensor:
+        """Student accuracy over an eval set (in device memory or streamed), a 0-d device tensor."""
+        return self.split_metrics(eval_set, twin)[0]
+
+    def split_metrics(self, eval_set: EvalSet, twin: bool = False) -> torch.Tensor:
+        """(accuracy, mean CE) of the student (or the twin) over an eval set: a (2,) device tensor."""
+        module = self._evaluated(twin)
+        return split_sums(module, eval_set, self.config.eval_batch_size, self._eval_forward(module)) / len(eval_set)
+
+    def probe_loss(self, twin: bool = False) -> torch.Tensor:
+        """Student (or twin) CE on the fixed probe batch, in eval mode, as a 0-d device tensor."""
+        module = self._evaluated(twin)
+        sums = correct_and_ce(module, self.probe_x, self.probe_y, self.config.eval_batch_size,
+                              self._eval_forward(module))
+        return sums[1] / len(self.probe_y)
+
+    # --- checkpointing ---------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything needed to continue the episode bit-identically (the prepared batch is
+        recomputed from the loader state saved before it was drawn). A deep copy: later steps
+        do not change it."""
+        if self.main is None:
+            raise RuntimeError("call reset() before state_dict(): there is no episode to save")
+        state = {**self.main.state_dict(), "iteration": self.iteration, "loader": self._loader_state_before_batch}
+        if self.twin is not None:
+            state["twin"] = self.twin.state_dict()
+        return copy.deepcopy(state)
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.main is None:
+            raise RuntimeError("call reset() before load_state_dict() so the modules exist")
+        if (self.twin is not None) != ("twin" in state):
+            raise ValueError(f"episode state {'has' if 'twin' in state else 'has no'} twin student but this "
+                             f"engine {'has' if self.twin is not None else 'has none'}; the reward must match")
+        self.main.load_state_dict(state)
+        if self.twin is not None:
+            self.twin.load_state_dict(state["twin"])
+        self.iteration = int(state["iteration"])
+        self.loader.load_state_dict(state["loader"])
+        # The saved BN running stats already include the prepared batch's forward. Train-mode BN
+        # normalises with batch statistics, so re-running that forward without touching the
+        # running stats reproduces both the batch and the saved state exactly.
+        norms = [m for t in (self.main, self.twin) if t is not None for m in t.batch_norms()]
+        for m in norms:
+            m.track_running_stats = False
+        try:
+            self.batch = self.prepare()
+        finally:
+            for m in norms:
+                m.track_running_stats = True

@@ -1,0 +1,144 @@
+"""Virtual steps of the student: a functional forward and a differentiable optimiser step.
+
+Meta-learned weightings (MMKD) take a few "virtual" SGD steps of the student on a weighted loss,
+measure the result and back-propagate through those steps into the weighting network. The engine
+exposes what that needs without a second copy of the distillation step:
+
+    opt = engine.virtual_optimizer()                    # starts at the live parameters and momentum
+    batch = engine.forward_with(x, y, opt.params)       # the engine's Batch, a function of opt.params
+    total, kd, feat = engine.loss_terms(batch, w_logit, w_feat)
+    opt.step(cfg.kd_alpha * kd + cfg.feat_beta * feat)  # params' = params - lr * (...), differentiable
+    outer = engine.forward_with(x, y, opt.params).student_ce.mean()
+    torch.autograd.grad(outer, weight_net.parameters())  # second order, through both steps
+
+Nothing real changes: the engine's modules, optimiser and BatchNorm running statistics are as they
+were, so there is nothing to roll back.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Optional
+
+import torch
+from torch import nn
+
+from ..models import ModelOutput
+
+__all__ = ["VirtualSGD", "VirtualSteps"]
+
+
+class VirtualSGD:
+    """A differentiable SGD step with torch's update rule (`torch.optim.SGD`, dampening included):
+
+        d   = g + weight_decay * p
+        buf = d (first step) or momentum * buf + (1 - dampening) * d
+        d   = d + momentum * buf (Nesterov) or buf
+        p'  = p - lr * d
+
+    `params` (name -> tensor requiring grad) and `momentum_buffers` (name -> tensor or None) are
+    replaced by new tensors at every `step`, which keep the graph to the earlier ones, so a loss at
+    the final parameters can be differentiated through every step. Parameters the loss does not
+    reach are left alone (as torch's SGD skips parameters without a gradient).
+    """
+
+    def __init__(self, params: Mapping[str, torch.Tensor], momentum_buffers: Mapping[str, Optional[torch.Tensor]],
+                 lr: float, momentum: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
+                 dampening: float = 0.0) -> None:
+        self.params: Dict[str, torch.Tensor] = dict(params)
+        self.momentum_buffers: Dict[str, Optional[torch.Tensor]] = {k: momentum_buffers.get(k) for k in params}
+        self.lr, self.momentum, self.weight_decay = float(lr), float(momentum), float(weight_decay)
+        self.nesterov, self.dampening = bool(nesterov), float(dampening)
+        self.steps = 0
+
+    def step(self, loss: torch.Tensor, create_graph: bool = True) -> Dict[str, torch.Tensor]:
+        """Take one step on `loss` (a scalar function of `params`); returns the new `params`.
+        `create_graph=False` gives a first-order step (no gradient through the update's gradient)."""
+        names = list(self.params)
+        grads = torch.autograd.grad(loss, [self.params[n] for n in names], create_graph=create_graph,
+                                    allow_unused=True)
+        new: Dict[str, torch.Tensor] = {}
+        for name, g in zip(names, grads):
+            p = self.params[name]
+            if g is None:
+                new[name] = p
+                continue
+            d = g + self.weight_decay * p if self.weight_decay else g
+            if self.momentum:
+                buf = self.momentum_buffers[name]
+                buf = d if buf is None else self.momentum * buf + (1.0 - self.dampening) * d
+                self.momentum_buffers[name] = buf
+                d = d + self.momentum * buf if self.nesterov else buf
+            new[name] = p - self.lr * d
+        self.params = new
+        self.steps += 1
+        return new
+
+
+class VirtualSteps:
+    """Mixin of `DistillationEngine`: the virtual-step API (see the module docstring).
+
+    It relies on the engine's `student`, `projectors`, `optimizer` and its private helpers for
+    input format, autocast, teacher outputs and the per-sample quantities (`_measure`)."""
+
+    student: Optional[nn.Module]
+    projectors: Optional[nn.Module]
+    optimizer: Optional[torch.optim.Optimizer]
+
+    def trainable_parameters(self) -> Dict[str, torch.Tensor]:
+        """The parameters the optimiser updates, by name: "student.<name>" and "projectors.<name>"
+        (the live tensors; `forward_with` and `virtual_optimizer` use these names)."""
+        if self.student is None:
+            raise RuntimeError("call reset() before trainable_parameters(): there is no student yet")
+        out = {f"student.{k}": v for k, v in self.student.named_parameters()}
+        if self.projectors is not None:
+            out.update({f"projectors.{k}": v for k, v in self.projectors.named_parameters()})
+        return out
+
+    def forward_with(self, x: torch.Tensor, y: torch.Tensor, params: Mapping[str, torch.Tensor],
+                     index: Optional[torch.Tensor] = None) -> Any:
+        """The `mtkd_env.engine.Batch` of `prepare()` for inputs x (B, ...) and labels y (B,), with
+        the student and projectors evaluated under `params` (names as `trainable_parameters()`;
+        missing names use the live parameters) through `torch.func.functional_call`.
+
+        Gradients flow into `params`, so `loss_terms` on the result is a differentiable function of
+        them (e.g. for `VirtualSGD.step`). Nothing real changes: the modules' parameters stay as
+        they are and train-mode BatchNorm updates running statistics on copies of the buffers.
+        Teacher outputs are computed as in `prepare()` (no grad; from the teacher-output cache
+        when `index`, the samples' dataset indices, is given and the cache is on). The feature
+        maps are always kept (detached) in the result.
+        """
+        from torch.func import functional_call
+
+        if self.student is None:
+            raise RuntimeError("call reset() before forward_with(): there is no student yet")
+        x = self._format(x)
+        t_outs = self._teacher_outputs(x, index) if index is not None else self._live_teacher_outputs(x)
+
+        def state(prefix: str, module: nn.Module) -> Dict[str, torch.Tensor]:
+            own = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+            return {**{k: b.clone() for k, b in module.named_buffers()}, **own}
+
+        with self._autocast():
+            s_out = functional_call(self.student, state("student.", self.student), (x,))
+            projected = None if self.projectors is None else functional_call(
+                self.projectors, state("projectors.", self.projectors), (s_out.feature_map,))
+        return self._measure(x, y, index, t_outs, s_out, projected, keep_maps=True)
+
+    def virtual_optimizer(self) -> VirtualSGD:
+        """A differentiable copy of the next optimiser step: SGD with the current learning rate,
+        momentum, Nesterov and weight decay, starting from the live parameters (detached copies
+        that require grad, named as `trainable_parameters()`) and the optimiser's momentum
+        buffers. Steps on it never change the engine's student, projectors or optimiser."""
+        if self.optimizer is None:
+            raise RuntimeError("call reset() before virtual_optimizer(): there is no optimiser yet")
+        group = self.optimizer.param_groups[0]
+        live = self.trainable_parameters()
+        buffers = {name: self.optimizer.state.get(p, {}).get("momentum_buffer") for name, p in live.items()}
+        return VirtualSGD({name: p.detach().requires_grad_(True) for name, p in live.items()},
+                          {k: None if v is None else v.detach() for k, v in buffers.items()},
+                          lr=group["lr"], momentum=group["momentum"], weight_decay=group["weight_decay"],
+                          nesterov=group["nesterov"], dampening=group["dampening"])
+
+    def _live_teacher_outputs(self, x: torch.Tensor) -> List[ModelOutput]:
+        with torch.no_grad(), self._autocast():
+            return [f(x) for f in self._teacher_forwards]

@@ -1,0 +1,42 @@
+"""The allowed imports of the project, written once (checked by `tests/mtkd_env/test_layering.py`).
+
+Inside `mtkd_env`, every module belongs to one *place*: the first name after `mtkd_env.` (a package
+such as `engine`, or a module such as `env`); `mtkd_env/__init__.py` is the place `__init__`. The
+places sit on floors, from the ground up. A module may import its own place and any place on a
+lower floor; an import of a place on the same floor (sideways) or on a higher one (upward) is an
+error. The rule covers every import: at module level and inside functions, relative or absolute.
+
+Between the top-level packages the order is `PACKAGES`: each may import itself and the ones
+before it (`agents` uses `mtkd_env`; `benchmarks` may use all three), never one after it.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+__all__ = ["FLOORS", "PACKAGES"]
+
+FLOORS: Tuple[Tuple[str, ...], ...] = (
+    # ground: nothing from the domain (errors, options, files, resources, the CLI wrapper,
+    # torch.distributed and the collective helpers, W&B), the typing protocols, statistics, this table
+    ("runtime", "protocols", "stats", "layering"),
+    # the datasets; the MDP's own vocabulary (actions, observation spaces, rewards, measurements)
+    ("data", "mdp"),
+    # the env's settings; the model zoo and its registry
+    ("config", "models"),
+    # the teacher pool: specs, training, checkpoints
+    ("teachers",),
+    # one distillation iteration, for one student or K stacked ones
+    ("engine",),
+    # the Gymnasium face: the single env, then the vector env built on it
+    ("env",),
+    ("vector_env",),
+    # the one episode runner
+    ("episodes",),
+    # the package face: `import mtkd_env` (gym ids, `EnvConfig`) and `python -m mtkd_env`
+    ("__init__", "__main__"),
+)
+"""Floors from the ground up; each holds the places (under `mtkd_env.`) that sit on it."""
+
+PACKAGES: Tuple[str, ...] = ("mtkd_env", "agents", "baselines", "benchmarks")
+"""The top-level packages in import order: each may import only itself and those before it."""

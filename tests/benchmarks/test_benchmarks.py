@@ -1,0 +1,51 @@
+"""The benchmarks run end to end on tiny inputs and write every row (the figures are not asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def test_loader_benchmark_smoke(tmp_path):
+    out = tmp_path / "loader.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.loader", "--device", "cpu", "--batches", "3",
+                           "--workers", "1", "--images", "512", "--batch", "32", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    assert data["device_loader_images_per_s"] > 0 and data["dataloader_images_per_s"] > 0
+
+
+def test_step_overhead_benchmark_has_a_row_per_method(tmp_path, teacher_cache):
+    """Every method's step runs in the benchmark (the figures themselves are not asserted)."""
+    from benchmarks.policy_steps import method_names
+
+    out = tmp_path / "overhead.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.step_overhead", "--config", "tiny", "--device", "cpu",
+                           "--batch", "16", "--warmup", "1", "--blocks", "1", "--per-block", "6",
+                           "--teacher-cache-dir", teacher_cache, "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert sorted(data["ratio_to_floor"]) == sorted(method_names())
+    assert all(r > 0 for r in data["ratio_to_floor"].values())
+    assert "mmkd" in proc.stdout and "rmts" in proc.stdout
+    assert data["tflop_per_s_a"] > 0 and data["tflop_per_s_b"] > 0  # FLOPs counted, over the measured time
+    assert data["runs"][0]["results"]["b_env_teacher"]["gflop_per_step"] >= \
+        data["runs"][0]["results"]["a_floor"]["gflop_per_step"]  # the env adds its probe forward
+
+
+def test_vector_env_benchmark_prints_ratios_for_every_mode(tmp_path, teacher_cache):
+    out = tmp_path / "vector.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.vector_env", "--config", "tiny", "--device", "cpu",
+                           "--k", "1", "2", "--warmup", "1", "--rounds", "1", "--per-block", "2", "--async-max-k", "2",
+                           "--teacher-cache-dir", teacher_cache, "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert sorted((r["mode"], r["k"]) for r in data["rows"]) == [(m, k) for m in ("async", "batched", "sync")
+                                                                 for k in (1, 2)]
+    assert all(r["env_steps_per_s"] > 0 and r["ratio_to_single"] > 0 for r in data["rows"])
+    assert all("ratio_to_sync" in r for r in data["rows"] if r["mode"] != "sync")
+    assert "load average" in proc.stdout
