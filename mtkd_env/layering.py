@@ -12,9 +12,9 @@ before it (`agents` uses `mtkd_env`; `benchmarks` may use all three), never one 
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Dict, Tuple
 
-__all__ = ["FLOORS", "PACKAGES"]
+__all__ = ["FLOORS", "PLACES", "PACKAGES"]
 
 FLOORS: Tuple[Tuple[str, ...], ...] = (
     # ground: nothing from the domain (errors, options, files, resources, the CLI wrapper,
@@ -37,6 +37,27 @@ FLOORS: Tuple[Tuple[str, ...], ...] = (
     ("__init__", "__main__"),
 )
 """Floors from the ground up; each holds the places (under `mtkd_env.`) that sit on it."""
+
+PLACES: Dict[str, str] = {
+    "runtime": "errors, options (the settings layer), files, resources, the CLI wrapper, torch.distributed and "
+               "the collective helpers, W&B tracking",
+    "protocols": "the typing protocols: data splits, loaders, evaluation sets, policies",
+    "stats": "paired statistics and the minimum detectable effect",
+    "layering": "this table",
+    "data": "the datasets by name: in-memory tensor splits, streamed image folders, the loaders",
+    "mdp": "the MDP's vocabulary: actions (`ActionMap`, `ACTION_TRANSFORMS`), observation spaces, rewards, "
+           "measurements, the shared step parts",
+    "config": "`EnvConfig` and its flags (`add_env_flags`, `env_config_from`)",
+    "models": "the model zoo, its registry, accuracy, projectors",
+    "teachers": "the teacher pool: specs, training, checkpoints; `python -m mtkd_env.teachers`",
+    "engine": "one distillation iteration, for one student (`DistillationEngine`) or K stacked ones",
+    "env": "`MultiTeacherKDEnv`, the single Gymnasium env",
+    "vector_env": "`MultiTeacherKDVectorEnv`, the batched vector env built on it",
+    "episodes": "the episode runner (`run_episode`, `run_episodes`)",
+    "__init__": "`import mtkd_env`: the gym ids, `EnvConfig`",
+    "__main__": "`python -m mtkd_env`",
+}
+"""What each place holds, in a few words (rendered in the docs' floors table)."""
 
 PACKAGES: Tuple[str, ...] = ("mtkd_env", "agents", "baselines", "benchmarks")
 """The top-level packages in import order: each may import only itself and those before it."""

@@ -97,7 +97,9 @@ def floors_table() -> str:
 
     A `markdown_table()` function in the module is used as is. Otherwise its first public
     upper-case attribute that is a mapping or a sequence is read generically: each entry is a
-    floor (lowest first), with the places on it.
+    floor (lowest first), with the places on it. With `FLOORS` (a sequence of floors) and a
+    `PLACES` mapping (place -> what it holds), the table has one row per place: its floor,
+    counted from the ground (0), the place, what it holds, and what it may import.
     """
     try:
         layering = importlib.import_module("mtkd_env.layering")
@@ -108,6 +110,9 @@ def floors_table() -> str:
                 "exist in this version yet.*")
     if callable(getattr(layering, "markdown_table", None)):
         return layering.markdown_table()
+    floors, places = getattr(layering, "FLOORS", None), getattr(layering, "PLACES", None)
+    if isinstance(floors, (list, tuple)) and isinstance(places, dict) and places:
+        return _described_floors(floors, places)
     data = None
     for name in getattr(layering, "__all__", None) or sorted(vars(layering)):
         value = getattr(layering, name, None)
@@ -127,6 +132,20 @@ def floors_table() -> str:
             floor, places = i, entry
         rows.append((str(floor), _places(places)))
     return _table(("floor (lowest first)", "places"), rows)
+
+
+def _described_floors(floors: Sequence[Sequence[str]], places: Dict[str, str]) -> str:
+    """One row per place: floor (0 = ground), `mtkd_env.<place>`, what it holds, what it may import."""
+    rows = []
+    for i, on_floor in enumerate(floors):
+        below = "no other place" if i == 0 else (
+            "floor 0" if i == 1 else f"floors 0\u2013{i - 1}")
+        for place in on_floor:
+            path = "mtkd_env/__init__.py" if place == "__init__" else (
+                "mtkd_env/__main__.py" if place == "__main__" else f"mtkd_env.{place}")
+            rows.append((f"{i}" + (" (ground)" if i == 0 else ""), f"`{path}`", _one_line(places.get(place, "")),
+                         below))
+    return _table(("floor", "place", "holds", "may import (besides itself)"), rows)
 
 
 # --- the page sections -----------------------------------------------------------------------

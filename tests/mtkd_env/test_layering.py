@@ -10,7 +10,7 @@ import ast
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
-from mtkd_env.layering import FLOORS, PACKAGES
+from mtkd_env.layering import FLOORS, PACKAGES, PLACES
 
 REPO = Path(__file__).resolve().parents[2]
 FLOOR_OF: Dict[str, int] = {place: i for i, places in enumerate(FLOORS) for place in places}
@@ -94,6 +94,10 @@ def test_every_place_of_mtkd_env_is_on_one_floor():
               if (p.suffix == ".py" or (p / "__init__.py").is_file())}
     assert places == set(FLOOR_OF)
     assert sum(len(f) for f in FLOORS) == len(FLOOR_OF)  # no place on two floors
+
+
+def test_every_place_says_what_it_holds():
+    assert set(PLACES) == set(FLOOR_OF) and all(PLACES.values())  # the docs' floors table reads them
 
 
 def _tree(root: Path, files: Dict[str, str]) -> Path:
