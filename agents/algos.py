@@ -126,10 +126,14 @@ class OwnPolicy(Policy):
 
 def _validator(name: str, config_class: type) -> Callable[[dict], dict]:
     def validate(hp: dict) -> dict:
-        out = validate_dataclass(name, config_class, hp, extra={"n_timesteps": int, "env_kwargs": dict, "n_envs": int})
+        out = validate_dataclass(name, config_class, hp,
+                                 extra={"n_timesteps": int, "env_kwargs": dict, "n_envs": int, "vec_env": str})
         if out.get("n_envs", 1) != 1:
             raise ConfigError(f"n_envs: {name} trains one student at a time (n_envs 1); several envs are for the SB3 "
                               f"algorithms ({', '.join(SB3_CLASSES())})")
+        if "vec_env" in out:  # --vec-env: how several sub-envs run, which this agent never has
+            raise ConfigError(f"vec_env: {name} trains one student at a time and runs no vector env; --vec-env is "
+                              f"for the SB3 algorithms ({', '.join(SB3_CLASSES())})")
         config_class(**{k: v for k, v in out.items() if k not in _RUN_KEYS}).validate()
         if "n_timesteps" in out and out["n_timesteps"] < 1:
             raise ConfigError(f"hyperparameter n_timesteps: expected an integer >= 1, got {out['n_timesteps']}")

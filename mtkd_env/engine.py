@@ -49,6 +49,7 @@ from .batch import Batch, TeacherStats, loss_terms, measure, teacher_stats
 from .distributed import DistContext
 from .protocols import EvalSet, TrainLoader
 from .projectors import ProjectorBank
+from .runtime.errors import unknown_name
 from .runtime.resources import resolve_device
 from .teachers import Teacher, load_pool
 from .trainee import Trainee
@@ -65,6 +66,8 @@ class DistillationEngine(VirtualSteps):
 
     def __init__(self, config: EnvConfig, dist_ctx: Optional[DistContext] = None, twin: bool = False) -> None:
         self.config = cfg = config
+        if cfg.student not in models.available():  # before any data or teacher work (not at the first reset)
+            raise unknown_name("model", cfg.student, models.available())
         self.has_twin = bool(twin)
         self.dist = dist_ctx or distributed.context()
         self.device = distributed.device_for(self.dist, resolve_device(cfg.device))
