@@ -14,7 +14,7 @@ import torch
 from gymnasium import spaces
 
 from . import observations as obsmod
-from .actions import check_weights, split_action, to_simplex, weights_to_action
+from .actions import check_reset_options, check_seed, check_weights, split_action, to_simplex, weights_to_action
 from .config import ConfigError, EnvConfig
 from .engine import DistillationEngine
 from .measurements import MeasurementPlan
@@ -108,6 +108,8 @@ class MultiTeacherKDEnv(gym.Env):
 
     # --- gymnasium API ---------------------------------------------------------------------
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
+        seed = None if seed is None else check_seed(seed)
+        check_reset_options(options, (), "MultiTeacherKDEnv")
         self.begin_reset(seed)
         pending = self.reset_measurements()
         return self.finish_reset(pending, to_host(self.reset_parts(pending)))

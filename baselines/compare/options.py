@@ -63,7 +63,8 @@ class CompareOptions:
     """RL training budget in env steps (None: the algorithm's default)."""
     train_only: bool = False
     """Train (or reuse) the RL policies' agents into `out` and stop; shards load them with --agent-dir."""
-    wandb: str = knob("disabled", choices=WANDB_MODES)
+    wandb: str = knob("disabled", choices=WANDB_MODES,
+                      cli_help_default="$WANDB_MODE, else online if logged in, else offline")
     """W&B mode: "disabled", "offline" (no network or login needed) or "online"."""
     wandb_project: str = "mtkd-rl"
     """W&B project."""
