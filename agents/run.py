@@ -255,6 +255,9 @@ class Run:
             self.agent.model.set_logger(self.logger)
             return
         metrics = self.run_dir / "metrics.jsonl"
+        if resumed:  # a process killed while writing a file atomically left its temporary copy
+            for leftover in [*self.run_dir.glob(".*.tmp"), *(self.run_dir / CHECKPOINT).parent.glob(".*.tmp")]:
+                leftover.unlink(missing_ok=True)
         if resumed and metrics.exists():
             # Rows past the checkpoint were logged after it; the resumed run writes them again.
             # A torn last line (the process was killed mid-write) is one of them.
