@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from mtkd_env.data import DeviceLoader, random_crop_flip
-from mtkd_env.runtime.cli import ArgumentParser, run_cli
-from mtkd_env.runtime.files import atomic_write_text
+from mtkd_env.runtime.cli import ArgumentParser, int_at_least, run_cli
+from mtkd_env.runtime.files import atomic_write_text, check_output_file
 from mtkd_env.runtime.resources import resolve_device
 
 MEAN = (0.5071, 0.4867, 0.4408)
@@ -102,13 +102,15 @@ def _main(argv=None) -> int:
     parser = ArgumentParser(prog="python -m benchmarks.loader", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--batches", type=int, default=200)
-    parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--images", type=int, default=50000)
+    parser.add_argument("--batch", type=int_at_least(1), default=128)
+    parser.add_argument("--batches", type=int_at_least(1), default=200)
+    parser.add_argument("--workers", type=int_at_least(0), default=4)
+    parser.add_argument("--images", type=int_at_least(1), default=50000)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
+    if args.json:
+        check_output_file(args.json, "--json")
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (args.images, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 100, args.images)

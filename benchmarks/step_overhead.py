@@ -39,8 +39,9 @@ from mtkd_env import EnvConfig
 from mtkd_env import models
 from mtkd_env.env import MultiTeacherKDEnv
 from mtkd_env.projectors import ProjectorBank
-from mtkd_env.runtime.cli import ArgumentParser, run_cli
-from mtkd_env.runtime.files import atomic_write_text
+from mtkd_env.runtime.cli import ArgumentParser, int_at_least, run_cli
+from mtkd_env.runtime.files import atomic_write_text, check_output_file
+from mtkd_env.runtime.resources import resolve_device
 
 from .policy_steps import METHODS
 
@@ -251,21 +252,24 @@ def _main(argv=None) -> int:
     parser = ArgumentParser(prog="python -m benchmarks.step_overhead", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", choices=sorted(CONFIGS), default="digits")
-    parser.add_argument("--batch", type=int, nargs="+", default=[64])
+    parser.add_argument("--batch", type=int_at_least(1), nargs="+", default=[64])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", choices=["none", "bf16"], default="none")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--cudnn-benchmark", action="store_true", help="EnvConfig cudnn_benchmark (CUDA)")
     parser.add_argument("--compile-mode", choices=["default", "reduce-overhead", "max-autotune"], default=None,
                         help="torch.compile student and teachers in this mode (reduce-overhead: CUDA graphs)")
-    parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--blocks", type=int, default=9)
-    parser.add_argument("--per-block", type=int, default=30)
+    parser.add_argument("--warmup", type=int_at_least(0), default=20)
+    parser.add_argument("--blocks", type=int_at_least(1), default=9)
+    parser.add_argument("--per-block", type=int_at_least(1), default=30)
     parser.add_argument("--teacher-cache-dir", default=None)
     parser.add_argument("--methods", nargs="*", choices=list(METHODS), default=list(METHODS),
                         help="weighting methods with a row each (none: only a, b, c)")
     parser.add_argument("--json", default=None, help="write the figures to this JSON file")
     args = parser.parse_args(argv)
+    resolve_device(args.device)  # a bad or absent device is one line before any work
+    if args.json:
+        check_output_file(args.json, "--json")
     runs = []
     print(f"{'config':12s} {'batch':>5s} {'mode':22s} {'ms/step':>9s} {'steps/s':>9s} {'peak MB':>9s} {'ratio':>7s} "
           f"{'TFLOP/s':>8s}")

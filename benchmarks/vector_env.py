@@ -37,8 +37,9 @@ import torch  # noqa: E402
 
 from mtkd_env import ENV_ID, EnvConfig  # noqa: E402
 from mtkd_env.env import MultiTeacherKDEnv  # noqa: E402
-from mtkd_env.runtime.cli import ArgumentParser, run_cli  # noqa: E402
-from mtkd_env.runtime.files import atomic_write_text  # noqa: E402
+from mtkd_env.runtime.cli import ArgumentParser, int_at_least, run_cli  # noqa: E402
+from mtkd_env.runtime.files import atomic_write_text, check_output_file  # noqa: E402
+from mtkd_env.runtime.resources import resolve_device  # noqa: E402
 
 from .step_overhead import CONFIGS  # noqa: E402
 
@@ -139,7 +140,7 @@ def _main(argv=None) -> int:
     parser = ArgumentParser(prog="python -m benchmarks.vector_env", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", choices=sorted(CONFIGS), default="digits")
-    parser.add_argument("--k", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--k", type=int_at_least(1), nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--shared-batches", action="store_true", help="batched mode: every sub-env draws the same batches")
@@ -148,14 +149,17 @@ def _main(argv=None) -> int:
     parser.add_argument("--amp", choices=["none", "bf16"], default="none")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--cudnn-benchmark", action="store_true")
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--per-block", type=int, default=20, help="vector steps per block")
-    parser.add_argument("--async-max-k", type=int, default=None,
+    parser.add_argument("--warmup", type=int_at_least(0), default=5)
+    parser.add_argument("--rounds", type=int_at_least(1), default=5)
+    parser.add_argument("--per-block", type=int_at_least(1), default=20, help="vector steps per block")
+    parser.add_argument("--async-max-k", type=int_at_least(1), default=None,
                         help="largest K for async workers (default: CPU cores on the CPU, 8 on a GPU)")
     parser.add_argument("--teacher-cache-dir", default=None)
     parser.add_argument("--json", default=None, help="write the figures to this JSON file")
     args = parser.parse_args(argv)
+    resolve_device(args.device)  # a bad or absent device is one line before any work
+    if args.json:
+        check_output_file(args.json, "--json")
     torch.set_num_threads(1)  # every mode on one thread, as the async workers (OMP_NUM_THREADS=1 above)
     on_gpu = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
     async_max = args.async_max_k if args.async_max_k is not None else (8 if on_gpu else os.cpu_count() or 1)

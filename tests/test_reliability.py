@@ -245,3 +245,30 @@ def test_compare_without_wandb_mode_disabled_writes_no_wandb(monkeypatch, tmp_pa
     assert compare(["--policies", "aver", "--seeds", "0", *env_args(max_steps="4"), "--out", str(out),
                     "--no-progress"]) == 0
     assert not (out / "wandb").exists()
+
+
+# --- every benchmark's flags: type and range before any work ------------------------------------------
+@pytest.mark.parametrize("bench, argv, expected", [
+    ("loader", ["--batch", "0"], "argument --batch: expected an integer >= 1, got 0"),
+    ("loader", ["--workers", "-1"], "argument --workers: expected an integer >= 0, got -1"),
+    ("loader", ["--images", "many"], "argument --images: expected an integer >= 1, got 'many'"),
+    ("loader", ["--device", "tpu"], "device"),
+    ("step_overhead", ["--batch", "16", "-3"], "argument --batch: expected an integer >= 1, got -3"),
+    ("step_overhead", ["--blocks", "0"], "argument --blocks: expected an integer >= 1, got 0"),
+    ("step_overhead", ["--per-block", "1.5"], "argument --per-block: expected an integer >= 1, got '1.5'"),
+    ("step_overhead", ["--json", "{tmp}"], "--json"),
+    ("vector_env", ["--k", "0"], "argument --k: expected an integer >= 1, got 0"),
+    ("vector_env", ["--rounds", "0"], "argument --rounds: expected an integer >= 1, got 0"),
+    ("vector_env", ["--warmup", "-1"], "argument --warmup: expected an integer >= 0, got -1"),
+    ("vector_env", ["--json", "{tmp}"], "--json"),
+])
+def test_benchmark_flags_are_checked_before_any_work(bench, argv, expected, capsys, tmp_path):
+    import importlib
+
+    module = importlib.import_module(f"benchmarks.{bench}")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]  # a folder given as the --json file
+    before = sorted(tmp_path.iterdir())
+    capsys.readouterr()
+    assert module.main(argv) == 2
+    _one_line(capsys.readouterr().err, expected)
+    assert sorted(tmp_path.iterdir()) == before

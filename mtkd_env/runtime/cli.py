@@ -26,7 +26,7 @@ from .errors import UserError, did_you_mean, first_line, is_user_error
 from .resources import configure_threads
 
 __all__ = ["ArgumentParser", "UsageError", "run_cli", "describe_error", "say", "add_env_flags", "env_config_data", "env_config_from",
-           "given_flags"]
+           "given_flags", "int_at_least"]
 
 class UsageError(UserError):
     """A command-line argument was malformed or unknown."""
@@ -61,6 +61,22 @@ class ArgumentParser(argparse.ArgumentParser):
         if match:
             return did_you_mean([match.group(1)], re.findall(r"'([^']*)'", match.group(2)))
         return ""
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse `type=` for an integer flag >= `minimum`: a bad value is the parser's one-line
+    error ("argument --batch: expected an integer >= 1, got 0"), before any work."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text[:40]!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
 
 
 def run_cli(body: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None,
