@@ -261,7 +261,8 @@ class Run:
         if resumed and metrics.exists():
             # Rows past the checkpoint were logged after it; the resumed run writes them again.
             # A torn last line (the process was killed mid-write) is one of them.
-            rows = [line for line, row in tracking.metric_lines(metrics) if row["global_step"] <= self.last_save]
+            rows = [line for line, row in tracking.metric_lines(metrics)
+                    if isinstance(row.get("global_step"), int) and row["global_step"] <= self.last_save]
             atomic_write_text(metrics, "".join(r + "\n" for r in rows))
         s = self.settings
         self.wandb_run = start_wandb(

@@ -143,7 +143,7 @@ def test_a_bad_metrics_line_before_the_end_is_one_line(tmp_path, capsys):
     run_dir.mkdir()
     (run_dir / "metrics.jsonl").write_text('{"global_step": 1}\n{"global_st\n{"global_step": 2}\n')
     assert curves.main([str(run_dir)]) == 2
-    _one_line(capsys.readouterr().err, "line 2", "expected a JSON object with an integer global_step")
+    _one_line(capsys.readouterr().err, "line 2", "expected a JSON object (a metrics row of agents.train)")
     assert sorted(p.name for p in run_dir.iterdir()) == ["metrics.jsonl"]
 
 
