@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable, Dict, Protocol, Union
+from typing import Annotated, Any, Callable, Dict, Optional, Protocol, Union
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ ModelFactory = Callable[[Any, dict, int, str], OnlineAgent]
 """(env, hyperparameters without the run's keys, seed, device) -> the agent's model."""
 
 _RUN_KEY_TYPES: Dict[str, Any] = {"n_timesteps": Annotated[int, Field(ge=1)], "env_kwargs": Dict[str, Any],
-                                 "n_envs": Annotated[int, Field(ge=1)]}
+                                 "n_envs": Annotated[int, Field(ge=1)], "vec_env": Optional[str]}
 _RUN_KEYS = tuple(_RUN_KEY_TYPES)
 """Hyperparameter keys read by the run, not by the agent's config."""
 
@@ -133,6 +133,9 @@ def _validator(name: str, config_class: type) -> Callable[[dict], dict]:
         if out.get("n_envs", 1) != 1:
             raise ConfigError(f"n_envs: {name} trains one student at a time (n_envs 1); several envs are for the SB3 "
                               f"algorithms ({', '.join(SB3_CLASSES())})")
+        if "vec_env" in out:  # --vec-env: how several sub-envs run, which this agent never has
+            raise ConfigError(f"vec_env: {name} trains one student at a time and runs no vector env; --vec-env is "
+                              f"for the SB3 algorithms ({', '.join(SB3_CLASSES())})")
         config_class(**{k: v for k, v in out.items() if k not in _RUN_KEYS})  # its cross-field checks
         return out
 

@@ -53,7 +53,10 @@ from .checkpoint import (CHECKPOINT, CONFIG_NAME, FORMAT, SUMMARY_NAME, capture_
 from .modelfile import MODEL_NAME
 from .summary import flatten, summarize
 
-__all__ = ["RunSettings", "TrainingInterrupted", "Run"]
+__all__ = ["RunSettings", "TrainingInterrupted", "TrainingAborted", "Run", "CLI_EVAL_EPISODES"]
+
+CLI_EVAL_EPISODES = 10
+"""`agents.train`'s default `--eval-episodes` (the API's is 0)."""
 
 
 class TrainingInterrupted(Exception):
@@ -67,14 +70,23 @@ class TrainingInterrupted(Exception):
         self.run_dir, self.num_timesteps, self.signum = run_dir, num_timesteps, signum
 
 
+class TrainingAborted(KeyboardInterrupt):
+    """A second SIGINT/SIGTERM: the run stops at once (the last periodic checkpoint stays);
+    `signum` is that signal, so the CLI exits 128 + signum (130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 @settings
 class RunSettings:
     """How to run an algorithm (everything but the env config and hyperparameters); every field is
     the `agents.train` flag of the same name (`_` -> `-`, or the `flag` given)."""
 
     algo: Annotated[str, Cli(metavar='NAME')]
-    """Algorithm: ppo, a2c, sac, td3 (Stable-Baselines3), mtkd-rl or mtkd-rl-pg (the MTKD-RL agent);
-    see `agents.api.ALGOS`."""
+    """Algorithm: ppo, a2c, sac, td3 (Stable-Baselines3), mtkd-rl or mtkd-rl-pg (the MTKD-RL agent),
+    rmts (Reinforced Multi-Teacher Selection); see `agents.api.ALGOS`."""
     total_timesteps: Annotated[int, Field(ge=1), Cli(help_default="the hyperparameters' n_timesteps")]
     """Env steps to train."""
     seed: Annotated[int, Field(ge=0, le=2 ** 32 - 1)] = 0
@@ -92,7 +104,7 @@ class RunSettings:
     """Torch device of the agent: cpu, cuda, cuda:N or auto (the env's device is the EnvConfig field)."""
     save_freq: Annotated[int, Field(ge=0)] = 1000
     """Env steps between periodic checkpoints (taken at the next safe point); 0 = only at the end."""
-    eval_episodes: Annotated[int, Field(ge=0), Cli(help_default='10')] = 0
+    eval_episodes: Annotated[int, Field(ge=0), Cli(help_default=str(CLI_EVAL_EPISODES))] = 0
     """Fresh students for the final summary, each under the trained policy and equal weights."""
     show_progress: Annotated[bool, Cli(flag='--progress')] = True
     """Show a progress bar."""
@@ -112,11 +124,18 @@ def _rank_config(config: EnvConfig, ctx) -> EnvConfig:
     return config if ctx.is_main else config.replace(show_progress=False)
 
 
-def _unique_dir(base: Path) -> Path:
+def _make_unique_dir(base: Path) -> Path:
+    """Create and return `base`, else the first free `base_1`, `base_2`, ...: `mkdir` itself claims
+    the name, so two runs started together into one `--out` never get the same folder (checking
+    `exists()` first and then creating it would race)."""
+    base.parent.mkdir(parents=True, exist_ok=True)
     path, i = base, 1
-    while path.exists():
-        path, i = Path(f"{base}_{i}"), i + 1
-    return path
+    while True:
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            path, i = Path(f"{base}_{i}"), i + 1
 
 
 def _slug(name: str) -> str:
@@ -172,17 +191,18 @@ class Run:
 
         def make_dir() -> tuple:
             name = f"{ENV_ID}__{settings.algo}__{settings.seed}__{int(time.time())}"
-            run_dir = _unique_dir(Path(settings.out_dir) / name)
-            config = {"run_name": run_dir.name, "env_id": ENV_ID, "algo": settings.algo, "seed": settings.seed,
+            base = Path(settings.out_dir) / name
+            config = {"run_name": None, "env_id": ENV_ID, "algo": settings.algo, "seed": settings.seed,
                       "total_timesteps": settings.total_timesteps, "world_size": ctx.world_size,
                       "env": effective.to_dict(), "env_overrides": dict(spec.env_overrides),
                       "hyperparams": hyperparams, "run": dataclasses.asdict(settings),
                       "versions": package_versions(), "git": git_info(),
                       "command": list(command if command is not None else sys.argv),
                       "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wandb_run_id": None}
-            text = yaml.safe_dump(config, sort_keys=False)  # fails before anything is written
-            run_dir.mkdir(parents=True)
-            atomic_write_text(run_dir / CONFIG_NAME, text)
+            yaml.safe_dump(config, sort_keys=False)  # fails before anything is written
+            run_dir = _make_unique_dir(base)
+            config["run_name"] = run_dir.name
+            atomic_write_text(run_dir / CONFIG_NAME, yaml.safe_dump(config, sort_keys=False))
             return str(run_dir), config
 
         out_existed = Path(settings.out_dir).is_dir()
@@ -240,10 +260,14 @@ class Run:
             self.agent.model.set_logger(self.logger)
             return
         metrics = self.run_dir / "metrics.jsonl"
+        if resumed:  # a process killed while writing a file atomically left its temporary copy
+            for leftover in [*self.run_dir.glob(".*.tmp"), *(self.run_dir / CHECKPOINT).parent.glob(".*.tmp")]:
+                leftover.unlink(missing_ok=True)
         if resumed and metrics.exists():
             # Rows past the checkpoint were logged after it; the resumed run writes them again.
-            rows = [line for line in metrics.read_text().splitlines()
-                    if line.strip() and json.loads(line)["global_step"] <= self.last_save]
+            # A torn last line (the process was killed mid-write) is one of them.
+            rows = [line for line, row in tracking.metric_lines(metrics)
+                    if isinstance(row.get("global_step"), int) and row["global_step"] <= self.last_save]
             atomic_write_text(metrics, "".join(r + "\n" for r in rows))
         s = self.settings
         self.wandb_run = start_wandb(
@@ -296,7 +320,7 @@ class Run:
     def _handle_signal(self, signum: int, frame: Any) -> None:
         if self._received is not None:
             self._restore_handlers()
-            raise KeyboardInterrupt
+            raise TrainingAborted(signum)
         self._received = signum
         if self.stop_signal is None and self.dist.is_main:  # else already stopping on another rank's copy
             print(f"\n{signal.Signals(signum).name}: saving a checkpoint at the next safe point "

@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict, List, Tuple, Union
 
 import numpy as np
 from stable_baselines3.common.logger import KVWriter, Logger, TensorBoardOutputFormat
 
-__all__ = ["JSONLWriter", "WandbWriter", "make_logger", "read_metrics"]
+__all__ = ["JSONLWriter", "WandbWriter", "make_logger", "metric_lines", "read_metrics"]
 
 
 def _jsonable(value: Any) -> Any:
@@ -92,7 +92,31 @@ def make_logger(run_dir: Path, wandb_run: Any = None) -> Logger:
     return Logger(folder=str(run_dir), output_formats=formats)
 
 
+def metric_lines(path: Union[str, Path]) -> List[Tuple[str, dict]]:
+    """(line, row) of every complete row of a `metrics.jsonl` file. A torn last line (no newline
+    after it and not a JSON object: what a process killed mid-write leaves) is skipped; it was logged
+    after the last checkpoint, so a resumed run writes it again. Any other line that is not a JSON
+    object is a one-line `ConfigError` naming the file and line."""
+    from mtkd_env.runtime.errors import ConfigError
+
+    lines = Path(path).read_bytes().decode("utf-8", errors="replace").split("\n")
+    out = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict):
+            if i == len(lines) - 1:  # the torn tail
+                break
+            raise ConfigError(f"{str(path)!r} line {i + 1}: expected a JSON object (a metrics row of "
+                              f"agents.train), got {line[:40]!r}")
+        out.append((line, row))
+    return out
+
+
 def read_metrics(path: Union[str, Path]) -> list:
-    """All rows of a `metrics.jsonl` file."""
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """All complete rows of a `metrics.jsonl` file (a torn last line is skipped: `metric_lines`)."""
+    return [row for _, row in metric_lines(path)]

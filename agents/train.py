@@ -68,7 +68,7 @@ def _saved_env_device(run_dir: str) -> str:
 def _build_run(args: Dict[str, Any], env_config, command: List[str], ctx):
     from . import api
     from .checkpoint import load_run_config
-    from .run import Run, RunSettings
+    from .run import CLI_EVAL_EPISODES, Run, RunSettings
 
     if "resume" in args:
         saved_algo = collective.on_rank0(ctx, lambda: load_run_config(args["resume"])["algo"])
@@ -80,7 +80,7 @@ def _build_run(args: Dict[str, Any], env_config, command: List[str], ctx):
             run.settings.eval_episodes = args["eval_episodes"]
         return run
     settings = {f.name: args[f.name] for f in fields(RunSettings) if f.name in args and f.name != "algo"}
-    settings.setdefault("eval_episodes", 10)  # the CLI's default; the API's is 0
+    settings.setdefault("eval_episodes", CLI_EVAL_EPISODES)  # the CLI's default; the API's is 0
     settings.setdefault("wandb_mode", None)   # None: $WANDB_MODE, else online if logged in, else offline
     layout = {k: args[k] for k in ("n_envs", "vec_env") if k in args}  # hyperparameter overrides
     return api.prepare_run(args["algo"], env_config=env_config, hyperparams_file=args.get("hyperparams"),
@@ -135,14 +135,14 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     except api.TrainingInterrupted as exc:
         say(str(exc), file=sys.stderr)
         return 128 + exc.signum
-    except KeyboardInterrupt:  # a second Ctrl-C, or one during the final evaluation
+    except KeyboardInterrupt as exc:  # a second signal (`TrainingAborted`), or a Ctrl-C during the final evaluation
         if run.discarded:
             say(f"aborted before the first checkpoint: nothing to resume; removed the unfinished run directory "
                 f"{run.run_dir}", file=sys.stderr)
         else:
             say(f"aborted; the last checkpoint in {run.run_dir} resumes with: python -m agents.train --resume "
                 f"{run.run_dir}", file=sys.stderr)
-        return 130
+        return 128 + int(getattr(exc, "signum", signal.SIGINT))  # 130 for SIGINT, 143 for SIGTERM
     if ctx.is_main:
         summary = json.loads((run_dir / SUMMARY_NAME).read_text())
         print(format_summary(summary))

@@ -18,8 +18,12 @@ them: every sub-env's episode and the Monitor accumulators.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, List, Optional
+from typing import Any, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -28,7 +32,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv,
 
 from mtkd_env import EnvConfig
 from mtkd_env.config import ConfigError
-from mtkd_env.runtime.errors import did_you_mean
+from mtkd_env.runtime.errors import UserError, did_you_mean, is_user_error
 
 __all__ = ["VEC_ENVS", "SB3BatchedVecEnv", "ResumableMonitor", "SB3Envs", "check_n_envs", "env_layout"]
 
@@ -56,17 +60,129 @@ class ResumableMonitor(Monitor):
 
 class _MonitoredEnv:
     """Picklable factory of one monitored sub-env (for `SubprocVecEnv` workers: one torch thread
-    each, since K processes with the default thread count oversubscribe the cores)."""
+    each, since K processes with the default thread count oversubscribe the cores). With
+    `error_file`, bad input in the worker (building, resetting or stepping the env) is written
+    there as its one line and the worker ends quietly (see `_SubprocVecEnv`)."""
 
-    def __init__(self, config: EnvConfig, single_thread: bool) -> None:
-        self.config, self.single_thread = config, single_thread
+    def __init__(self, config: EnvConfig, single_thread: bool, error_file: Optional[str] = None) -> None:
+        self.config, self.single_thread, self.error_file = config, single_thread, error_file
 
     def __call__(self) -> ResumableMonitor:
         from mtkd_env.env import MultiTeacherKDEnv
 
         if self.single_thread:
             torch.set_num_threads(1)
-        return ResumableMonitor(MultiTeacherKDEnv(self.config))
+        if self.error_file is None:
+            return ResumableMonitor(MultiTeacherKDEnv(self.config))
+        with _reporting(self.error_file):
+            return _ReportingMonitor(MultiTeacherKDEnv(self.config), self.error_file)
+
+
+@contextmanager
+def _reporting(error_file: str) -> Iterator[None]:
+    """In a worker: a `UserError` (or an OS error of a user-given path) becomes its one line in
+    `error_file` and a quiet exit (multiprocessing prints no traceback for `SystemExit`)."""
+    try:
+        yield
+    except BaseException as exc:
+        if not is_user_error(exc):
+            raise
+        from mtkd_env.runtime.cli import describe_error
+        from mtkd_env.runtime.files import atomic_write_text
+
+        atomic_write_text(error_file, describe_error(exc))
+        raise SystemExit(2) from None
+
+
+class _ReportingMonitor(ResumableMonitor):
+    """A worker's monitored env whose bad-input errors go to the parent as one line."""
+
+    def __init__(self, env, error_file: str) -> None:
+        super().__init__(env)
+        self._error_file = error_file
+
+    def reset(self, **kwargs):
+        with _reporting(self._error_file):
+            return super().reset(**kwargs)
+
+    def step(self, action):
+        with _reporting(self._error_file):
+            return super().step(action)
+
+    def load_training_state(self, state: dict) -> None:
+        with _reporting(self._error_file):
+            super().load_training_state(state)
+
+
+class WorkerInputError(UserError):
+    """A `SubprocVecEnv` worker stopped on bad input (the user's config); its one line."""
+
+
+class _Remote:
+    """The parent's end of a worker pipe: a worker that died on bad input raises its one line
+    (`WorkerInputError`) instead of `EOFError` / `BrokenPipeError` / `ConnectionResetError`."""
+
+    def __init__(self, conn, owner: "_SubprocVecEnv") -> None:
+        self.conn, self.owner = conn, owner
+
+    def _call(self, name: str, *args):
+        try:
+            return getattr(self.conn, name)(*args)
+        except (EOFError, OSError):
+            reason = self.owner.worker_error()
+            if reason is None:
+                raise
+            raise WorkerInputError(reason) from None
+
+    def send(self, obj) -> None:
+        self._call("send", obj)
+
+    def recv(self):
+        return self._call("recv")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class _SubprocVecEnv(SubprocVecEnv):
+    """SB3's `SubprocVecEnv` whose workers report bad input (an unknown student, a missing teacher
+    checkpoint, ...) as the same one-line error as the in-process layouts, instead of ~100 lines of
+    worker tracebacks and the parent's `EOFError` / `ConnectionResetError`."""
+
+    def __init__(self, config: EnvConfig, n_envs: int) -> None:
+        self._error_dir = tempfile.mkdtemp(prefix="mtkd-subproc-")
+        fns = [_MonitoredEnv(config, single_thread=True, error_file=str(Path(self._error_dir) / f"worker{k}"))
+               for k in range(n_envs)]
+        try:
+            super().__init__(fns)
+        except (EOFError, OSError):
+            reason = self.worker_error()
+            if reason is None:
+                raise
+            raise WorkerInputError(reason) from None
+        self.remotes = [_Remote(r, self) for r in self.remotes]
+        self.get_attr("render_mode")  # every worker has built its env (or stopped on bad input)
+
+    def worker_error(self) -> Optional[str]:
+        """The line of a worker that stopped on bad input (the others are ended), else None."""
+        files = sorted(Path(self._error_dir).glob("worker*"))
+        if not files:
+            return None
+        reason = files[0].read_text()
+        for remote in getattr(self, "remotes", ()):
+            remote.close()  # a worker that is still running ends on EOF
+        for process in getattr(self, "processes", []):
+            process.join(timeout=30)
+            if process.is_alive():
+                process.terminate()
+                process.join()
+        self.closed = True
+        shutil.rmtree(self._error_dir, ignore_errors=True)
+        return reason
+
+    def close(self) -> None:
+        super().close()
+        shutil.rmtree(self._error_dir, ignore_errors=True)
 
 
 class SB3BatchedVecEnv(VecEnv):
@@ -149,7 +265,7 @@ class SB3Envs:
             self.venv = DummyVecEnv([lambda m=m: m for m in self.monitors])
             self.facts = self.monitors[0].env
         else:
-            self.venv = SubprocVecEnv([_MonitoredEnv(config, single_thread=True) for _ in range(n_envs)])
+            self.venv = _SubprocVecEnv(config, n_envs)
             names, cfg = self.venv.get_attr("teacher_names", [0])[0], self.venv.get_attr("config", [0])[0]
             self.facts = SimpleNamespace(teacher_names=names, config=cfg, observation_space=self.venv.observation_space,
                                          action_space=self.venv.action_space)

@@ -27,7 +27,7 @@ from pydantic import Field
 
 from mtkd_env.data import DeviceLoader, random_crop_flip
 from mtkd_env.runtime.cli import ArgumentParser, run_cli
-from mtkd_env.runtime.files import atomic_write_text
+from mtkd_env.runtime.files import atomic_write_text, check_output_file
 from mtkd_env.runtime.options import Cli, add_options, options_from, settings
 from mtkd_env.runtime.resources import resolve_device
 
@@ -126,6 +126,8 @@ def _main(argv=None) -> int:
     add_options(parser, LoaderBenchmark)
     args = options_from(LoaderBenchmark, vars(parser.parse_args(argv)))
     device = resolve_device(args.device)
+    if args.json:
+        check_output_file(args.json, "--json")
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (args.images, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 100, args.images)

@@ -42,7 +42,8 @@ from mtkd_env import models
 from mtkd_env.env import MultiTeacherKDEnv
 from mtkd_env.models.projectors import ProjectorBank
 from mtkd_env.runtime.cli import ArgumentParser, run_cli
-from mtkd_env.runtime.files import atomic_write_text
+from mtkd_env.runtime.files import atomic_write_text, check_output_file
+from mtkd_env.runtime.resources import resolve_device
 from mtkd_env.runtime.options import Cli, add_options, options_from, settings
 
 from .policy_steps import METHODS
@@ -290,6 +291,9 @@ def _main(argv=None) -> int:
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     add_options(parser, StepOverheadBenchmark)
     args = options_from(StepOverheadBenchmark, vars(parser.parse_args(argv)))
+    resolve_device(args.device)  # a bad or absent device is one line before any work
+    if args.json:
+        check_output_file(args.json, "--json")
     runs = []
     print(f"{'config':12s} {'batch':>5s} {'mode':22s} {'ms/step':>9s} {'steps/s':>9s} {'peak MB':>9s} {'ratio':>7s} "
           f"{'TFLOP/s':>8s}")

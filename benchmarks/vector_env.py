@@ -40,7 +40,8 @@ from pydantic import Field  # noqa: E402
 from mtkd_env import ENV_ID, EnvConfig  # noqa: E402
 from mtkd_env.env import MultiTeacherKDEnv  # noqa: E402
 from mtkd_env.runtime.cli import ArgumentParser, run_cli  # noqa: E402
-from mtkd_env.runtime.files import atomic_write_text  # noqa: E402
+from mtkd_env.runtime.files import atomic_write_text, check_output_file  # noqa: E402
+from mtkd_env.runtime.resources import resolve_device  # noqa: E402
 from mtkd_env.runtime.options import Cli, add_options, options_from, settings  # noqa: E402
 
 from .step_overhead import CONFIG_NAMES, CONFIGS  # noqa: E402
@@ -181,6 +182,9 @@ def _main(argv=None) -> int:
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     add_options(parser, VectorEnvBenchmark)
     args = options_from(VectorEnvBenchmark, vars(parser.parse_args(argv)))
+    resolve_device(args.device)  # a bad or absent device is one line before any work
+    if args.json:
+        check_output_file(args.json, "--json")
     torch.set_num_threads(1)  # every mode on one thread, as the async workers (OMP_NUM_THREADS=1 above)
     on_gpu = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
     async_max = args.async_max_k if args.async_max_k is not None else (8 if on_gpu else os.cpu_count() or 1)

@@ -17,7 +17,7 @@ from .config import ConfigError, EnvConfig
 from .engine.core import DistillationEngine
 from .engine.observe import sample_obs, teacher_obs
 from .mdp import observations as obsmod
-from .mdp.actions import ActionMap
+from .mdp.actions import ActionMap, check_reset_options, check_seed
 from .mdp.measurements import MeasurementPlan
 from .mdp.rewards import StepResult, config_rewards, needs_twin
 from .mdp.stepping import Pending, run_iterations, to_host
@@ -110,6 +110,8 @@ class MultiTeacherKDEnv(gym.Env):
 
     # --- gymnasium API ---------------------------------------------------------------------
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
+        seed = None if seed is None else check_seed(seed)
+        check_reset_options(options, (), "MultiTeacherKDEnv")
         self.begin_reset(seed)
         pending = self.reset_measurements()
         return self.finish_reset(pending, to_host(self.reset_parts(pending)))

@@ -33,6 +33,7 @@ from gymnasium.vector.utils import batch_space
 from .engine.batched import BatchedEngine
 from .config import EnvConfig
 from .env import MultiTeacherKDEnv, make_config
+from .mdp.actions import as_real_array, check_reset_options, check_seed
 from .mdp.stepping import run_iterations, to_host
 from .mdp.rewards import config_rewards, needs_twin
 
@@ -77,6 +78,7 @@ class MultiTeacherKDVectorEnv(VectorEnv):
         """Reset every sub-env (sub-env k with seed + k for an int seed), or those of
         `options["reset_mask"]` (a (K,) bool array)."""
         seeds = self._seeds(seed)
+        check_reset_options(options, ("reset_mask",), "MultiTeacherKDVectorEnv")
         mask = np.ones(self.num_envs, dtype=bool)
         if options and "reset_mask" in options:
             mask = np.asarray(options["reset_mask"])
@@ -129,14 +131,19 @@ class MultiTeacherKDVectorEnv(VectorEnv):
     def step_rows(self, actions) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, List[dict]]:
         """One step of every sub-env with per-row infos; sub-envs that ended on the previous step
         are reset instead in NEXT_STEP mode (reward 0). No other autoreset."""
-        a = np.asarray(actions)
+        a = as_real_array(actions, "actions")
         if a.shape != self.action_space.shape:
             raise ValueError(f"actions have shape {a.shape}; expected {self.action_space.shape} (num_envs = "
                              f"{self.num_envs}, then the single env's action shape)")
         k_all, envs, engine = self.num_envs, self.envs, self.engine
         resetting = [k for k in range(k_all) if self._autoreset[k] and self.autoreset_mode == AutoresetMode.NEXT_STEP]
         stepping = [k for k in range(k_all) if k not in resetting]
-        weights = {k: envs[k].checked_weights(*envs[k].action_to_weights(a[k])) for k in stepping}
+        weights = {}
+        for k in stepping:  # every row is checked before any sub-env trains
+            try:
+                weights[k] = envs[k].checked_weights(*envs[k].action_to_weights(a[k]))
+            except ValueError as exc:
+                raise ValueError(f"actions row {k}: {exc}") from None
         pending = {}
         if stepping:
             filler = weights[stepping[0]]  # rows about to reset train on something; it is overwritten
@@ -179,12 +186,15 @@ class MultiTeacherKDVectorEnv(VectorEnv):
     def _seeds(self, seed) -> List[Optional[int]]:
         if seed is None:
             return [None] * self.num_envs
-        if isinstance(seed, (int, np.integer)):
-            return [int(seed) + k for k in range(self.num_envs)]
+        if isinstance(seed, (int, np.integer)) and not isinstance(seed, (bool, np.bool_)):
+            return [check_seed(seed) + k for k in range(self.num_envs)]
+        if not isinstance(seed, (list, tuple, np.ndarray)):
+            raise ValueError(f"seed: expected None, an integer >= 0 or a list of {self.num_envs} (one per sub-env), "
+                             f"got {type(seed).__name__} {str(seed)[:40]!r}")
         seeds = list(seed)
         if len(seeds) != self.num_envs:
             raise ValueError(f"seed: a list of seeds needs one per sub-env ({self.num_envs}), got {len(seeds)}")
-        return seeds
+        return [None if s is None else check_seed(s, f"seed[{k}]") for k, s in enumerate(seeds)]
 
     # --- checkpointing -------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -11,6 +11,7 @@ from typing import Any, Dict, Optional, Sequence
 from mtkd_env.config import add_env_flags, env_config_from
 from mtkd_env.runtime.cli import ArgumentParser, given_flags, run_cli, say
 from mtkd_env.runtime.options import add_options, options_from
+from mtkd_env.runtime.tracking import default_wandb_mode
 
 from .options import CompareError, CompareOptions, RunsFailed
 from .run import run_compare
@@ -41,6 +42,8 @@ def options_from_args(argv: Optional[Sequence[str]] = None) -> CompareOptions:
 
 
 def _options(args: Dict[str, Any], command: str) -> CompareOptions:
+    if "wandb" not in args:  # as agents.train: $WANDB_MODE, else online if logged in, else offline
+        args = dict(args, wandb=default_wandb_mode())
     return options_from(CompareOptions, args, env_config=env_config_from(args), command=command)
 
 

@@ -65,7 +65,8 @@ class CompareOptions:
     """RL training budget in env steps (None: the algorithm's default)."""
     train_only: bool = False
     """Train (or reuse) the RL policies' agents into `out` and stop; shards load them with --agent-dir."""
-    wandb: Literal[WANDB_MODES] = 'disabled'
+    wandb: Annotated[Literal[WANDB_MODES], Cli(help_default="$WANDB_MODE, else online if logged in, "
+                                                             "else offline")] = "disabled"
     """W&B mode: "disabled", "offline" (no network or login needed) or "online"."""
     wandb_project: str = "mtkd-rl"
     """W&B project."""

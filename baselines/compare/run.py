@@ -23,7 +23,7 @@ from .outdir import (check_out, env_info, open_out, read_rows, record_env_and_ag
 from .pool import execute
 from .resolve import formula_options, resolve_policies
 from .rl_agents import prepare_agents
-from .summary import write_report
+from .summary import log_ranking, write_report
 from .worker import EvalTask, build_env
 
 __all__ = ["run_compare"]
@@ -129,6 +129,7 @@ def _run(opts: CompareOptions, formula: List[str], rl: List[str], shard: Optiona
     rows = [r for r in rows if (r["policy"], int(r["seed"])) in wanted]
     if ctx.is_main:
         stats = write_report(opts, rows, meta["env_info"], notes)
+        log_ranking(opts, stats, group)
     else:
         stats = report.policy_stats(rows, opts.policies, REFERENCE)
     if failures:

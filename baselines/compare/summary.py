@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
@@ -14,7 +16,7 @@ from ..policies import POLICIES
 from .options import REFERENCE, CompareOptions
 from .outdir import run_file
 
-__all__ = ["write_report"]
+__all__ = ["write_report", "log_ranking"]
 
 
 def write_report(opts: CompareOptions, rows: List[Dict[str, Any]], info: Dict[str, Any],
@@ -59,3 +61,27 @@ def write_report(opts: CompareOptions, rows: List[Dict[str, Any]], info: Dict[st
     print(table)
     print(report.verdict(stats, REFERENCE))
     return stats
+
+
+def log_ranking(opts: CompareOptions, stats: List[report.PolicyStats], group: str) -> None:
+    """The ranking (the rows of summary.md's table, best first) as a `wandb.Table` "ranking" in a W&B
+    run of its own (job type "compare", in the comparison's group); nothing for `--wandb disabled`."""
+    if opts.wandb == "disabled" or not stats:
+        return
+    from mtkd_env.runtime.tracking import start_wandb
+
+    run = start_wandb(opts.wandb, project=opts.wandb_project, group=group, name="ranking", job_type="compare",
+                      config={"policies": list(opts.policies), "seeds": list(opts.seeds), "reference": REFERENCE,
+                              "env": opts.env_config.to_dict(), "command": opts.command},
+                      run_dir=Path(opts.out), tags=["ranking"])
+    import wandb
+
+    columns = ["rank"] + [f.name for f in dataclasses.fields(report.PolicyStats)]
+
+    def cell(v: Any) -> Any:
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+    rows = [[rank] + [cell(getattr(s, c)) for c in columns[1:]] for rank, s in enumerate(stats, 1)]
+    run.log({"ranking": wandb.Table(columns=columns, data=rows)})
+    run.summary.update({"best_policy": stats[0].policy})
+    run.finish()

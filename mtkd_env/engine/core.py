@@ -52,6 +52,7 @@ from ..runtime.distributed import DistContext
 from ..runtime.resources import resolve_device
 from ..teachers import Teacher, load_pool
 from .batch import Batch, TeacherStats, loss_terms, measure, teacher_stats
+from ..runtime.errors import unknown_name
 from .trainee import Trainee
 from .virtual import VirtualSteps
 
@@ -66,6 +67,8 @@ class DistillationEngine(VirtualSteps):
 
     def __init__(self, config: EnvConfig, dist_ctx: Optional[DistContext] = None, twin: bool = False) -> None:
         self.config = cfg = config
+        if cfg.student not in models.available():  # before any data or teacher work (not at the first reset)
+            raise unknown_name("model", cfg.student, models.available())
         self.has_twin = bool(twin)
         self.dist = dist_ctx or distributed.context()
         self.device = distributed.device_for(self.dist, resolve_device(cfg.device))

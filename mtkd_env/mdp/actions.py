@@ -10,12 +10,12 @@ to [-1, 1]). Arrays are (..., M): (M,) per batch or (B, M) per sample.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["ACTION_TRANSFORMS", "Transform", "ActionMap", "to_simplex", "weights_to_action", "split_action",
-           "check_weights"]
+__all__ = ["ACTION_TRANSFORMS", "Transform", "ActionMap", "to_simplex", "weights_to_action", "as_real_array",
+           "split_action", "check_weights", "check_seed", "check_reset_options"]
 
 
 def _softmax(a: np.ndarray, temperature: float) -> np.ndarray:
@@ -127,16 +127,35 @@ class ActionMap:
         return check_weights(name, w, shapes, self.num_teachers)
 
 
+def as_real_array(values, name: str) -> np.ndarray:
+    """`values` as a float64 array if they are real numbers (float or int dtype); else a one-line
+    `ValueError` naming the dtype (strings, booleans, complex numbers and objects are refused rather
+    than converted or truncated)."""
+    raw = values if isinstance(values, np.ndarray) else None
+    if raw is None:
+        try:
+            raw = np.asarray(values)
+        except (ValueError, TypeError) as exc:  # ragged nested lists
+            raise ValueError(f"{name} is not a rectangular array of numbers ({str(exc).splitlines()[0][:60]}); "
+                             f"expected real numbers in [-1, 1]") from None
+    if raw.dtype.kind not in "fiu":
+        raise ValueError(f"{name} has dtype {raw.dtype}; expected real numbers (a float or int array) in [-1, 1]")
+    return raw.astype(np.float64, copy=False)
+
+
 def split_action(action, shape: Tuple[int, ...], num_teachers: int, separate: bool, granularity: str
                  ) -> Tuple[np.ndarray, np.ndarray]:
     """`action` checked against the action space's `shape`, clipped to [-1, 1], as its (logit part,
     feature part); the parts are the same array without separate feature weights."""
-    a = np.asarray(action, dtype=np.float64)
+    a = as_real_array(action, "action")
     if a.shape != shape:
         raise ValueError(f"action has shape {a.shape}; expected {shape} ({'(B, ' if granularity == 'sample' else '('}"
                          f"{'2M' if separate else 'M'}) with M = {num_teachers})")
-    if not np.all(np.isfinite(a)):
-        raise ValueError("action contains NaN or inf; expected finite values in [-1, 1]")
+    bad = np.argwhere(~np.isfinite(a))
+    if len(bad):
+        where = ", ".join(str(int(i)) for i in bad[0])
+        raise ValueError(f"action contains NaN or inf (action[{where}] = {a[tuple(bad[0])]}, {len(bad)} such "
+                         f"entries); expected finite values in [-1, 1]")
     a = np.clip(a, -1.0, 1.0)
     logit_part = a[..., :num_teachers]
     return logit_part, (a[..., num_teachers:] if separate else logit_part)
@@ -154,3 +173,26 @@ def check_weights(name: str, w, shapes: List[Tuple[int, ...]], num_teachers: int
         raise ValueError(f"{name} must be finite and non-negative; {name}[{', '.join(map(str, where))}] = "
                          f"{arr[where]!r} ({len(bad)} bad entries)")
     return arr
+
+
+# --- the other inputs of the env API: reset's seed and options ------------------------------------
+def check_seed(seed: Any, name: str = "seed") -> int:
+    """`seed` as an int if it is an integer >= 0 (a Python or NumPy integer, not a bool); else a
+    one-line `ValueError` saying what was expected (before any work of `reset`)."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"{name}: expected None or an integer >= 0, got {type(seed).__name__} {str(seed)[:40]!r}")
+    if seed < 0:
+        raise ValueError(f"{name}: expected an integer >= 0, got {int(seed)}")
+    return int(seed)
+
+
+def check_reset_options(options: Any, known: Sequence[str], env: str) -> None:
+    """`options` of `reset` is None or a dict whose keys are among `known`; else a one-line `ValueError`."""
+    if options is None:
+        return
+    if not isinstance(options, dict):
+        raise ValueError(f"options: expected None or a dict, got {type(options).__name__} {str(options)[:40]!r}")
+    unknown = sorted(str(k)[:40] for k in options if k not in known)
+    if unknown:
+        expected = f"one of {list(known)}" if known else "none (it takes no options)"
+        raise ValueError(f"options: unknown key(s) {unknown} for {env}.reset; expected {expected}")

@@ -121,7 +121,9 @@ def _build(arch: str, num_classes: int, input_shape: tuple, weights: Optional[st
     net = getattr(tvm, builder)(weights=None, num_classes=num_classes)
     if weights is not None:
         path = resolve_weights_file(arch, weights)
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        from ..runtime.files import load_weights
+
+        state = load_weights(path, f"weights {str(path)!r}")
         try:
             net.load_state_dict(state)
         except RuntimeError as exc:

@@ -54,20 +54,31 @@ def torch_save_atomic(obj: object, path: PathLike) -> None:
         torch.save(obj, tmp)
 
 
+_GLOBAL = re.compile(r"\bGLOBAL\s+([A-Za-z_][\w.]*)")
+_TORCH_TEXT_TO_DROP = re.compile(r"weights.?only|torch\.load|unsafe|trusted|arbitrary code", re.IGNORECASE)
+
+
 def why_unreadable(exc: BaseException) -> str:
-    """Why torch could not load a file, in one line, without its advice to load it unsafely."""
+    """Why torch could not load a file, in one line of our own words.
+
+    The message is built here, never by editing torch's: torch's text (whose wording changes from
+    release to release) advises re-running `torch.load` with `weights_only=False`, which is never
+    the right advice for a file that holds pickled code. Only the name of a refused GLOBAL, or a
+    short detail that says nothing about loading modes, is taken from it."""
+    import pickle
+
     text = str(exc)
-    unsafe = re.search(r"Unsupported global: (GLOBAL [\w.]+)", text)
+    unsafe = _GLOBAL.search(text)
     if unsafe:
-        return (f"it holds pickled Python objects ({unsafe.group(1)}), which are never unpickled from a file; "
-                "expected tensors in plain containers (a state dict)")
-    if "WeightsUnpickler error:" in text:  # torch's advice to retry with weights_only=False is wrong for such files
-        detail = next((ln.strip() for ln in text.split("WeightsUnpickler error:", 1)[1].splitlines() if ln.strip()),
-                      "")
-        return f"it is not a torch file or it is corrupt ({detail})" if detail else "it is not a torch file"
+        return (f"it holds pickled Python objects (GLOBAL {unsafe.group(1)}), which are never unpickled from a "
+                "file; expected tensors in plain containers (a state dict)")
+    if isinstance(exc, pickle.UnpicklingError) or _TORCH_TEXT_TO_DROP.search(text):
+        return ("it is not a torch file or it is corrupt (a weights-only load refused its contents); expected "
+                "tensors in plain containers (a state dict)")
+    detail = first_line(exc)[:80]
     if isinstance(exc, (EOFError, RuntimeError)) or "invalid load key" in text:
-        return f"it is not a torch file or it is truncated ({first_line(exc)})"
-    return first_line(exc)
+        return f"it is not a torch file or it is truncated ({detail})"
+    return detail
 
 
 def load_weights(source: Union[PathLike, io.BytesIO], what: str) -> object:

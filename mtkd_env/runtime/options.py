@@ -297,8 +297,23 @@ def add_options(parser: argparse.ArgumentParser, cls: type, *, exclude: Sequence
 
 def _scalar(tp: Any) -> Callable[[str], Any]:
     if typing.get_origin(tp) is Literal:
-        return type(typing.get_args(tp)[0])
-    return tp if tp in (int, float, str) else str
+        tp = type(typing.get_args(tp)[0])
+    return _NUMERALS.get(tp, str)
+
+
+def _numeral(tp: type, what: str) -> Callable[[str], Any]:
+    """An argparse `type=` whose refusal is our wording: "argument --n: expected an integer, got 'x'"."""
+    def parse(text: str) -> Any:
+        try:
+            return tp(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {short_repr(text)}") from None
+
+    parse.__name__ = what
+    return parse
+
+
+_NUMERALS: Dict[type, Callable[[str], Any]] = {int: _numeral(int, "an integer"), float: _numeral(float, "a number")}
 
 
 def options_from(cls: type, given: Mapping[str, Any], **fixed: Any) -> Any:
