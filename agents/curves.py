@@ -8,17 +8,28 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Annotated, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
 from mtkd_env.runtime.cli import ArgumentParser, run_cli
 from mtkd_env.runtime.errors import ConfigError
 from mtkd_env.runtime.files import check_output_file
+from mtkd_env.runtime.options import Cli, add_options, options_from, settings
 
-__all__ = ["episode_series", "plot_learning_curve", "main"]
+__all__ = ["episode_series", "plot_learning_curve", "CurvesOptions", "main"]
 
 CURVE_NAME = "learning_curve.png"
+
+
+@settings(label="flag")
+class CurvesOptions:
+    """The `python -m agents.curves` arguments."""
+
+    run_dir: Annotated[str, Cli(positional=True)]
+    """A run directory of agents.train."""
+    out: Annotated[Optional[str], Cli(metavar="FILE", help_default=f"RUN_DIR/{CURVE_NAME}")] = None
+    """Output PNG."""
 
 
 def episode_series(rows: Sequence[dict]) -> Dict[str, np.ndarray]:
@@ -97,9 +108,8 @@ def _main(argv: Optional[List[str]]) -> int:
     from .tracking import read_metrics
 
     p = ArgumentParser(prog="python -m agents.curves", description=__doc__)
-    p.add_argument("run_dir", help="a run directory of agents.train")
-    p.add_argument("--out", help=f"output PNG (default RUN_DIR/{CURVE_NAME})")
-    args = p.parse_args(argv)
+    add_options(p, CurvesOptions)
+    args = options_from(CurvesOptions, vars(p.parse_args(argv)))
     metrics = Path(args.run_dir) / "metrics.jsonl"
     if not metrics.is_file():
         raise ConfigError(f"{args.run_dir}: no metrics.jsonl (expected a run directory of agents.train)")

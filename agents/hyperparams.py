@@ -26,7 +26,7 @@ from mtkd_env.runtime.options import Cli, settings
 
 __all__ = ["HYPERPARAMS_DIR", "default_hyperparams", "load_hyperparams_file", "resolve_hyperparams",
            "validate_sb3", "sb3_kwargs", "validate_dataclass", "check_hyperparams", "activations", "apply_env_kwargs",
-           "NormalizeOptions"]
+           "NormalizeOptions", "VEC_ENVS", "check_n_envs"]
 
 HYPERPARAMS_DIR = Path(__file__).resolve().parent / "hyperparams"
 
@@ -35,6 +35,8 @@ _SB3_RUN_ARGS = {"self", "policy", "env", "tensorboard_log", "verbose", "seed", 
                  "action_noise", "replay_buffer_class", "replay_buffer_kwargs", "rollout_buffer_class",
                  "rollout_buffer_kwargs", "policy_kwargs"}
 NOISE_TYPES = ("normal", "ornstein-uhlenbeck")
+VEC_ENVS = ("batched", "subproc", "dummy")
+"""How n_envs > 1 sub-envs run (hyperparameter `vec_env`; see `agents.vec_env`)."""
 _COUNT = Annotated[int, Field(ge=1)]
 _NONNEG = Annotated[float, Field(ge=0)]
 _UNIT = Annotated[float, Field(ge=0, le=1)]
@@ -163,6 +165,18 @@ def _from_default(key: str, default: Any) -> Any:
     return Union[float, int, str, bool, None]
 
 
+def check_n_envs(n_envs: Any, vec_env: Optional[str], distributed: bool) -> None:
+    """One-line `ConfigError` for an invalid `n_envs` / `vec_env` pair."""
+    if not isinstance(n_envs, int) or isinstance(n_envs, bool) or n_envs < 1:
+        raise ConfigError(f"n_envs: expected an integer >= 1, got {n_envs!r}")
+    if vec_env is not None and vec_env not in VEC_ENVS:
+        raise ConfigError(f"vec_env: expected one of {list(VEC_ENVS)}, got {vec_env!r}"
+                          + did_you_mean([vec_env], VEC_ENVS))
+    if n_envs > 1 and distributed:
+        raise ConfigError("n_envs: under torchrun every rank distils one student; use n_envs 1 (or no torchrun "
+                          "and --n-envs K)")
+
+
 def validate_sb3(algo_name: str, cls: type, hp: dict) -> dict:
     """Check an SB3 hyperparameter dict against `cls.__init__`; return a cleaned copy."""
     params = inspect.signature(cls.__init__).parameters
@@ -173,8 +187,6 @@ def validate_sb3(algo_name: str, cls: type, hp: dict) -> dict:
     if isinstance(out.get("train_freq"), tuple):
         out["train_freq"] = list(out["train_freq"])
     if "n_envs" in out or "vec_env" in out:
-        from .vec_env import check_n_envs
-
         check_n_envs(out.get("n_envs", 1), out.get("vec_env"), distributed=False)
     train_freq = out.get("train_freq")
     if off_policy and out.get("n_envs", 1) > 1 and isinstance(train_freq, list) and train_freq[1] == "episode":

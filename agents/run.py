@@ -1,4 +1,5 @@
-"""A training run: run directory, logging, progress bar, checkpoints, signals, resume and summary.
+"""A training run: run directory, logging, progress bar, checkpoints, signals (their exceptions and
+handlers: `agents.interrupts`), resume and summary.
 
 Run directory (`{out}/{env_id}__{algo}__{seed}__{unix_time}`, the rl-zoo3/CleanRL run name):
 
@@ -48,6 +49,7 @@ from mtkd_env.runtime.tracking import WANDB_MODES, git_info, package_versions, s
 from . import tracking
 from .algos import Agent, get_spec
 from .callback import RunCallback
+from .interrupts import TrainingAborted, TrainingInterrupted, catch_stop_signals, restore_handlers
 from .checkpoint import (CHECKPOINT, CONFIG_NAME, FORMAT, SUMMARY_NAME, capture_rng, loader_overrides, rank_agent_state,
                          read_run, restore_rng)
 from .modelfile import MODEL_NAME
@@ -57,26 +59,6 @@ __all__ = ["RunSettings", "TrainingInterrupted", "TrainingAborted", "Run", "CLI_
 
 CLI_EVAL_EPISODES = 10
 """`agents.train`'s default `--eval-episodes` (the API's is 0)."""
-
-
-class TrainingInterrupted(Exception):
-    """Training stopped on a signal after saving a checkpoint; `run_dir` resumes it."""
-
-    def __init__(self, run_dir: Path, num_timesteps: int, signum: int, world_size: int = 1) -> None:
-        how = ("python -m agents.train" if world_size == 1 else
-               f"torchrun <the same {world_size} processes> -m agents.train")
-        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {num_timesteps}; resume with: "
-                         f"{how} --resume {run_dir}")
-        self.run_dir, self.num_timesteps, self.signum = run_dir, num_timesteps, signum
-
-
-class TrainingAborted(KeyboardInterrupt):
-    """A second SIGINT/SIGTERM: the run stops at once (the last periodic checkpoint stays);
-    `signum` is that signal, so the CLI exits 128 + signum (130 for SIGINT, 143 for SIGTERM)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 @settings
@@ -327,16 +309,10 @@ class Run:
                   "(send it again to abort without saving)", file=sys.stderr, flush=True)
 
     def _install_handlers(self) -> None:
-        self._old_handlers = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old_handlers[sig] = signal.signal(sig, self._handle_signal)
-            except ValueError:  # not the main thread: signals stay with the caller
-                pass
+        self._old_handlers = catch_stop_signals(self._handle_signal)
 
     def _restore_handlers(self) -> None:
-        for sig, handler in getattr(self, "_old_handlers", {}).items():
-            signal.signal(sig, handler)
+        restore_handlers(getattr(self, "_old_handlers", {}))
         self._old_handlers = {}
 
     def train(self) -> Path:

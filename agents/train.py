@@ -18,39 +18,47 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 from dataclasses import fields
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Annotated, Any, Dict, List, Literal, Optional, Sequence
 
 from mtkd_env.config import ConfigError, EnvConfig, add_env_flags, env_config_data
 from mtkd_env.runtime import collective
 from mtkd_env.runtime.cli import ArgumentParser, given_flags, run_cli, say
+from mtkd_env.runtime.options import Cli, add_options, options_from, settings
+
+from .hyperparams import VEC_ENVS
 
 _RUN_DEFINING = ("seed", "env_config", "env", "hyperparams", "out_dir", "save_freq", "wandb_project", "wandb_group",
                  "n_envs", "vec_env")
 """Flags that define a run: `--resume` continues the saved run, so none of them may be given."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from mtkd_env.runtime.options import add_options
+@settings(label="flag")
+class TrainFlags:
+    """The `agents.train` flags beyond `RunSettings` and the env flags: the hyperparameters and
+    the sub-env layout of a new run, or the run to resume."""
 
+    hyperparams: Annotated[Optional[str], Cli(metavar="FILE", help_default="")] = None
+    """rl-zoo3-style YAML/JSON overriding agents/hyperparams/<algo>.yml (keyed by env id or flat)."""
+    n_envs: Annotated[Optional[int], Cli(metavar="K", help_default="the hyperparameters' n_envs, else 1")] = None
+    """Sub-envs (students) per step for PPO, A2C, SAC, TD3 (hyperparameter n_envs, checked with the
+    hyperparameters: at least 1)."""
+    vec_env: Annotated[Optional[Literal[VEC_ENVS]], Cli(help_default="the hyperparameters' vec_env, else batched")] = None
+    """How K > 1 sub-envs run (hyperparameter vec_env): batched = K students trained in this process,
+    subproc = one worker process each, dummy = in turn in this process."""
+    resume: Annotated[Optional[str], Cli(metavar="DIR", help_default="")] = None
+    """Continue the run in DIR from its checkpoint."""
+
+
+def build_parser() -> argparse.ArgumentParser:
     from .run import RunSettings
-    from .vec_env import VEC_ENVS
 
     p = ArgumentParser(prog="python -m agents.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_options(p, RunSettings)
     add_env_flags(p)
-    p.add_argument("--hyperparams", metavar="FILE", default=argparse.SUPPRESS,
-                   help="rl-zoo3-style YAML/JSON overriding agents/hyperparams/<algo>.yml (keyed by env id or flat)")
-    p.add_argument("--n-envs", type=int, metavar="K", default=argparse.SUPPRESS,
-                   help="sub-envs (students) per step for PPO, A2C, SAC, TD3 (hyperparameter n_envs; default 1)")
-    p.add_argument("--vec-env", choices=VEC_ENVS, default=argparse.SUPPRESS,
-                   help="how K > 1 sub-envs run (hyperparameter vec_env): batched = K students trained in this "
-                        "process (default), subproc = one worker process each, dummy = in turn in this process")
-    p.add_argument("--resume", metavar="DIR", default=argparse.SUPPRESS,
-                   help="continue the run in DIR from its checkpoint")
+    add_options(p, TrainFlags)
     return p
 
 
@@ -87,21 +95,6 @@ def _build_run(args: Dict[str, Any], env_config, command: List[str], ctx):
                            hyperparams=layout or None, command=command, **settings)
 
 
-def _ignore_signals_once_stopped(run) -> None:
-    """torchrun forwards SIGTERM to every rank, but one rank may already have stopped on another
-    rank's copy (the ranks agree on a stop at each safe point): that late signal asks for what is
-    done, so it must not kill the rank on its way out. Outside a stopped run it acts as usual.
-    The run's own handlers replace this one while it trains and restore it afterwards."""
-    def handler(signum: int, frame) -> None:
-        if run.stop_signal is not None:
-            return
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, handler)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     return run_cli(_main, argv)
 
@@ -109,10 +102,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _main(argv: Optional[Sequence[str]]) -> int:
     from . import api
     from .checkpoint import SUMMARY_NAME
+    from .interrupts import ignore_late_signals
     from .summary import format_summary
 
     parser = build_parser()
     args = vars(parser.parse_args(argv))
+    options_from(TrainFlags, args)  # the flags' declared checks (argparse has parsed their types and choices)
     command = [sys.executable, "-m", "agents.train"] + list(sys.argv[1:] if argv is None else argv)
     # Checks that need no other rank come first: every rank reaches the same verdict.
     if "resume" in args:
@@ -129,7 +124,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     run = _build_run(args, env_config, command, ctx)
     say(f"run directory: {run.run_dir}", file=sys.stderr)
     if ctx.enabled:
-        _ignore_signals_once_stopped(run)
+        ignore_late_signals(run)
     try:
         run_dir = run.train()
     except api.TrainingInterrupted as exc:

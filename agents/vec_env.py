@@ -32,11 +32,11 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv,
 
 from mtkd_env import EnvConfig
 from mtkd_env.config import ConfigError
-from mtkd_env.runtime.errors import UserError, did_you_mean, is_user_error
+from mtkd_env.runtime.errors import UserError, is_user_error
+
+from .hyperparams import VEC_ENVS, check_n_envs
 
 __all__ = ["VEC_ENVS", "SB3BatchedVecEnv", "ResumableMonitor", "SB3Envs", "check_n_envs", "env_layout"]
-
-VEC_ENVS = ("batched", "subproc", "dummy")
 
 
 class ResumableMonitor(Monitor):
@@ -299,18 +299,6 @@ class SB3Envs:
 
     def close(self) -> None:
         self.venv.close()
-
-
-def check_n_envs(n_envs: Any, vec_env: Optional[str], distributed: bool) -> None:
-    """One-line `ConfigError` for an invalid `n_envs` / `vec_env` pair."""
-    if not isinstance(n_envs, int) or isinstance(n_envs, bool) or n_envs < 1:
-        raise ConfigError(f"n_envs: expected an integer >= 1, got {n_envs!r}")
-    if vec_env is not None and vec_env not in VEC_ENVS:
-        raise ConfigError(f"vec_env: expected one of {list(VEC_ENVS)}, got {vec_env!r}"
-                          + did_you_mean([vec_env], VEC_ENVS))
-    if n_envs > 1 and distributed:
-        raise ConfigError("n_envs: under torchrun every rank distils one student; use n_envs 1 (or no torchrun "
-                          "and --n-envs K)")
 
 
 def env_layout(hyperparams: dict) -> tuple:

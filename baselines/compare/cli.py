@@ -1,25 +1,37 @@
 """The `python -m baselines.compare` command line: one flag per `CompareOptions` field (derived,
-not declared again), plus `--env-config`/`--env` for its env and `--merge`."""
+not declared again), plus `--env-config`/`--env` for its env and `--merge` (`MergeFlags`)."""
 
 from __future__ import annotations
 
 import argparse
 import shlex
 import sys
-from typing import Any, Dict, Optional, Sequence
+from dataclasses import field
+from typing import Annotated, Any, Dict, List, Optional, Sequence
+
+from pydantic import Field
 
 from mtkd_env.config import add_env_flags, env_config_from
 from mtkd_env.runtime.cli import ArgumentParser, given_flags, run_cli, say
-from mtkd_env.runtime.options import add_options, options_from
+from mtkd_env.runtime.options import Cli, add_options, options_from, settings
 from mtkd_env.runtime.tracking import default_wandb_mode
 
 from .options import CompareError, CompareOptions, RunsFailed
 from .run import run_compare
 
-__all__ = ["build_parser", "options_from_args", "main"]
+__all__ = ["MergeFlags", "build_parser", "options_from_args", "main"]
 
 _MERGE_FLAGS = ("merge", "out", "progress")
 """The flags `--merge` takes: everything else comes from the merged folders."""
+
+
+@settings(label="flag")
+class MergeFlags:
+    """`--merge`: the mode of `python -m baselines.compare` that merges instead of running."""
+
+    merge: Annotated[List[str], Field(min_length=1), Cli(metavar="DIR", item="folder", help_default="")] = \
+        field(default_factory=list)
+    """Merge finished shard folders into --out (checks they share settings and teachers) instead of running."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,9 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="rank teacher-weighting policies on the same students and seeds")
     add_options(p, CompareOptions)
     add_env_flags(p)
-    p.add_argument("--merge", nargs="+", action="extend", metavar="DIR", default=argparse.SUPPRESS,
-                   help="merge finished shard folders into --out (checks they share settings and teachers) "
-                        "instead of running")
+    add_options(p, MergeFlags)
     return p
 
 
@@ -54,7 +64,7 @@ def _merge(parser: argparse.ArgumentParser, args: Dict[str, Any], command: str) 
     if extra:
         raise CompareError(f"--merge takes only --out (settings, policies and seeds come from the merged folders); "
                            f"remove {extra[0]}")
-    merge_outputs(args["merge"], args.get("out", CompareOptions.out), command=command)
+    merge_outputs(options_from(MergeFlags, args).merge, args.get("out", CompareOptions.out), command=command)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

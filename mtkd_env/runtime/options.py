@@ -14,7 +14,7 @@ rows of the config reference (`reference_rows`).
     add_options(parser, Options)                         # --jobs N, help "Parallel worker ... (default: 1)"
     opts = options_from(Options, vars(parser.parse_args(argv)))   # "--jobs: expected an integer >= 1, got 0"
 
-Flags: `--field-name` (or `Cli(flag=...)`); bools get `--x/--no-x`; lists take several values and a
+Flags: `--field-name` (or `Cli(flag=...)`; `Cli(positional=True)`: a positional argument); bools get `--x/--no-x`; lists take several values and a
 repeated flag extends the list (`Cli(split=True)` lists also split on commas); dicts take KEY=VALUE
 pairs. Every flag's parser default is `argparse.SUPPRESS`, so the parsed namespace holds exactly
 the flags given (what `--resume`-style "cannot change it" checks need).
@@ -60,8 +60,10 @@ class Cli:
     """List values also split on commas."""
     hidden: bool = False
     """Not a flag (set by the program)."""
+    positional: bool = False
+    """A positional argument (named by `metavar`, default the field name upper-cased) instead of a flag."""
     help_default: Optional[str] = None
-    """The default shown in --help, when the CLI's default is not the field's."""
+    """The default shown in --help, when the CLI's default is not the field's ("": none shown)."""
     item: str = "value"
     """What a list holds, for "expected a non-empty list of <item>s" (with `Field(min_length=1)`)."""
     expected: Optional[str] = None
@@ -194,7 +196,10 @@ def _constraint_text(tp: Any) -> str:
 
 # --- errors -------------------------------------------------------------------------------------
 def _flag(cls: type, name: str) -> str:
-    return _cli(cls, name).flag or "--" + name.replace("_", "-")
+    cli = _cli(cls, name)
+    if cli.positional:
+        return cli.metavar or name.upper()
+    return cli.flag or "--" + name.replace("_", "-")
 
 
 def config_error(exc: ValidationError, cls: type, *, label: str = "field", prefix: str = "",
@@ -273,14 +278,17 @@ def add_options(parser: argparse.ArgumentParser, cls: type, *, exclude: Sequence
         bare, meta, _ = _unwrap(_hint(cls, f.name))
         default = _default_text(cls, f)
         help_ = cls.__pydantic_fields__[f.name].description or ""
-        if default is not None:
+        if default:
             help_ = f"{help_} (default: {default})".strip()
         kwargs: Dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_.replace("%", "%%"), "dest": f.name}
         if cli.metavar:
             kwargs["metavar"] = cli.metavar
         origin = typing.get_origin(bare)
         flag = _flag(cls, f.name)
-        if bare is bool:
+        if cli.positional:  # its name is the dest; a field with a default may be left out
+            kwargs = dict(kwargs, metavar=flag, nargs=None if default is None else "?")
+            parser.add_argument(kwargs.pop("dest"), type=_scalar(bare), **kwargs)
+        elif bare is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif origin in (list, tuple):
             item = _unwrap(_item(bare))[0]

@@ -27,7 +27,7 @@ from ..runtime.errors import CheckpointError, ConfigError, short_repr
 from ..runtime.files import load_weights, torch_save_atomic
 from ..runtime.options import Cli, add_options, options_from, settings
 
-__all__ = ["TeacherTrainConfig", "train_teacher", "list_teachers", "main", "DEFAULT_MILESTONES"]
+__all__ = ["TeacherTrainConfig", "TeacherListConfig", "train_teacher", "list_teachers", "main", "DEFAULT_MILESTONES"]
 
 DEFAULT_MILESTONES = (150, 180, 210)
 """Learning-rate milestones of the reference 240-epoch teacher recipe."""
@@ -97,6 +97,14 @@ class TeacherTrainConfig:
                 "batch_size": self.batch_size, "epochs": self.epochs, "schedule": "multistep",
                 "milestones": list(self.milestones), "gamma": self.gamma, "nesterov": self.nesterov,
                 "augment": self.augment, "label_noise": 0.0}
+
+
+@settings(label="flag")
+class TeacherListConfig:
+    """`list`: the cache to show."""
+
+    cache_dir: Annotated[Optional[str], Cli(help_default="default_cache_dir()/teachers")] = None
+    """Teacher cache (EnvConfig.teacher_cache_dir)."""
 
 
 def _cache_dir(cache_dir: Optional[str]) -> Path:
@@ -223,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train one teacher into the cache (resumable)")
     add_options(train, TeacherTrainConfig)
     lister = sub.add_parser("list", help="show cached teachers with their accuracy")
-    lister.add_argument("--cache-dir", default=None, help="teacher cache (default: default_cache_dir()/teachers)")
+    add_options(lister, TeacherListConfig)
     return parser
 
 
@@ -234,7 +242,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _main(argv: Optional[Sequence[str]]) -> int:
     args = vars(build_parser().parse_args(argv))
     if args["command"] == "list":
-        list_teachers(args["cache_dir"])
+        list_teachers(options_from(TeacherListConfig, args).cache_dir)
         return 0
     from ..runtime.resources import resolve_device
 
