@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -93,10 +93,7 @@ class MTKDRL(OnlineAgent):
                                config.learn_concentration).to(self.device)
         self.optimizer = torch.optim.SGD([p for p in self.net.parameters() if p.requires_grad], lr=config.lr,
                                          momentum=config.momentum)
-        self._n_updates = 0          # agent SGD steps
         self._n_rounds = 0           # update events (the warm-up ends at the first)
-        self._steps_since_update = 0
-        self._buffer: List[Dict[str, torch.Tensor]] = []
 
     @property
     def warming_up(self) -> bool:
@@ -228,13 +225,8 @@ class MTKDRL(OnlineAgent):
 
     def training_state(self) -> dict:
         """Everything (but the env and global RNGs) needed to continue `learn` bit-identically."""
-        return {**self.base_training_state(), "optimizer": self.optimizer.state_dict(),
-                "buffer": [dict(b) for b in self._buffer], "n_updates": self._n_updates, "n_rounds": self._n_rounds,
-                "steps_since_update": self._steps_since_update}
+        return {**self.base_training_state(), "n_rounds": self._n_rounds}
 
     def load_training_state(self, state: dict) -> None:
         self.load_base_training_state(state)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self._buffer = [dict(b) for b in state["buffer"]]
-        self._n_updates, self._n_rounds = int(state["n_updates"]), int(state["n_rounds"])
-        self._steps_since_update = int(state["steps_since_update"])
+        self._n_rounds = int(state["n_rounds"])

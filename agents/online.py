@@ -6,7 +6,8 @@ checkpoint and evaluation code treats every algorithm alike. Each env step is a 
 `callback.on_rollout_start()` fires before it, when the agent's state is complete.
 
 A subclass provides `_step(obs)` (choose weights or an action, step the env, buffer what it
-learns from and update when due) and its own `training_state` entries; `learn` does the rest.
+learns from and update when due), sets `net` and `optimizer`, and adds its own `training_state`
+entries to `base_training_state` (network, optimiser, buffer and counters); `learn` does the rest.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import io
 import json
 import zipfile
 from pathlib import Path
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -25,9 +26,11 @@ __all__ = ["OnlineAgent"]
 
 
 class OnlineAgent:
-    """Base class. Subclasses set `self.net` (the module that `save` stores) before use."""
+    """Base class. Subclasses set `self.net` (the module that `save` stores) and `self.optimizer`
+    (its optimiser) before use."""
 
     net: nn.Module
+    optimizer: torch.optim.Optimizer
 
     def __init__(self, env: Any, seed: Optional[int], device: Union[str, torch.device]) -> None:
         self.env = env
@@ -42,6 +45,10 @@ class OnlineAgent:
         self._last_obs: Optional[np.ndarray] = None
         self._reset_seed: Optional[int] = seed
         self._logger = None
+        self._buffer: List[Dict[str, torch.Tensor]] = []
+        """What the agent learns from at its next update (one dict of tensors per env step)."""
+        self._n_updates = 0           # optimiser steps
+        self._steps_since_update = 0
 
     # --- SB3-style plumbing -----------------------------------------------------------------
     def get_env(self) -> Any:
@@ -137,13 +144,19 @@ class OnlineAgent:
         return read_meta(path)["agent"], read_torch_member(path, "agent.pth")
 
     def base_training_state(self) -> dict:
-        """The counters every online agent continues from (subclasses add theirs)."""
+        """What every online agent continues from: network, optimiser, buffer and counters
+        (subclasses add theirs)."""
         return {"net": self.net.state_dict(), "num_timesteps": self.num_timesteps, "episode_num": self._episode_num,
                 "reset_seed": self._reset_seed,
-                "last_obs": None if self._last_obs is None else torch.as_tensor(self._last_obs)}
+                "last_obs": None if self._last_obs is None else torch.as_tensor(self._last_obs),
+                "optimizer": self.optimizer.state_dict(), "buffer": [dict(b) for b in self._buffer],
+                "n_updates": self._n_updates, "steps_since_update": self._steps_since_update}
 
     def load_base_training_state(self, state: dict) -> None:
         self.net.load_state_dict(state["net"])
         self.num_timesteps, self._episode_num = int(state["num_timesteps"]), int(state["episode_num"])
         self._reset_seed = state["reset_seed"]
         self._last_obs = None if state["last_obs"] is None else state["last_obs"].numpy()
+        self.optimizer.load_state_dict(state["optimizer"])
+        self._buffer = [dict(b) for b in state["buffer"]]
+        self._n_updates, self._steps_since_update = int(state["n_updates"]), int(state["steps_since_update"])

@@ -149,10 +149,7 @@ class RMTS(OnlineAgent):
         self.net = SelectionPolicy(layout, config.temperature, config.init_bias).to(self.device)
         opt = torch.optim.Adam if config.optimizer == "adam" else torch.optim.SGD
         self.optimizer = opt(self.net.parameters(), lr=config.lr)
-        self._buffer: List[Dict[str, torch.Tensor]] = []
         self._baseline: Optional[float] = None
-        self._n_updates = 0
-        self._steps_since_update = 0
 
     # --- acting -----------------------------------------------------------------------------
     def probabilities(self, obs: np.ndarray) -> np.ndarray:
@@ -245,13 +242,8 @@ class RMTS(OnlineAgent):
 
     def training_state(self) -> dict:
         """Everything (but the env and global RNGs) needed to continue `learn` bit-identically."""
-        return {**self.base_training_state(), "optimizer": self.optimizer.state_dict(),
-                "buffer": [dict(b) for b in self._buffer], "baseline": self._baseline, "n_updates": self._n_updates,
-                "steps_since_update": self._steps_since_update}
+        return {**self.base_training_state(), "baseline": self._baseline}
 
     def load_training_state(self, state: dict) -> None:
         self.load_base_training_state(state)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self._buffer = [dict(b) for b in state["buffer"]]
         self._baseline = state["baseline"]
-        self._n_updates, self._steps_since_update = int(state["n_updates"]), int(state["steps_since_update"])
