@@ -14,8 +14,6 @@ layout torchvision's CIFAR-100 holds in memory).
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 
@@ -26,10 +24,10 @@ import torch
 from pydantic import Field
 
 from mtkd_env.data import DeviceLoader, random_crop_flip
-from mtkd_env.runtime.cli import ArgumentParser, run_cli
-from mtkd_env.runtime.files import atomic_write_text, check_output_file
-from mtkd_env.runtime.options import Cli, add_options, options_from, settings
-from mtkd_env.runtime.resources import resolve_device
+from mtkd_env.runtime.cli import run_cli
+from mtkd_env.runtime.options import Cli, settings
+
+from .cli import parse_flags, write_json
 
 MEAN = (0.5071, 0.4867, 0.4408)
 STD = (0.2675, 0.2565, 0.2761)
@@ -121,13 +119,7 @@ def main(argv=None) -> int:
 
 
 def _main(argv=None) -> int:
-    parser = ArgumentParser(prog="python -m benchmarks.loader", description=__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_options(parser, LoaderBenchmark)
-    args = options_from(LoaderBenchmark, vars(parser.parse_args(argv)))
-    device = resolve_device(args.device)
-    if args.json:
-        check_output_file(args.json, "--json")
+    args, device = parse_flags(LoaderBenchmark, "python -m benchmarks.loader", __doc__, argv)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (args.images, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 100, args.images)
@@ -140,8 +132,7 @@ def _main(argv=None) -> int:
     print(f"  DataLoader ({args.workers} workers): {dl:12.0f} images/s")
     print(f"  DeviceLoader:             {dev:12.0f} images/s")
     print(f"  speedup:                  {dev / dl:12.2f}x")
-    if args.json:
-        atomic_write_text(args.json, json.dumps(out, indent=2))
+    write_json(args.json, out)
     return 0
 
 

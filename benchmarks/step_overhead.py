@@ -23,9 +23,7 @@ and the achieved TFLOP/s; `--json` writes them with top-level keys `ratio_b_a`, 
 
 from __future__ import annotations
 
-import argparse
 import gc
-import json
 import statistics
 import sys
 import time
@@ -41,11 +39,10 @@ from mtkd_env import EnvConfig
 from mtkd_env import models
 from mtkd_env.env import MultiTeacherKDEnv
 from mtkd_env.models.projectors import ProjectorBank
-from mtkd_env.runtime.cli import ArgumentParser, run_cli
-from mtkd_env.runtime.files import atomic_write_text, check_output_file
-from mtkd_env.runtime.resources import resolve_device
-from mtkd_env.runtime.options import Cli, add_options, options_from, settings
+from mtkd_env.runtime.cli import run_cli
+from mtkd_env.runtime.options import Cli, settings
 
+from .cli import parse_flags, write_json
 from .policy_steps import METHODS
 
 PAPER_TEACHERS = ["RegNetY_400MF=random", "RegNetX_400MF=random", "resnet32x4=random", "wrn_28_4=random"]
@@ -287,13 +284,7 @@ def main(argv=None) -> int:
 
 
 def _main(argv=None) -> int:
-    parser = ArgumentParser(prog="python -m benchmarks.step_overhead", description=__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_options(parser, StepOverheadBenchmark)
-    args = options_from(StepOverheadBenchmark, vars(parser.parse_args(argv)))
-    resolve_device(args.device)  # a bad or absent device is one line before any work
-    if args.json:
-        check_output_file(args.json, "--json")
+    args, _ = parse_flags(StepOverheadBenchmark, "python -m benchmarks.step_overhead", __doc__, argv)
     runs = []
     print(f"{'config':12s} {'batch':>5s} {'mode':22s} {'ms/step':>9s} {'steps/s':>9s} {'peak MB':>9s} {'ratio':>7s} "
           f"{'TFLOP/s':>8s}")
@@ -319,8 +310,7 @@ def _main(argv=None) -> int:
                "device": runs[-1]["device"], "device_name": runs[-1]["device_name"], "runs": runs}
     print(f"device {summary['device_name']}  b/a {summary['ratio_b_a']:.3f}  c/a {summary['ratio_c_a']:.3f}  "
           f"TFLOP/s a {summary['tflop_per_s_a']:.3f} b {summary['tflop_per_s_b']:.3f}")
-    if args.json:
-        atomic_write_text(args.json, json.dumps(summary, indent=2))
+    write_json(args.json, summary)
     return 0
 
 

@@ -21,8 +21,6 @@ an otherwise idle machine.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
 import sys
@@ -39,11 +37,10 @@ from pydantic import Field  # noqa: E402
 
 from mtkd_env import ENV_ID, EnvConfig  # noqa: E402
 from mtkd_env.env import MultiTeacherKDEnv  # noqa: E402
-from mtkd_env.runtime.cli import ArgumentParser, run_cli  # noqa: E402
-from mtkd_env.runtime.files import atomic_write_text, check_output_file  # noqa: E402
-from mtkd_env.runtime.resources import resolve_device  # noqa: E402
-from mtkd_env.runtime.options import Cli, add_options, options_from, settings  # noqa: E402
+from mtkd_env.runtime.cli import run_cli  # noqa: E402
+from mtkd_env.runtime.options import Cli, settings  # noqa: E402
 
+from .cli import parse_flags, write_json  # noqa: E402
 from .step_overhead import CONFIG_NAMES, CONFIGS  # noqa: E402
 
 MODES = ("batched", "sync", "async")
@@ -178,13 +175,7 @@ def main(argv=None) -> int:
 
 
 def _main(argv=None) -> int:
-    parser = ArgumentParser(prog="python -m benchmarks.vector_env", description=__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_options(parser, VectorEnvBenchmark)
-    args = options_from(VectorEnvBenchmark, vars(parser.parse_args(argv)))
-    resolve_device(args.device)  # a bad or absent device is one line before any work
-    if args.json:
-        check_output_file(args.json, "--json")
+    args, _ = parse_flags(VectorEnvBenchmark, "python -m benchmarks.vector_env", __doc__, argv)
     torch.set_num_threads(1)  # every mode on one thread, as the async workers (OMP_NUM_THREADS=1 above)
     on_gpu = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
     async_max = args.async_max_k if args.async_max_k is not None else (8 if on_gpu else os.cpu_count() or 1)
@@ -201,8 +192,7 @@ def _main(argv=None) -> int:
         vs_sync = f"{r['ratio_to_sync']:8.2f}" if "ratio_to_sync" in r else f"{'':8s}"
         print(f"{r['mode']:8s} {r['k']:3d} {r['env_steps_per_s']:12.1f} {r['single_env_steps_per_s']:9.1f} "
               f"{r['ratio_to_single']:9.2f} {vs_sync}")
-    if args.json:
-        atomic_write_text(args.json, json.dumps(out, indent=2))
+    write_json(args.json, out)
     return 0
 
 
