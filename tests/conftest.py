@@ -49,3 +49,14 @@ def synthetic_config(teacher_cache):
         return EnvConfig(**base)
 
     return make
+
+
+@pytest.fixture
+def env_args(request, teacher_cache):
+    """Factory of the `--env` pairs of the calling test module's `SYNTH` env (its tiny synthetic env as
+    KEY=VALUE strings), with `overrides` in place of its own values (None drops one)."""
+    def make(**overrides) -> list:
+        pairs = {**request.module.SYNTH, "teacher_cache_dir": teacher_cache, **overrides}
+        return ["--env", *(f"{k}={v}" for k, v in pairs.items() if v is not None)]
+
+    return make

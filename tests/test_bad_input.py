@@ -21,19 +21,10 @@ from baselines.compare import main as compare
 from mtkd_env.__main__ import main as episode
 from mtkd_env.teachers.cli import main as teachers
 
+# The tiny synthetic env of this module's CLI runs; the `env_args` fixture (tests/conftest.py) makes its --env flags.
 SYNTH = {"dataset": "synthetic", "dataset_kwargs": "{shape: [1, 8, 8], num_classes: 4, n_train: 128, n_val: 64, n_test: 64}",
          "teachers": "[mlp, cnn=random, mlp=noisy]", "teacher_epochs": "2", "max_steps": "8", "batch_size": "16",
          "probe_size": "32", "show_progress": "false", "device": "cpu"}
-
-
-@pytest.fixture
-def env_args(teacher_cache):
-    """`--env` pairs of the tiny synthetic env, with `overrides` in place of its own values (None drops one)."""
-    def make(**overrides) -> list:
-        pairs = {**SYNTH, "teacher_cache_dir": teacher_cache, **overrides}
-        return ["--env", *(f"{k}={v}" for k, v in pairs.items() if v is not None)]
-
-    return make
 
 
 @pytest.fixture(scope="module")

@@ -27,20 +27,12 @@ from baselines.compare import main as compare
 from mtkd_env.__main__ import main as episode
 from mtkd_env.runtime.files import why_unreadable
 
-from tests.agents.test_resume import _diff, _metrics
+from tests.runs import metric_rows
 
+# The tiny synthetic env of this module's CLI runs; the `env_args` fixture (tests/conftest.py) makes its --env flags.
 SYNTH = {"dataset": "synthetic", "dataset_kwargs": "{shape: [1, 8, 8], num_classes: 4, n_train: 128, n_val: 64, n_test: 64}",
          "teachers": "[mlp, cnn=random]", "teacher_epochs": "2", "max_steps": "8", "batch_size": "16",
          "probe_size": "32", "show_progress": "false", "device": "cpu"}
-
-
-@pytest.fixture
-def env_args(teacher_cache):
-    def make(**overrides) -> list:
-        pairs = {**SYNTH, "teacher_cache_dir": teacher_cache, **overrides}
-        return ["--env", *(f"{k}={v}" for k, v in pairs.items() if v is not None)]
-
-    return make
 
 
 def _one_line(err: str, *expected: str) -> str:
@@ -134,7 +126,7 @@ def test_torn_metrics_tail_is_skipped_by_curves_and_resume(synthetic_config, tmp
     capsys.readouterr()
     assert curves.main([str(run_dir), "--out", str(tmp_path / "c.png")]) == 0, capsys.readouterr().err
     resumed = Run.resume(run_dir).train()
-    assert _metrics(resumed) == _metrics(straight)  # nothing lost, the torn row written again
+    assert metric_rows(resumed) == metric_rows(straight)  # nothing lost, the torn row written again
     assert whole.splitlines() == metrics.read_text().splitlines()[:len(whole.splitlines())]
 
 

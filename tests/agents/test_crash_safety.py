@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.agents.test_resume import _diff, _metrics
+from tests.runs import diff_states, metric_rows
 
 WRAPPER = r'''
 import os, signal, sys
@@ -135,6 +135,6 @@ def test_sigkill_at_every_point_resumes_bit_identical_or_refuses(tmp_path, teach
     a = torch.load(reference / "checkpoint/state.pt", weights_only=True)
     b = torch.load(run_dir / "checkpoint/state.pt", weights_only=True)
     assert a["num_timesteps"] == b["num_timesteps"] == TOTAL
-    assert _diff(a, b) == []
-    assert _metrics(run_dir) == _metrics(reference)
+    assert diff_states(a, b) == []
+    assert metric_rows(run_dir) == metric_rows(reference)
     assert not list(run_dir.rglob(".*.tmp"))  # the resume removed what the kills left

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 
@@ -13,12 +12,11 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from agents import api
 from agents.run import Run, TrainingInterrupted
+from tests.runs import diff_states, metric_rows
 
 HP = {"ppo": {"n_steps": 16, "batch_size": 8, "n_epochs": 2}, "sac": {"learning_starts": 8, "batch_size": 8},
       "mtkd-rl-pg": {"agent_step": 5}, "mtkd-rl": {"agent_step": 5, "dynamic": True}, "rmts": {"update_every": 3}}
 TOTAL, KILL_AT = 44, 19
-# Wall-clock values (Monitor episode times, SB3 fps) legitimately differ between the two runs.
-CLOCK_KEYS = ("wall_time", "/t", "episode_times", "wandb_run_id")
 
 
 class SendSignal(BaseCallback):
@@ -32,29 +30,6 @@ class SendSignal(BaseCallback):
         if self.num_timesteps == self.at:
             os.kill(os.getpid(), self.signum)
         return True
-
-
-def _diff(a, b, path=""):
-    if any(k in path for k in CLOCK_KEYS):
-        return []
-    if isinstance(a, dict):
-        if set(a) != set(b):
-            return [f"{path}: keys {sorted(set(a) ^ set(b))}"]
-        return [d for k in a for d in _diff(a[k], b[k], f"{path}/{k}")]
-    if isinstance(a, (list, tuple)):
-        if len(a) != len(b):
-            return [f"{path}: length {len(a)} != {len(b)}"]
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _diff(x, y, f"{path}[{i}]")]
-    if isinstance(a, torch.Tensor):
-        return [] if a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b) else [path]
-    if isinstance(a, float) and math.isnan(a) and math.isnan(b):
-        return []
-    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
-
-
-def _metrics(run_dir):
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
 
 
 @pytest.mark.parametrize("algo", ["ppo", "sac", "mtkd-rl-pg", "mtkd-rl", "rmts"])
@@ -84,8 +59,8 @@ def test_interrupted_and_resumed_run_is_bit_identical(algo, synthetic_config, tm
     final_a = torch.load(straight / "checkpoint/state.pt", weights_only=True)
     final_b = torch.load(resumed / "checkpoint/state.pt", weights_only=True)
     assert final_a["num_timesteps"] == final_b["num_timesteps"] >= TOTAL
-    assert _diff(final_a, final_b) == []
-    assert _metrics(straight) == _metrics(resumed)
+    assert diff_states(final_a, final_b) == []
+    assert metric_rows(straight) == metric_rows(resumed)
     assert json.loads((resumed / "summary.json").read_text())["num_timesteps"] == final_a["num_timesteps"]
 
 

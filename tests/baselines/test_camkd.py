@@ -96,33 +96,20 @@ def test_distributed_path_gathers_the_feature_inputs(synthetic_config):
     np.testing.assert_array_equal(gathered[1], single[1])
 
 
-def test_an_interrupted_episode_resumes_bit_identically(synthetic_config):
+def test_an_interrupted_episode_resumes_bit_identically(synthetic_config, finish_episode, assert_same_episode):
     """CA-MKD is stateless: the env's episode state is all there is to resume."""
     import copy
 
     policy = make_policy("ca-mkd")
     env = MultiTeacherKDEnv(synthetic_config(**policy.env_overrides))
 
-    def finish():
-        trace = []
-        while True:
-            w_logit, w_feat = policy.act()
-            *_, terminated, _, info = env.step_weights(w_logit, w_feat)
-            trace.append((w_logit, w_feat, info["loss"]))
-            if terminated:
-                return trace, info["final_test_acc"]
-
     env.reset(seed=5)
     policy.bind(env)
     for _ in range(3):
         env.step_weights(*policy.act())
     saved = copy.deepcopy(env.state_dict())
-    straight, acc = finish()
+    straight, acc = finish_episode(env, policy)
     env.reset(seed=77)
     env.load_state_dict(saved)
-    resumed, acc2 = finish()
-    assert acc2 == acc and len(resumed) == len(straight) == 5
-    for (a, b, la), (c, d, lc) in zip(straight, resumed):
-        np.testing.assert_array_equal(a, c)
-        np.testing.assert_array_equal(b, d)
-        assert la == lc
+    resumed, acc2 = finish_episode(env, policy)
+    assert_same_episode(straight, acc, resumed, acc2, steps=5)

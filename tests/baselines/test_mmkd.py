@@ -170,31 +170,18 @@ def test_hard_buffer_fills_then_takes_misclassified_samples():
     torch.testing.assert_close(xs[:, 0], torch.where(idx >= 10, idx.float(), idx.float()))
 
 
-def test_an_interrupted_episode_resumes_bit_identically(synthetic_config):
-    def finish(env, policy):
-        trace = []
-        while True:
-            w_logit, w_feat = policy.act()
-            *_, terminated, _, info = env.step_weights(w_logit, w_feat)
-            trace.append((w_logit, w_feat, info["loss"]))
-            if terminated:
-                return trace, info["final_test_acc"]
-
+def test_an_interrupted_episode_resumes_bit_identically(synthetic_config, finish_episode, assert_same_episode):
     env, policy = _bound(synthetic_config, seed=3, meta_freq=2)
     for _ in range(3):
         env.step_weights(*policy.act())
     saved_env, saved_policy = copy.deepcopy(env.state_dict()), copy.deepcopy(policy.state_dict())
-    straight, acc = finish(env, policy)
+    straight, acc = finish_episode(env, policy)
 
     env2, policy2 = _bound(synthetic_config, seed=99, meta_freq=2)
     env2.load_state_dict(saved_env)
     policy2.load_state_dict(saved_policy)
-    resumed, acc2 = finish(env2, policy2)
-    assert acc2 == acc and len(resumed) == len(straight) == 5
-    for (a, b, la), (c, d, lc) in zip(straight, resumed):
-        np.testing.assert_array_equal(a, c)
-        np.testing.assert_array_equal(b, d)
-        assert la == lc
+    resumed, acc2 = finish_episode(env2, policy2)
+    assert_same_episode(straight, acc, resumed, acc2, steps=5)
 
 
 def test_single_teacher_and_unknown_option(synthetic_config):

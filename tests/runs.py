@@ -1,0 +1,36 @@
+"""What the run tests compare: two checkpoints (`diff_states`) and two runs' metrics (`metric_rows`)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+
+# Wall-clock values (Monitor episode times, SB3 fps) legitimately differ between the two runs.
+CLOCK_KEYS = ("wall_time", "/t", "episode_times", "wandb_run_id")
+
+
+def diff_states(a, b, path: str = "") -> list:
+    """Where two checkpoints (nested dicts, lists, tensors) differ, wall-clock values aside: [] if nowhere."""
+    if any(k in path for k in CLOCK_KEYS):
+        return []
+    if isinstance(a, dict):
+        if set(a) != set(b):
+            return [f"{path}: keys {sorted(set(a) ^ set(b))}"]
+        return [d for k in a for d in diff_states(a[k], b[k], f"{path}/{k}")]
+    if isinstance(a, (list, tuple)):
+        if len(a) != len(b):
+            return [f"{path}: length {len(a)} != {len(b)}"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in diff_states(x, y, f"{path}[{i}]")]
+    if isinstance(a, torch.Tensor):
+        return [] if a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b) else [path]
+    if isinstance(a, float) and math.isnan(a) and math.isnan(b):
+        return []
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
+def metric_rows(run_dir) -> list:
+    """The rows of a run's metrics.jsonl without their wall-clock `time/*` values."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
