@@ -1,14 +1,31 @@
-"""What the run tests compare: two checkpoints (`diff_states`) and two runs' metrics (`metric_rows`)."""
+"""What the run tests share: a signal sent mid-run (`SendSignal`), and what they compare: two
+checkpoints (`diff_states`) and two runs' metrics (`metric_rows`)."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 
 import torch
+from stable_baselines3.common.callbacks import BaseCallback
 
 # Wall-clock values (Monitor episode times, SB3 fps) legitimately differ between the two runs.
 CLOCK_KEYS = ("wall_time", "/t", "episode_times", "wandb_run_id")
+
+
+class SendSignal(BaseCallback):
+    """Sends a real signal to this process after step `at` (the run's handler must catch it)."""
+
+    def __init__(self, at: int, signum: int = signal.SIGINT) -> None:
+        super().__init__()
+        self.at, self.signum = at, signum
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps == self.at:
+            os.kill(os.getpid(), self.signum)
+        return True
 
 
 def diff_states(a, b, path: str = "") -> list:

@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from agents.train import main as train_main
-from .test_resume import _diff, _metrics
+from tests.runs import diff_states, metric_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 # A student without BatchNorm; augmentation on, so every rank draws its own augmentation randomness.
@@ -89,8 +89,8 @@ def test_resume_under_torchrun_is_bit_identical(ppo_runs):
     a = torch.load(straight / "checkpoint/state.pt", weights_only=True)
     b = torch.load(resumed / "checkpoint/state.pt", weights_only=True)
     assert a["num_timesteps"] == b["num_timesteps"] == 208
-    assert _diff(a, b) == []
-    assert _metrics(straight) == _metrics(resumed)
+    assert diff_states(a, b) == []
+    assert metric_rows(straight) == metric_rows(resumed)
     assert _rank_output(tmp / "logs_c", 1) == ""
 
 

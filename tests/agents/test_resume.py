@@ -3,33 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 
 import pytest
 import torch
-from stable_baselines3.common.callbacks import BaseCallback
 
 from agents import api
 from agents.run import Run, TrainingInterrupted
-from tests.runs import diff_states, metric_rows
+from tests.runs import SendSignal, diff_states, metric_rows
 
 HP = {"ppo": {"n_steps": 16, "batch_size": 8, "n_epochs": 2}, "sac": {"learning_starts": 8, "batch_size": 8},
       "mtkd-rl-pg": {"agent_step": 5}, "mtkd-rl": {"agent_step": 5, "dynamic": True}, "rmts": {"update_every": 3}}
 TOTAL, KILL_AT = 44, 19
-
-
-class SendSignal(BaseCallback):
-    """Sends a real signal to this process after step `at` (the run's handler must catch it)."""
-
-    def __init__(self, at: int, signum: int = signal.SIGINT) -> None:
-        super().__init__()
-        self.at, self.signum = at, signum
-
-    def _on_step(self) -> bool:
-        if self.num_timesteps == self.at:
-            os.kill(os.getpid(), self.signum)
-        return True
 
 
 @pytest.mark.parametrize("algo", ["ppo", "sac", "mtkd-rl-pg", "mtkd-rl", "rmts"])

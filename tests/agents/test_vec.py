@@ -18,7 +18,7 @@ from agents.vec_env import SB3BatchedVecEnv
 from mtkd_env.vector_env import MultiTeacherKDVectorEnv
 
 from .test_cli import _env_args
-from .test_resume import SendSignal, _diff, _metrics
+from tests.runs import SendSignal, diff_states, metric_rows
 
 PPO = {"n_steps": 8, "batch_size": 8, "n_epochs": 2}
 
@@ -88,8 +88,8 @@ def test_interrupted_and_resumed_run_with_two_envs_is_bit_identical(algo, kind, 
     final_a = torch.load(straight / "checkpoint/state.pt", weights_only=True)
     final_b = torch.load(resumed / "checkpoint/state.pt", weights_only=True)
     assert final_a["num_timesteps"] == final_b["num_timesteps"] >= 44
-    assert _diff(final_a, final_b) == []
-    assert _metrics(straight) == _metrics(resumed)
+    assert diff_states(final_a, final_b) == []
+    assert metric_rows(straight) == metric_rows(resumed)
 
 
 def test_cli_n_envs_and_hyperparameter_file(tmp_path, capsys, teacher_cache):
