@@ -6,12 +6,14 @@ from __future__ import annotations
 import dataclasses
 import time
 import typing
+from typing import Annotated, Optional
 
 import pytest
 
 from agents.hyperparams import resolve_hyperparams
 from mtkd_env.config import ConfigError, EnvConfig, parse_overrides
-from mtkd_env.runtime.options import reference_rows
+from mtkd_env.runtime.cli import ArgumentParser, UsageError
+from mtkd_env.runtime.options import Cli, add_options, options_from, reference_rows, settings
 
 
 
@@ -110,3 +112,25 @@ def test_benchmark_flags_are_checked_before_any_work(capsys, module, argv, messa
     assert importlib.import_module(module).main(argv) == 2
     err = capsys.readouterr().err
     assert err == f"error: {message}\n", err
+
+
+def test_a_positional_field_and_a_hidden_default():
+    """`Cli(positional=True)` makes a positional argument (required without a default), errors name it
+    by its metavar; `help_default=""` shows no default in --help."""
+    @settings(label="flag")
+    class Positional:
+        path: Annotated[str, Cli(positional=True, metavar="DIR")]
+        """A folder."""
+        count: Annotated[Optional[int], Cli(help_default="")] = None
+        """How many."""
+
+    parser = ArgumentParser(prog="p")
+    add_options(parser, Positional)
+    assert options_from(Positional, vars(parser.parse_args(["x", "--count", "3"]))) == Positional("x", 3)
+    assert options_from(Positional, vars(parser.parse_args(["x"]))).count is None
+    with pytest.raises(UsageError):
+        parser.parse_args([])
+    text = parser.format_help()
+    assert "DIR" in text and "A folder." in text and "(default" not in text
+    with pytest.raises(ConfigError, match=r"^DIR: expected str, got int 3$"):
+        Positional(path=3)
