@@ -10,7 +10,10 @@ the env's own CLIs (`python -m mtkd_env`, `python -m mtkd_env.teachers`).
 - `resources`: device names, and the default thread count that cannot oversubscribe
 - `collective`: torchrun agreement helpers (one rank's outcome becomes every rank's)
 - `tracking`: W&B start-up (modes, offline fallback) and the metadata every run records
-- `episodes`: the one episode runner and its result type
+- `distributed`: the env under torchrun (process group, device per rank)
+
+Nothing here imports the domain (`mtkd_env.layering`: the ground floor); the one episode runner
+is `mtkd_env.episodes`, on top.
 
 Importing this package imports nothing else (`import mtkd_env` stays free of torch).
 """
