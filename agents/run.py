@@ -41,8 +41,7 @@ from mtkd_env.config import ConfigError
 from mtkd_env.runtime.distributed import context as dist_context
 from mtkd_env.runtime import collective
 from mtkd_env.runtime.files import atomic_write_text, check_output_dir, torch_save_atomic
-from mtkd_env.runtime.errors import short_repr
-from mtkd_env.runtime.options import Cli, settings
+from mtkd_env.runtime.options import Cli, DeviceName, settings
 from mtkd_env.runtime.resources import resolve_device
 from mtkd_env.runtime.tracking import WANDB_MODES, git_info, package_versions, start_wandb
 
@@ -82,7 +81,7 @@ class RunSettings:
     """W&B project."""
     wandb_group: Optional[str] = None
     """W&B group, e.g. an experiment name."""
-    device: str = "cpu"
+    device: DeviceName = "cpu"
     """Torch device of the agent: cpu, cuda, cuda:N or auto (the env's device is the EnvConfig field)."""
     save_freq: Annotated[int, Field(ge=0)] = 1000
     """Env steps between periodic checkpoints (taken at the next safe point); 0 = only at the end."""
@@ -90,10 +89,6 @@ class RunSettings:
     """Fresh students for the final summary, each under the trained policy and equal weights."""
     show_progress: Annotated[bool, Cli(flag='--progress')] = True
     """Show a progress bar."""
-
-    def __post_init__(self) -> None:
-        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
-            raise ConfigError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {short_repr(self.device)}")
 
     def validate(self) -> None:
         """Check the fields again (after edits) and that the device exists (CUDA asked for but absent)."""

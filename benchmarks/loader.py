@@ -25,7 +25,7 @@ from pydantic import Field
 
 from mtkd_env.data import DeviceLoader, random_crop_flip
 from mtkd_env.runtime.cli import run_cli
-from mtkd_env.runtime.options import Cli, settings
+from mtkd_env.runtime.options import Cli, DeviceName, settings
 
 from .cli import parse_flags, write_json
 
@@ -100,7 +100,7 @@ def bench_device_loader(images, labels, device, batch, batches) -> float:
 class LoaderBenchmark:
     """The flags of `python -m benchmarks.loader`."""
 
-    device: str = "auto"
+    device: DeviceName = "auto"
     """Torch device: auto, cpu, cuda or cuda:N."""
     batch: Annotated[int, Field(ge=1)] = 128
     """Batch size."""

@@ -40,7 +40,7 @@ from mtkd_env import models
 from mtkd_env.env import MultiTeacherKDEnv
 from mtkd_env.models.projectors import ProjectorBank
 from mtkd_env.runtime.cli import run_cli
-from mtkd_env.runtime.options import Cli, settings
+from mtkd_env.runtime.options import Cli, DeviceName, settings
 
 from .cli import parse_flags, write_json
 from .policy_steps import METHODS
@@ -255,7 +255,7 @@ class StepOverheadBenchmark:
     batch: Annotated[List[Annotated[int, Field(ge=1)]], Field(min_length=1), Cli(item="batch size")] = field(
         default_factory=lambda: [64])
     """Batch sizes to time."""
-    device: str = "auto"
+    device: DeviceName = "auto"
     """Torch device: auto, cpu, cuda or cuda:N."""
     amp: Literal["none", "bf16"] = "none"
     """Mixed precision of the forward passes on CUDA."""

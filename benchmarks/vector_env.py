@@ -38,7 +38,7 @@ from pydantic import Field  # noqa: E402
 from mtkd_env import ENV_ID, EnvConfig  # noqa: E402
 from mtkd_env.env import MultiTeacherKDEnv  # noqa: E402
 from mtkd_env.runtime.cli import run_cli  # noqa: E402
-from mtkd_env.runtime.options import Cli, settings  # noqa: E402
+from mtkd_env.runtime.options import Cli, DeviceName, settings  # noqa: E402
 
 from .cli import parse_flags, write_json  # noqa: E402
 from .step_overhead import CONFIG_NAMES, CONFIGS  # noqa: E402
@@ -144,7 +144,7 @@ class VectorEnvBenchmark:
     modes: Annotated[List[Literal[MODES]], Field(min_length=1), Cli(item="mode")] = field(
         default_factory=lambda: list(MODES))
     """Vector-env modes to time."""
-    device: str = "auto"
+    device: DeviceName = "auto"
     """Torch device: auto, cpu, cuda or cuda:N."""
     shared_batches: bool = False
     """Batched mode: every sub-env draws the same batches."""

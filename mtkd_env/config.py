@@ -13,7 +13,6 @@ import argparse
 import dataclasses
 import json
 import os
-import re
 from dataclasses import field
 from pathlib import Path
 from typing import Annotated, Any, Callable, Dict, List, Literal, Mapping, Optional, Union
@@ -23,7 +22,7 @@ from pydantic import Field
 from .mdp.actions import ACTION_TRANSFORMS
 from .runtime.errors import ConfigError, short_repr
 from .runtime.mappings import check_size, parse_pairs, safe_yaml
-from .runtime.options import Cli, settings
+from .runtime.options import Cli, DeviceName, settings
 
 __all__ = ["EnvConfig", "ConfigError", "load_config_file", "parse_overrides", "default_cache_dir", "add_env_flags",
            "env_config_data", "env_config_from"]
@@ -155,7 +154,7 @@ class EnvConfig:
     """Batch size of validation/test evaluation."""
 
     # --- runtime ---------------------------------------------------------------------------
-    device: str = "auto"
+    device: DeviceName = "auto"
     """"auto" (CUDA when present), "cpu", "cuda" or "cuda:N"."""
     show_progress: bool = True
     """Show a progress bar while teachers are trained on first use."""
@@ -202,8 +201,6 @@ class EnvConfig:
         if self.granularity == "sample" and self.steps_per_action != 1:
             raise ConfigError("steps_per_action: sample granularity weights one batch per action, "
                               f"so it must be 1, got {self.steps_per_action}")
-        if not (self.device in ("auto", "cpu") or re.fullmatch(r"cuda(:\d+)?", self.device)):
-            raise ConfigError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {short_repr(self.device)}")
 
     def validate(self) -> None:
         """Check the current field values again (after in-place edits); raise `ConfigError`."""

@@ -32,7 +32,7 @@ import dataclasses
 import functools
 import types
 import typing
-from typing import Any, Callable, Dict, Iterable, List, Literal, Mapping, Optional, Sequence, Tuple, Union
+from typing import Annotated, Any, Callable, Dict, Iterable, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 import annotated_types
 import pydantic
@@ -41,7 +41,7 @@ from pydantic import ConfigDict, ValidationError
 from .errors import ConfigError, did_you_mean, short_repr
 from .mappings import parse_pairs
 
-__all__ = ["Cli", "SETTINGS", "settings", "config_error", "add_options", "options_from", "reference_rows",
+__all__ = ["Cli", "DeviceName", "SETTINGS", "settings", "config_error", "add_options", "options_from", "reference_rows",
            "type_name", "split_names"]
 
 SETTINGS = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, use_attribute_docstrings=True,
@@ -68,6 +68,12 @@ class Cli:
     """What a list holds, for "expected a non-empty list of <item>s" (with `Field(min_length=1)`)."""
     expected: Optional[str] = None
     """What every error of the field says was expected (for unions, e.g. "a number or 'lin_<number>'")."""
+
+
+DeviceName = Annotated[str, pydantic.Field(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$"),
+                      Cli(expected="'auto', 'cpu', 'cuda' or 'cuda:N'")]
+"""A torch device name, declared once for every settings class (whether it exists is
+`runtime.resources.resolve_device`'s check, at run time)."""
 
 
 def settings(cls: Optional[type] = None, *, label: str = "field", prefix: str = "",

@@ -25,7 +25,7 @@ from pydantic import Field
 from ..runtime.cli import ArgumentParser, run_cli
 from ..runtime.errors import CheckpointError, ConfigError, short_repr
 from ..runtime.files import load_weights, torch_save_atomic
-from ..runtime.options import Cli, add_options, options_from, settings
+from ..runtime.options import Cli, DeviceName, add_options, options_from, settings
 
 __all__ = ["TeacherTrainConfig", "TeacherListConfig", "train_teacher", "list_teachers", "main", "DEFAULT_MILESTONES"]
 
@@ -67,7 +67,7 @@ class TeacherTrainConfig:
     """Seed of initialisation, data order and augmentation (EnvConfig.teacher_seed)."""
     data_seed: Annotated[int, Field(ge=0)] = 0
     """Seed of the train/val split (EnvConfig.data_seed)."""
-    device: str = "auto"
+    device: DeviceName = "auto"
     """"auto", "cpu", "cuda" or "cuda:N"."""
     cache_dir: Optional[str] = None
     """Teacher cache (EnvConfig.teacher_cache_dir); default `default_cache_dir()/teachers`."""
