@@ -17,10 +17,11 @@ from dataclasses import field
 from pathlib import Path
 from typing import Annotated, Any, Callable, Dict, List, Literal, Mapping, Optional, Union
 
-from pydantic import Field
+from pydantic import Field, model_validator
+from pydantic_core import ArgsKwargs
 
 from .mdp.actions import ACTION_TRANSFORMS
-from .runtime.errors import ConfigError, short_repr
+from .runtime.errors import ConfigError, did_you_mean, short_repr
 from .runtime.mappings import check_size, parse_pairs, safe_yaml
 from .runtime.options import Cli, DeviceName, settings
 
@@ -45,6 +46,12 @@ class EnvConfig:
     coefficients, temperature and optimiser follow the MTKD-RL code (T=4, alpha=1, beta=5, SGD with
     Nesterov momentum, multistep LR at 150/180/210 of 240 epochs, expressed as fractions).
     """
+
+    # --- scenario ---------------------------------------------------------------------------
+    scenario: Optional[str] = None
+    """Start from a scenario of the suite (`mtkd_env.scenarios.SCENARIOS`: "unreliable",
+    "specialists", "redundant", "schedule", "pools"): its dataset, teachers, student and episode;
+    fields given explicitly beside it win. None: the fields' own defaults."""
 
     # --- data -------------------------------------------------------------------------------
     dataset: str = "digits"
@@ -77,6 +84,16 @@ class EnvConfig:
     """Epochs of on-first-use teacher training for embedded datasets (part of the cache key)."""
     noisy_label_fraction: Annotated[float, Field(ge=0, le=1)] = 0.7
     """Fraction of training labels that an "=noisy" teacher sees shifted to a wrong class."""
+    pool_size: Optional[Annotated[int, Field(ge=1)]] = None
+    """Instance sets: `teachers` is a bank, and every episode draws an ordered pool of this many
+    of them (an instance; `mtkd_env.scenarios.instance_sets`). None: every episode uses all
+    `teachers` in order."""
+    instance_set: Literal["train", "test"] = "train"
+    """With `pool_size`: the instance set episodes draw from ("train" for training, "test" for
+    evaluation; the two never share a combination of teachers)."""
+    instance_seed: Annotated[int, Field(ge=0)] = 0
+    """With `pool_size`: the seed of the split of the bank's combinations into the two instance
+    sets and of each instance's order (fixed across episodes, like `data_seed`)."""
 
     # --- episode ---------------------------------------------------------------------------
     epochs: Annotated[float, Field(gt=0)] = 10.0
@@ -180,6 +197,21 @@ class EnvConfig:
     sizes) of device memory."""
 
     # ---------------------------------------------------------------------------------------
+    @model_validator(mode="before")
+    @classmethod
+    def _scenario_first(cls, data: Any) -> Any:
+        """With `scenario`, its values under the explicitly given ones (the keys of the call)."""
+        kwargs = data.kwargs if isinstance(data, ArgsKwargs) else data
+        if isinstance(kwargs, dict) and isinstance(kwargs.get("scenario"), str):
+            from .scenarios import SCENARIOS, scenario_settings
+
+            if kwargs["scenario"] not in SCENARIOS:  # the field's own check: one line naming the field
+                raise ConfigError(f"scenario: unknown scenario {kwargs['scenario']!r}"
+                                  f"{did_you_mean([kwargs['scenario']], SCENARIOS)}; known: {sorted(SCENARIOS)}")
+            kwargs = {**scenario_settings(kwargs["scenario"]), **kwargs}
+            return ArgsKwargs(data.args, kwargs) if isinstance(data, ArgsKwargs) else kwargs
+        return data
+
     def __post_init__(self) -> None:
         """The checks that span fields or need the domain (types, bounds and choices are declared)."""
         check_size(self.dataset_kwargs, "dataset_kwargs")  # free-form: a shared-list bomb would hang asdict
@@ -198,6 +230,13 @@ class EnvConfig:
             if self.granularity != "teacher":
                 raise ConfigError("obs_features: selects teacher-granularity statistics; the sample granularity uses "
                                   "sample_obs_embeddings / sample_obs_logits / sample_obs_student")
+        if self.pool_size is not None:
+            from .scenarios import instance_sets
+
+            try:
+                instance_sets(len(self.teachers), self.pool_size, self.instance_seed)
+            except ValueError as exc:
+                raise ConfigError(f"pool_size: {exc}") from None
         if self.granularity == "sample" and self.steps_per_action != 1:
             raise ConfigError("steps_per_action: sample granularity weights one batch per action, "
                               f"so it must be 1, got {self.steps_per_action}")
@@ -228,8 +267,21 @@ class EnvConfig:
         return out
 
     def replace(self, **overrides: Any) -> "EnvConfig":
-        """A copy with `overrides` applied (validated like `from_dict`)."""
+        """A copy with `overrides` applied (validated like `from_dict`). A new `scenario` replaces
+        the old one's values; the fields that differ from the old scenario's (the user's own
+        choices) are kept."""
+        if "scenario" in overrides and overrides["scenario"] != self.scenario:
+            old = self.baseline(self.scenario)
+            own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                   if f.name != "scenario" and getattr(self, f.name) != old[f.name]}
+            return type(self)(**{**own, **overrides})
         return dataclasses.replace(self, **overrides)
+
+    @classmethod
+    def baseline(cls, scenario: Optional[str]) -> Dict[str, Any]:
+        """Every field's value when only `scenario` is given."""
+        base = cls(scenario=scenario)
+        return {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
 
     @classmethod
     def field_docs(cls) -> dict:

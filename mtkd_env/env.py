@@ -21,6 +21,7 @@ from .mdp.actions import ActionMap, check_reset_options, check_seed
 from .mdp.measurements import MeasurementPlan
 from .mdp.rewards import StepResult, config_rewards, needs_twin
 from .mdp.stepping import Pending, run_iterations, to_host
+from .scenarios import instance_sets
 
 __all__ = ["MultiTeacherKDEnv", "make_config"]
 
@@ -77,6 +78,18 @@ class MultiTeacherKDEnv(gym.Env):
         self.measurements = MeasurementPlan(self.engine, rewards, cfg.reward_interval)
         self.dist = self.engine.dist
         self.num_teachers = m = self.engine.num_teachers
+        self.instances: Optional[List[Tuple[int, ...]]] = None
+        """With `pool_size`: the configured instance set (ordered bank indices per instance)."""
+        self.instance: Optional[int] = None
+        """The index of this episode's instance in `instances`."""
+        if cfg.pool_size is not None:
+            train, test = instance_sets(len(cfg.teachers), cfg.pool_size, cfg.instance_seed)
+            self.instances = train if cfg.instance_set == "train" else test
+            if (cfg.granularity == "sample" and cfg.sample_obs_embeddings
+                    and len(set(self.engine.bank_embedding_dims)) > 1):
+                raise ConfigError(f"pool_size: the sample-granularity state holds each teacher's embedding, and the "
+                                  f"bank's embedding sizes differ ({self.engine.bank_embedding_dims}); set "
+                                  f"sample_obs_embeddings=false or use the teacher granularity")
         self.batch_size = cfg.batch_size
         self.teacher_names = [t.name for t in self.engine.teachers]
         self.teacher_val_acc = np.array([t.val_acc for t in self.engine.teachers], dtype=np.float64)
@@ -111,8 +124,8 @@ class MultiTeacherKDEnv(gym.Env):
     # --- gymnasium API ---------------------------------------------------------------------
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
         seed = None if seed is None else check_seed(seed)
-        check_reset_options(options, (), "MultiTeacherKDEnv")
-        self.begin_reset(seed)
+        check_reset_options(options, ("instance",) if self.instances is not None else (), "MultiTeacherKDEnv")
+        self.begin_reset(seed, None if options is None else options.get("instance"))
         pending = self.reset_measurements()
         return self.finish_reset(pending, to_host(self.reset_parts(pending)))
 
@@ -149,13 +162,28 @@ class MultiTeacherKDEnv(gym.Env):
     # batched vector env (`mtkd_env.vector_env`) runs each phase for all its sub-envs, with one
     # batched update between `checked_weights` and `after_update`, one forward of every student
     # before `step_parts`, and one device->host copy for all of them.
-    def begin_reset(self, seed: Optional[int]) -> None:
-        """Seed the env's RNG, draw the episode seed and reset the engine's student from it."""
+    def begin_reset(self, seed: Optional[int], instance: Optional[int] = None) -> None:
+        """Seed the env's RNG, draw the episode seed (and, with instance sets, the episode's
+        instance, unless `instance` names one) and reset the engine's student from it."""
         super().reset(seed=seed)
         self._episode_seed = int(self.np_random.integers(0, 2 ** 31 - 1))
+        if self.instances is not None:
+            self._use_instance(instance)
         self.engine.reset(self._episode_seed)
         self._t = 0
         self._episode_over = False
+
+    def _use_instance(self, instance: Optional[int]) -> None:
+        n = len(self.instances)
+        if instance is None:
+            instance = int(self.np_random.integers(0, n))
+        elif isinstance(instance, bool) or not isinstance(instance, (int, np.integer)) or not 0 <= instance < n:
+            raise ValueError(f"options['instance']: expected an integer in [0, {n}) (the {self.config.instance_set} "
+                             f"instance set), got {str(instance)[:40]!r}")
+        self.instance = int(instance)
+        self.engine.use_pool(self.instances[self.instance])
+        self.teacher_names = [t.name for t in self.engine.teachers]
+        self.teacher_val_acc = np.array([t.val_acc for t in self.engine.teachers], dtype=np.float64)
 
     def reset_measurements(self) -> "Pending":
         plan = self.measurements.at_reset()
@@ -169,6 +197,9 @@ class MultiTeacherKDEnv(gym.Env):
         self._previous = MeasurementPlan.kept(pending.plan, values, self.measurements.needs)
         info = {"episode_seed": self._episode_seed, "teacher_names": list(self.teacher_names),
                 "teacher_val_acc": self.teacher_val_acc.copy(), "total_steps": self.total_steps}
+        if self.instances is not None:
+            info["instance"] = f"{self.config.instance_set}:{self.instance}"
+            info["pool"] = list(self.engine.pool)
         return obs, info
 
     def checked_weights(self, w_logit, w_feat=None) -> Tuple[np.ndarray, np.ndarray]:

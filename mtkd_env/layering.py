@@ -20,8 +20,9 @@ FLOORS: Tuple[Tuple[str, ...], ...] = (
     # ground: nothing from the domain (errors, options, files, resources, the CLI wrapper,
     # torch.distributed and the collective helpers, W&B), the typing protocols, statistics, this table
     ("runtime", "protocols", "stats", "layering"),
-    # the datasets; the MDP's own vocabulary (actions, observation spaces, rewards, measurements)
-    ("data", "mdp"),
+    # the datasets; the MDP's own vocabulary (actions, observation spaces, rewards, measurements);
+    # the scenario recipes and instance sets
+    ("data", "mdp", "scenarios"),
     # the env's settings; the model zoo and its registry
     ("config", "models"),
     # the teacher pool: specs, training, checkpoints
@@ -47,6 +48,7 @@ PLACES: Dict[str, str] = {
     "data": "the datasets by name: in-memory tensor splits, streamed image folders, the loaders",
     "mdp": "the MDP's vocabulary: actions (`ActionMap`, `ACTION_TRANSFORMS`), observation spaces, rewards, "
            "measurements, the shared step parts",
+    "scenarios": "the scenario suite: named teacher-pool recipes with known answers, instance sets",
     "config": "`EnvConfig` and its flags (`add_env_flags`, `env_config_from`)",
     "models": "the model zoo, its registry, accuracy, projectors",
     "teachers": "the teacher pool: specs, training, checkpoints; `python -m mtkd_env.teachers`",

@@ -1,4 +1,5 @@
-"""Datasets by name: the registry, `build_dataset`, and the embedded datasets (digits, synthetic).
+"""Datasets by name: the registry, `build_dataset`, and the embedded datasets (digits, synthetic;
+glyphs in `mtkd_env.data.glyphs`).
 
 Every in-memory dataset builder (digits, synthetic, cifar100) returns `DatasetSplits`
 (`mtkd_env.data.tensor_data`): normalised float tensors for train/val/test (on the CPU; the env moves
@@ -16,7 +17,7 @@ from typing import Callable, Dict, Optional
 import numpy as np
 import torch
 
-from . import disk_data
+from . import disk_data, glyphs
 from ..protocols import Splits
 from ..runtime.errors import ConfigError, did_you_mean, unknown_name
 from .tensor_data import DatasetSplits, DeviceLoader, TensorEvalSet, random_crop_flip
@@ -113,5 +114,6 @@ def synthetic(data_dir: Optional[str] = None, seed: int = 0, shape: tuple = (3, 
     return DatasetSplits("synthetic", tx, ty, vx, vy, sx, sy, num_classes, augment=aug)
 
 
+register_dataset("glyphs")(glyphs.glyphs)
 register_dataset("cifar100")(disk_data.cifar100)
 register_dataset("imagefolder")(disk_data.imagefolder)

@@ -10,7 +10,7 @@ datasets too large for device memory behind the same two entry points, `train_lo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,9 @@ class DatasetSplits:
     test_y: torch.Tensor
     num_classes: int
     augment: Optional[Augment] = None
+    class_groups: Optional[List[List[int]]] = None
+    """Classes in groups (lists of class indices), for datasets that define them (glyphs):
+    what a group specialist teacher is trained on."""
 
     @property
     def input_shape(self) -> tuple:

@@ -55,6 +55,9 @@ class BatchedEngine:
         if not isinstance(num_students, int) or num_students < 1:
             raise ConfigError(f"num_envs: expected an integer >= 1, got {num_students!r}")
         self.config = cfg = config
+        if cfg.pool_size is not None:
+            raise ConfigError("pool_size: the batched vector env trains every row against one teacher pool, but "
+                              "instance sets change the pool per episode; use single envs (or SB3's DummyVecEnv)")
         self.template = t = DistillationEngine(cfg, twin=False)
         if t.dist.enabled:
             raise ConfigError("the batched vector env runs in one process; under torchrun use one env per "

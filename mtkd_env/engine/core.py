@@ -75,12 +75,13 @@ class DistillationEngine(VirtualSteps):
         splits = build_dataset(cfg.dataset, data_dir=cfg.data_dir, seed=cfg.data_seed, **cfg.dataset_kwargs)
         self.num_classes = splits.num_classes
         self.input_shape = splits.input_shape
-        self.teachers: List[Teacher] = load_pool(
+        self.class_groups: Optional[List[List[int]]] = getattr(splits, "class_groups", None)
+        """The dataset's class groups (lists of class indices), None where it has none."""
+        self.bank: List[Teacher] = load_pool(
             cfg.teachers, splits, self.device, cfg.teacher_cache_dir or f"{default_cache_dir()}/teachers",
             seed=cfg.teacher_seed, data_seed=cfg.data_seed, epochs=cfg.teacher_epochs,
             noisy_fraction=cfg.noisy_label_fraction, show_progress=cfg.show_progress,
             dataset_name=cfg.dataset, dataset_kwargs=cfg.dataset_kwargs, data_dir=cfg.data_dir)
-        self.num_teachers = len(self.teachers)
         dev = self.device
         # Eval splits: device tensors for in-memory datasets (val_x etc. set), or streamed from
         # disk (val_x etc. None; evaluation iterates `val_set.batches`).
@@ -95,9 +96,9 @@ class DistillationEngine(VirtualSteps):
             raise ConfigError(f"cache_teacher_outputs: needs an in-memory dataset; {cfg.dataset!r} is streamed "
                               f"from disk")
         with torch.no_grad():
-            outs = [t.model(self._shape_probe) for t in self.teachers]
-        self.teacher_feature_shapes = [tuple(o.feature_map.shape[1:]) for o in outs]
-        self.teacher_embedding_dims = [int(o.embedding.shape[1]) for o in outs]
+            outs = [t.model(self._shape_probe) for t in self.bank]
+        self._bank_feature_shapes = [tuple(o.feature_map.shape[1:]) for o in outs]
+        self.bank_embedding_dims = [int(o.embedding.shape[1]) for o in outs]
         self.student_embedding_dim: Optional[int] = None  # (D_s,), measured only when the state needs it
         if cfg.sample_obs_student:
             with torch.no_grad(), torch.random.fork_rng(devices=[]):  # the throw-away init leaves the RNG alone
@@ -112,10 +113,12 @@ class DistillationEngine(VirtualSteps):
         if cfg.cudnn_benchmark and self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self._memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        self._teacher_forwards = [self._prepare_module(t.model) for t in self.teachers]
-        self._teacher_cache: Optional[List[torch.Tensor]] = None
+        self._bank_forwards = [self._prepare_module(t.model) for t in self.bank]
+        self._bank_cache: Optional[List[torch.Tensor]] = None
         if cfg.cache_teacher_outputs:
-            self._teacher_cache = self._run_teachers_over(self.loader.x)
+            self._bank_cache = self._run_teachers_over(self.loader.x)
+        self.pool: Tuple[int, ...] = ()
+        self.use_pool(tuple(range(cfg.pool_size or len(self.bank))))
         self.main: Optional[Trainee] = None
         self.twin: Optional[Trainee] = None
         self.iteration = 0
@@ -123,6 +126,22 @@ class DistillationEngine(VirtualSteps):
         self.twin_batch: Optional[Batch] = None
         """The twin's view of the prepared batch (same teachers' outputs), None without a twin."""
         self._loader_state_before_batch: Optional[dict] = None
+
+    def use_pool(self, pool: Tuple[int, ...]) -> None:
+        """Make bank teachers `pool` (indices into `config.teachers`, in this order) the active
+        pool: `teachers`, their shapes, forwards and cached outputs. Every episode has M teachers,
+        so `len(pool)` must stay the same; the next `reset` builds projectors for the new pool."""
+        pool = tuple(int(i) for i in pool)
+        if self.pool and len(pool) != len(self.pool):
+            raise ValueError(f"a pool of {len(pool)} teachers replaces one of {len(self.pool)}; the observation "
+                             f"and action spaces need the same number every episode")
+        self.pool = pool
+        self.teachers: List[Teacher] = [self.bank[i] for i in pool]
+        self.num_teachers = len(pool)
+        self.teacher_feature_shapes = [self._bank_feature_shapes[i] for i in pool]
+        self.teacher_embedding_dims = [self.bank_embedding_dims[i] for i in pool]
+        self._teacher_forwards = [self._bank_forwards[i] for i in pool]
+        self._teacher_cache = None if self._bank_cache is None else [self._bank_cache[i] for i in pool]
 
     # --- episode lifecycle -----------------------------------------------------------------
     def reset(self, seed: int) -> Batch:
@@ -219,13 +238,13 @@ class DistillationEngine(VirtualSteps):
 
     @torch.no_grad()
     def _run_teachers_over(self, x_all: torch.Tensor) -> List[torch.Tensor]:
-        """Teacher outputs for every training sample, flattened per teacher as
+        """Every bank teacher's outputs for every training sample, flattened per teacher as
         [logits (N, C), embedding (N, D_m), feature map (N, C_m*H_m*W_m)] -> one (N, F_m) tensor each."""
         bs = self.config.eval_batch_size
-        chunks = [[] for _ in self.teachers]
+        chunks = [[] for _ in self.bank]
         for i in range(0, len(x_all), bs):
             with self._autocast():
-                outs = [f(self._format(x_all[i:i + bs])) for f in self._teacher_forwards]
+                outs = [f(self._format(x_all[i:i + bs])) for f in self._bank_forwards]
             for m, o in enumerate(outs):
                 chunks[m].append(torch.cat([o.logits.float(), o.embedding.float(),
                                             o.feature_map.float().flatten(1)], dim=1))

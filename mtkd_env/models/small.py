@@ -99,3 +99,17 @@ def tiny_resnet(num_classes: int, input_shape: tuple, **kw) -> nn.Module:
 def tiny_cnn(num_classes: int, input_shape: tuple, **kw) -> nn.Module:
     """The default student: conv 8 -> pool -> conv 16; feature map 16x(H/2)x(W/2)."""
     return ConvNet(num_classes, input_shape, widths=(8, 16), pool_after=(0,), **kw)
+
+
+@register("small_cnn")
+def small_cnn(num_classes: int, input_shape: tuple, **kw) -> nn.Module:
+    """The glyphs scenarios' student: conv 16 -> pool -> conv 32 -> pool -> conv 32; feature map
+    32x(H/4)x(W/4)."""
+    return ConvNet(num_classes, input_shape, widths=(16, 32, 32), pool_after=(0, 1), **kw)
+
+
+@register("pool_cnn")
+def pool_cnn(num_classes: int, input_shape: tuple, **kw) -> nn.Module:
+    """Three conv stages (32, 64, 128) with 2x2 max-pools after the first two; feature map
+    128x(H/4)x(W/4)."""
+    return ConvNet(num_classes, input_shape, widths=(32, 64, 128), pool_after=(0, 1), **kw)

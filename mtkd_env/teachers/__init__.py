@@ -6,6 +6,13 @@ A spec is one of
   other dataset needs it trained beforehand with `python -m mtkd_env.teachers train` (a missing
   one is an error that prints that exact command; a multi-hour training never starts silently).
 - `arch=noisy`: embedded datasets only: trained on systematically corrupted labels.
+- `arch=group:G`: embedded datasets with class groups (glyphs) only: a specialist, trained on the
+  training images of class group G alone, so it is expert on its group and confidently wrong
+  (it predicts one of its own classes) everywhere else.
+- `arch=seed:S`: embedded datasets only: the same recipe trained from seed `teacher_seed + S`
+  (a near-copy of `arch` for S > 0).
+- `arch=epoch:E`: embedded datasets only: the teacher's own training checkpoint after epoch E of
+  the `teacher_epochs` run (E < teacher_epochs: an earlier, easier teacher, as RCO's route).
 - `arch=random`: untrained, seeded weights (benchmarks and tests).
 - `arch=pretrained` / `arch=pretrained:NAME`: torchvision ImageNet models only: torchvision's
   IMAGENET1K_V1 weights (the MTKD-RL ImageNet pool) or weights NAME, read from the torch hub cache.
@@ -17,6 +24,7 @@ A spec is one of
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 import json
@@ -37,9 +45,10 @@ from ..runtime.errors import CheckpointError, did_you_mean
 
 __all__ = ["TeacherSpec", "parse_spec", "Teacher", "load_pool", "train_model", "evaluate_accuracy",
            "evaluate_split", "EMBEDDED_DATASETS", "save_checkpoint", "load_checkpoint", "read_checkpoint_meta",
-           "CheckpointError", "TeacherTraining", "trained_path", "train_command", "split_key"]
+           "CheckpointError", "TeacherTraining", "trained_path", "train_command", "split_key", "EMBEDDED_SOURCES",
+           "embedded_recipe"]
 
-EMBEDDED_DATASETS = ("digits", "synthetic")
+EMBEDDED_DATASETS = ("digits", "synthetic", "glyphs")
 """Datasets small enough that a missing teacher is trained on first use."""
 
 _LOADING_ONLY_KWARGS = ("download", "num_workers")
@@ -74,6 +83,41 @@ def recipe(epochs: int, noisy_fraction: float) -> dict:
             "epochs": epochs, "schedule": "cosine", "label_noise": noisy_fraction, "noise_kind": "shift+1"}
 
 
+EMBEDDED_SOURCES = ("cache", "noisy", "group", "seed", "epoch")
+"""The on-first-use teacher kinds of embedded datasets (`arch=KIND[:N]`; "cache" is plain `arch`)."""
+
+
+def embedded_recipe(spec: TeacherSpec, epochs: int, noisy_fraction: float, num_groups: int) -> Optional[dict]:
+    """The training recipe of an embedded-dataset teacher spec (None: not an embedded kind). The
+    kinds' extra keys (`group`, `seed_offset`, `stop_epoch`) are part of the recipe, so of the cache
+    key; plain and noisy teachers keep their original keys."""
+    kind, _, arg = spec.source.partition(":")
+    if kind not in EMBEDDED_SOURCES or (kind in ("cache", "noisy")) != (arg == ""):
+        return None
+    rec = recipe(epochs, noisy_fraction if kind == "noisy" else 0.0)
+    if kind in ("cache", "noisy"):
+        return rec
+    if not arg.isdigit():
+        raise CheckpointError(f"teacher {str(spec)!r}: expected '{spec.arch}={kind}:N' with a non-negative integer "
+                              f"N, got {arg!r}")
+    n = int(arg)
+    if kind == "group":
+        if not num_groups:
+            raise CheckpointError(f"teacher {str(spec)!r}: group specialists need a dataset with class groups "
+                                  f"(glyphs)")
+        if n >= num_groups:
+            raise CheckpointError(f"teacher {str(spec)!r}: group {n} does not exist; expected 0..{num_groups - 1}")
+        rec["group"] = n
+    elif kind == "seed":
+        rec["seed_offset"] = n
+    else:
+        if not 1 <= n < epochs:
+            raise CheckpointError(f"teacher {str(spec)!r}: epoch {n} is not a checkpoint of the {epochs}-epoch run; "
+                                  f"expected 1..{epochs - 1}")
+        rec["stop_epoch"] = n
+    return rec
+
+
 def cache_path(cache_dir: str, dataset: str, arch: str, seed: int, data_seed: int, rec: dict,
                dataset_kwargs: Optional[dict] = None) -> Path:
     """On-first-use cache file of an embedded-dataset teacher. Non-empty `dataset_kwargs` (e.g.
@@ -83,6 +127,7 @@ def cache_path(cache_dir: str, dataset: str, arch: str, seed: int, data_seed: in
         key["dataset_kwargs"] = dataset_kwargs
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     tag = "noisy" if rec["label_noise"] > 0 else "clean"
+    tag += "".join(f"-{k}{rec[k]}" for k in ("group", "seed_offset", "stop_epoch") if k in rec)
     return Path(cache_dir) / f"{dataset}__{arch}__{tag}__seed{seed}__{digest}.pt"
 
 
@@ -216,11 +261,17 @@ class TeacherTraining:
 
 def train_model(model: nn.Module, splits: DatasetSplits, rec: dict, seed: int, device: torch.device,
                 show_progress: bool = True, desc: str = "teacher") -> nn.Module:
-    """Train `model` for `rec["epochs"]` epochs (the on-first-use path of embedded datasets)."""
+    """Train `model` by `rec` (the on-first-use path of embedded datasets): `rec["epochs"]` epochs,
+    or the first `rec["stop_epoch"]` of them (a checkpoint of that run); with `rec["group"]` on the
+    training images of that class group only; from seed `seed + rec.get("seed_offset", 0)`."""
     from tqdm.auto import tqdm
 
-    run = TeacherTraining(model, splits, rec, seed, device)
-    for _ in tqdm(range(rec["epochs"]), desc=f"training {desc}", disable=not show_progress, leave=False):
+    if "group" in rec:
+        keep = torch.isin(splits.train_y, torch.as_tensor(splits.class_groups[rec["group"]]))
+        splits = dataclasses.replace(splits, train_x=splits.train_x[keep], train_y=splits.train_y[keep])
+    run = TeacherTraining(model, splits, rec, seed + rec.get("seed_offset", 0), device)
+    epochs = rec.get("stop_epoch", rec["epochs"])
+    for _ in tqdm(range(epochs), desc=f"training {desc}", disable=not show_progress, leave=False):
         run.run_epoch()
     return model.eval()
 
@@ -317,10 +368,10 @@ def load_pool(specs: List[str], splits: Splits, device: torch.device, cache_dir:
             except (WeightsNotFoundError, ValueError) as exc:
                 raise CheckpointError(f"teacher {raw!r}: {exc}") from None
             meta.update(source=spec.source, weights=weights)
-        elif spec.source in ("cache", "noisy") and embedded:
-            rec = recipe(epochs, noisy_fraction if spec.source == "noisy" else 0.0)
+        elif embedded and (rec := embedded_recipe(spec, epochs, noisy_fraction,
+                                                  len(getattr(splits, "class_groups", None) or ()))) is not None:
             path = cache_path(cache_dir, dataset, spec.arch, seed, data_seed, rec, dataset_kwargs)
-            model = _seeded_build(spec.arch, splits, seed)
+            model = _seeded_build(spec.arch, splits, seed + rec.get("seed_offset", 0))
             if path.is_file():
                 meta = load_checkpoint(path, model, expect)
             else:
@@ -328,9 +379,9 @@ def load_pool(specs: List[str], splits: Splits, device: torch.device, cache_dir:
                 meta.update(recipe=rec, seed=seed, data_seed=data_seed, source=spec.source,
                             val_acc=evaluate_split(model, val_set))
                 save_checkpoint(path, model, meta)
-        elif spec.source == "noisy":
-            raise CheckpointError(f"teacher {raw!r}: '=noisy' teachers exist only for the embedded datasets "
-                                  f"{list(EMBEDDED_DATASETS)}, not {dataset!r}")
+        elif spec.source.partition(":")[0] in EMBEDDED_SOURCES[1:]:
+            raise CheckpointError(f"teacher {raw!r}: '={spec.source.partition(':')[0]}' teachers exist only for the "
+                                  f"embedded datasets {list(EMBEDDED_DATASETS)}, not {dataset!r}")
         elif spec.source == "cache":
             path = trained_path(cache_dir, dataset, spec.arch, seed, data_seed, dataset_kwargs)
             if not path.is_file():
