@@ -32,7 +32,7 @@ from mtkd_env import models
 
 from . import weights as W
 
-__all__ = ["FormulaPolicy", "POLICIES", "register_policy", "make_policy", "policy_names"]
+__all__ = ["FormulaPolicy", "POLICIES", "register_policy", "make_policy", "policy_names", "choice_weights", "Oracle"]
 
 POLICIES: Dict[str, Type["FormulaPolicy"]] = {}
 
@@ -263,3 +263,66 @@ class AEKD(FormulaPolicy):
 
     def function_kwargs(self) -> Dict[str, Any]:
         return {"temperature": self.env.config.kd_temperature, **self.options}
+
+
+def choice_weights(choice: Dict[str, Any], env) -> np.ndarray:
+    """The weights (M,) or (B, M) of an oracle candidate `choice` for `env`'s prepared batch.
+
+    Kinds: {"kind": "constant", "w": (M,)}; {"kind": "route", "teacher_groups": (M,)}: per sample,
+    weight 1 on the teachers of the sample's class group; {"kind": "switch", "a": (M,), "b": (M,),
+    "at": f}: `a` before episode progress f, `b` after; {"kind": "ramp", "a", "b"}: (1 - p) a + p b
+    at progress p; {"kind": "instance", "by_instance": {"test:i": (M,)}}: the constant weights of
+    the env's current instance.
+    """
+    kind = choice["kind"]
+    if kind == "constant":
+        return np.asarray(choice["w"], dtype=np.float32)
+    if kind == "route":
+        engine = env.engine
+        if not engine.class_groups:
+            raise ValueError("oracle: routing needs a dataset with class groups (glyphs)")
+        group_of = np.empty(engine.num_classes, dtype=np.int64)
+        for g, classes in enumerate(engine.class_groups):
+            group_of[classes] = g
+        y = engine.batch.y.cpu().numpy()
+        return (group_of[y][:, None] == np.asarray(choice["teacher_groups"])[None, :]).astype(np.float32)
+    if kind in ("switch", "ramp"):
+        progress = env.engine.iteration / env.engine.total_iterations
+        a, b = np.asarray(choice["a"], dtype=np.float32), np.asarray(choice["b"], dtype=np.float32)
+        if kind == "switch":
+            return a if progress < choice["at"] else b
+        return ((1 - progress) * a + progress * b).astype(np.float32)
+    if kind == "instance":
+        key = f"{env.config.instance_set}:{env.instance}"
+        if key not in choice["by_instance"]:
+            raise ValueError(f"oracle: no weights for instance {key!r}; the oracle covers "
+                             f"{sorted(choice['by_instance'])}")
+        return np.asarray(choice["by_instance"][key], dtype=np.float32)
+    raise ValueError(f"oracle: unknown choice kind {kind!r}; expected constant, route, switch, ramp or instance")
+
+
+@register_policy("oracle")
+class Oracle(FormulaPolicy):
+    """A scenario's known answer (`baselines.oracle`), or any candidate of its search, as a policy:
+    `choice` (see `choice_weights`) fixes the weights. `baselines.compare` fills `choice` from the
+    scenario's cached oracle."""
+
+    options_allowed = ("choice",)
+
+    def __init__(self, env=None, *, seed: int = 0, **options: Any) -> None:
+        if "choice" not in options:
+            raise ConfigError("policy 'oracle': needs its choice (run it through baselines.compare with a scenario, "
+                              "or pass choice=... from baselines.oracle)")
+        super().__init__(env, seed=seed, **options)
+
+    @property
+    def env_overrides(self) -> Dict[str, Any]:
+        return {"granularity": "sample"} if self.options["choice"]["kind"] == "route" else {}
+
+    def act(self) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        if self.env is None:
+            raise RuntimeError("policy 'oracle' is not bound to an env; call bind(env) first")
+        return choice_weights(self.options["choice"], self.env), None
+
+    def weights(self, env) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        return self.act()

@@ -91,6 +91,9 @@ class EnvConfig:
     instance_set: Literal["train", "test"] = "train"
     """With `pool_size`: the instance set episodes draw from ("train" for training, "test" for
     evaluation; the two never share a combination of teachers)."""
+    instance: Optional[Annotated[int, Field(ge=0)]] = None
+    """With `pool_size`: every episode uses this instance of `instance_set` (an index into it);
+    None: each episode draws one with the env's seeded RNG."""
     instance_seed: Annotated[int, Field(ge=0)] = 0
     """With `pool_size`: the seed of the split of the bank's combinations into the two instance
     sets and of each instance's order (fixed across episodes, like `data_seed`)."""
@@ -234,9 +237,15 @@ class EnvConfig:
             from .scenarios import instance_sets
 
             try:
-                instance_sets(len(self.teachers), self.pool_size, self.instance_seed)
+                sets = instance_sets(len(self.teachers), self.pool_size, self.instance_seed)
             except ValueError as exc:
                 raise ConfigError(f"pool_size: {exc}") from None
+            n = len(sets[self.instance_set == "test"])
+            if self.instance is not None and self.instance >= n:
+                raise ConfigError(f"instance: the {self.instance_set} instance set has {n} instances (0..{n - 1}), "
+                                  f"got {self.instance}")
+        elif self.instance is not None:
+            raise ConfigError("instance: selects one instance of an instance set, which needs pool_size")
         if self.granularity == "sample" and self.steps_per_action != 1:
             raise ConfigError("steps_per_action: sample granularity weights one batch per action, "
                               f"so it must be 1, got {self.steps_per_action}")

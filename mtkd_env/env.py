@@ -176,6 +176,8 @@ class MultiTeacherKDEnv(gym.Env):
     def _use_instance(self, instance: Optional[int]) -> None:
         n = len(self.instances)
         if instance is None:
+            instance = self.config.instance
+        if instance is None:
             instance = int(self.np_random.integers(0, n))
         elif isinstance(instance, bool) or not isinstance(instance, (int, np.integer)) or not 0 <= instance < n:
             raise ValueError(f"options['instance']: expected an integer in [0, {n}) (the {self.config.instance_set} "

@@ -158,7 +158,7 @@ register_scenario(Scenario(
             "set and a disjoint test set of instances",
     settings={**_GLYPHS, "teachers": ["pool_cnn", "tiny_resnet", "small_cnn", "mlp", "pool_cnn=noisy",
                                       "tiny_resnet=noisy", "pool_cnn=group:0"],
-              "pool_size": 3},
+              "pool_size": 3, "sample_obs_embeddings": False},
     right_weighting="depends on the instance: weight the reliable teachers of the drawn pool; no constant "
                     "action is right for every instance, so a policy must read the observation",
     predictions="label-aware formulas adapt per instance (CA-MKD); constant weightings and AVER cannot",

@@ -16,7 +16,7 @@ from mtkd_env.runtime.cli import ArgumentParser, given_flags, run_cli, say
 from mtkd_env.runtime.options import Cli, add_options, options_from, settings
 from mtkd_env.runtime.tracking import default_wandb_mode
 
-from .options import CompareError, CompareOptions, RunsFailed
+from .options import LEADERBOARD_POLICIES, LEADERBOARD_SEEDS, CompareError, CompareOptions, RunsFailed
 from .run import run_compare
 
 __all__ = ["MergeFlags", "build_parser", "options_from_args", "main"]
@@ -54,6 +54,8 @@ def options_from_args(argv: Optional[Sequence[str]] = None) -> CompareOptions:
 def _options(args: Dict[str, Any], command: str) -> CompareOptions:
     if "wandb" not in args:  # as agents.train: $WANDB_MODE, else online if logged in, else offline
         args = dict(args, wandb=default_wandb_mode())
+    if "scenarios" in args:  # the leaderboard's defaults: 20 students, the oracle and MMKD
+        args = {"seeds": list(LEADERBOARD_SEEDS), "policies": list(LEADERBOARD_POLICIES), **args}
     return options_from(CompareOptions, args, env_config=env_config_from(args), command=command)
 
 
@@ -77,8 +79,14 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     if "merge" in args:
         _merge(parser, args, command_line(argv))
         return 0
+    opts = _options(args, command_line(argv))
     try:
-        run_compare(_options(args, command_line(argv)))
+        if opts.scenarios is not None:
+            from .leaderboard import run_leaderboard
+
+            run_leaderboard(opts)
+        else:
+            run_compare(opts)
     except RunsFailed as exc:  # the other runs' rows are kept: not bad input, exit 1
         say(f"error: {exc}", file=sys.stderr)
         return 1

@@ -17,9 +17,11 @@ from mtkd_env.runtime.tracking import WANDB_MODES
 
 from ..weights import NORMALIZATIONS
 
-__all__ = ["CompareOptions", "CompareError", "RunsFailed", "DEFAULT_POLICIES", "REFERENCE", "WANDB_MODES"]
+__all__ = ["CompareOptions", "CompareError", "RunsFailed", "DEFAULT_POLICIES", "LEADERBOARD_POLICIES", "LEADERBOARD_SEEDS", "REFERENCE", "WANDB_MODES"]
 
 DEFAULT_POLICIES = ("aver", "ca-mkd", "ebkd", "aekd", "best", "random", "no-kd")
+LEADERBOARD_POLICIES = DEFAULT_POLICIES + ("mmkd", "oracle")
+LEADERBOARD_SEEDS = tuple(range(20))
 REFERENCE = "aver"
 
 
@@ -40,7 +42,12 @@ class CompareOptions:
     """Policy names, comma- or space-separated (repeated flags add up): formula policies
     (`baselines.POLICIES`) and RL algorithms (`agents.api.ALGOS`, e.g. ppo, mtkd-rl)."""
     seeds: Annotated[List[Annotated[int, Field(ge=0)]], Field(min_length=1), Cli(item='evaluation seed')] = field(default_factory=lambda: list(range(10)))
-    """Evaluation seeds: `env.reset(seed=s)` for every policy (same students, same data order)."""
+    """Evaluation seeds: `env.reset(seed=s)` for every policy (same students, same data order);
+    with --scenarios the default is 0..19."""
+    scenarios: Annotated[Optional[List[str]], Cli(split=True, item="scenario name", metavar="NAMES")] = None
+    """The leaderboard: run the comparison on each of these scenarios (`mtkd_env.scenarios`; "all" = every
+    one) into OUT/<scenario>/ and rank the policies across them (`baselines.compare.leaderboard`). Its
+    default policies add "oracle" and "mmkd" to the formula defaults."""
     env_config: Annotated[EnvConfig, Cli(hidden=True)] = field(default_factory=EnvConfig)
     """The env every policy is evaluated on (RL policies add their `env_overrides`)."""
     out: Annotated[str, Cli(metavar='DIR')] = 'compare_out'
@@ -78,5 +85,13 @@ class CompareOptions:
     """The command line, written into summary.md."""
 
     def __post_init__(self) -> None:
+        if self.scenarios is not None:
+            from mtkd_env.scenarios import SCENARIOS, get_scenario
+
+            names = list(SCENARIOS) if self.scenarios == ["all"] else list(dict.fromkeys(self.scenarios))
+            for name in names:
+                if name not in SCENARIOS:
+                    get_scenario(name)  # the one-line error with "did you mean"
+            self.scenarios = names
         self.policies = list(dict.fromkeys(self.policies))
         self.seeds = list(dict.fromkeys(self.seeds))

@@ -34,4 +34,10 @@ def formula_options(name: str, opts: CompareOptions) -> Dict[str, Any]:
         return {"normalization": opts.normalization}
     if name == "aekd":
         return {"cap": opts.aekd_cap}
+    if name == "oracle":  # the scenario's known answer, searched on validation once and cached
+        from ..oracle import load_or_search
+
+        if opts.env_config.scenario is None:
+            raise CompareError("policy 'oracle' needs a scenario: --env scenario=NAME, or --scenarios")
+        return {"choice": load_or_search(opts.env_config, jobs=opts.jobs, progress=opts.progress)["choice"]}
     return {}

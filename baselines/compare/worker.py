@@ -96,9 +96,11 @@ class WandbRun:
         self.run = None
         if task.wandb_mode == "disabled":
             return
+        scenario = config.scenario
         self.run = start_wandb(
             task.wandb_mode, project=task.wandb_project, group=task.wandb_group, job_type="eval",
-            name=f"{task.policy}__seed{task.seed}", tags=[task.policy], run_dir=Path(task.wandb_dir or "."),
+            name=f"{scenario + '__' if scenario else ''}{task.policy}__seed{task.seed}",
+            tags=[task.policy] + ([scenario] if scenario else []), run_dir=Path(task.wandb_dir or "."),
             reinit="create_new", step_metric="env_step", announce=False,
             config={"policy": task.policy, "seed": task.seed, "agent_seed": task.agent_seed,
                     "agent_path": task.agent_path, "policy_options": task.policy_options,
