@@ -34,6 +34,8 @@ import numpy as np
 from mtkd_env.config import EnvConfig, add_env_flags, default_cache_dir, env_config_data
 from mtkd_env.runtime.cli import ArgumentParser, run_cli, say
 from mtkd_env.runtime.errors import ConfigError
+from mtkd_env.runtime.options import add_options, options_from
+from mtkd_env.runtime.executors import ExecutorOptions, execute
 from mtkd_env.runtime.files import atomic_write_text
 from mtkd_env.scenarios import SCENARIOS, get_scenario, instance_sets
 
@@ -91,23 +93,24 @@ def oracle_path(config: EnvConfig, seeds: Sequence[int], cache_dir: Optional[str
     return Path(cache_dir or f"{default_cache_dir()}/oracles") / f"{name}__{oracle_key(config, seeds)}.json"
 
 
-def _tasks(config: EnvConfig, choices: List[Dict[str, Any]], seeds: Sequence[int], tag: str) -> list:
+def _tasks(config: EnvConfig, choices: List[Dict[str, Any]], seeds: Sequence[int]) -> list:
     from .compare.worker import EvalTask
 
     return [EvalTask(policy="oracle", seed=int(s), env_config=config, eval_every=None,  # type: ignore[arg-type]
-                     policy_options={"choice": c}, agent_seed=None, wandb_group=tag)
+                     policy_options={"choice": c})
             for c in choices for s in seeds]
 
 
-def _score(tasks: list, jobs: int, progress: bool, desc: str) -> Dict[Tuple[str, int], float]:
+def _score(tasks: list, jobs: int, progress: bool, desc: str,
+           executor: Optional[ExecutorOptions] = None) -> Dict[Tuple[str, int], float]:
     """Validation accuracy of every task, keyed by (candidate json, seed)."""
     from tqdm.auto import tqdm
 
-    from .compare.pool import execute
+    from .compare.worker import run_task
 
     out: Dict[Tuple[str, int], float] = {}
     with tqdm(total=len(tasks), desc=desc, disable=not progress, leave=False) as bar:
-        for task, result, error in execute(tasks, jobs):
+        for task, result, error in execute(run_task, tasks, executor, jobs):
             if error is not None:
                 raise error
             out[(json.dumps(task.policy_options["choice"], sort_keys=True), task.seed)] = \
@@ -124,8 +127,8 @@ def _rank(choices: List[Dict[str, Any]], scores: Dict[Tuple[str, int], float], s
     return sorted(rows, key=lambda r: -r["mean_val_acc"])
 
 
-def search(config: EnvConfig, seeds: Sequence[int] = SEARCH_SEEDS, jobs: int = 1,
-           progress: bool = True) -> Dict[str, Any]:
+def search(config: EnvConfig, seeds: Sequence[int] = SEARCH_SEEDS, jobs: int = 1, progress: bool = True,
+           executor: Optional[ExecutorOptions] = None) -> Dict[str, Any]:
     """Search the oracle of `config`'s scenario (see the module docstring); the result dict is what
     `load_or_search` caches: the ranked candidates, the oracle's `choice`, and the best constant."""
     if config.scenario is None:
@@ -139,8 +142,8 @@ def search(config: EnvConfig, seeds: Sequence[int] = SEARCH_SEEDS, jobs: int = 1
         per_instance = {}
         for i in range(len(test)):
             key = f"test:{i}"
-            tasks = _tasks(cfg.replace(instance_set="test", instance=i), grid, seeds, key)
-            per_instance[key] = _rank(grid, _score(tasks, jobs, progress, f"oracle {sc.name} {key}"), seeds)
+            tasks = _tasks(cfg.replace(instance_set="test", instance=i), grid, seeds)
+            per_instance[key] = _rank(grid, _score(tasks, jobs, progress, f"oracle {sc.name} {key}", executor), seeds)
         best = {k: rows[0]["choice"]["w"] for k, rows in per_instance.items()}
         uniform = [1.0 / cfg.pool_size] * cfg.pool_size
         return {"scenario": sc.name, "seeds": seeds, "kind": "instance", "per_instance": per_instance,
@@ -149,7 +152,7 @@ def search(config: EnvConfig, seeds: Sequence[int] = SEARCH_SEEDS, jobs: int = 1
                 "aver_mean_val_acc": float(np.mean([next(r["mean_val_acc"] for r in rows if r["choice"]["w"] == uniform)
                                                     for rows in per_instance.values()]))}
     grid = candidates(sc.name, len(cfg.teachers))
-    ranked = _rank(grid, _score(_tasks(cfg, grid, seeds, sc.name), jobs, progress, f"oracle {sc.name}"), seeds)
+    ranked = _rank(grid, _score(_tasks(cfg, grid, seeds), jobs, progress, f"oracle {sc.name}", executor), seeds)
     constants = [r for r in ranked if r["choice"]["kind"] == "constant"]
     uniform = [1.0 / len(cfg.teachers)] * len(cfg.teachers)
     return {"scenario": sc.name, "seeds": seeds, "kind": sc.oracle, "candidates": ranked,
@@ -159,12 +162,13 @@ def search(config: EnvConfig, seeds: Sequence[int] = SEARCH_SEEDS, jobs: int = 1
 
 
 def load_or_search(config: EnvConfig, seeds: Sequence[int] = SEARCH_SEEDS, jobs: int = 1, progress: bool = True,
-                   refresh: bool = False, cache_dir: Optional[str] = None) -> Dict[str, Any]:
+                   refresh: bool = False, cache_dir: Optional[str] = None,
+                   executor: Optional[ExecutorOptions] = None) -> Dict[str, Any]:
     """The cached oracle of `config` (searched and written first when missing or `refresh`)."""
     path = oracle_path(config, seeds, cache_dir)
     if path.is_file() and not refresh:
         return json.loads(path.read_text())
-    result = search(config, seeds, jobs, progress)
+    result = search(config, seeds, jobs, progress, executor)
     result["config"] = config.to_dict()
     atomic_write_text(path, json.dumps(result, indent=1, default=str))
     return result
@@ -191,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="parallel worker processes (default: 1)")
     p.add_argument("--refresh", action="store_true", help="search again even if a cached result exists")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    add_options(p, ExecutorOptions)
     add_env_flags(p)
     return p
 
@@ -204,7 +209,8 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     overrides = env_config_data(args)
     for name in scenario_list(args["scenarios"]):
         config = EnvConfig.from_dict({**overrides, "scenario": name})
-        res = load_or_search(config, args["seeds"], args["jobs"], args["progress"], args["refresh"])
+        res = load_or_search(config, args["seeds"], args["jobs"], args["progress"], args["refresh"],
+                             executor=options_from(ExecutorOptions, args))
         line = f"{name}: oracle {json.dumps(res['choice'])[:120]} val {res['mean_val_acc']:.4f}"
         if "best_constant" in res:
             line += f"; best constant {res['best_constant']['w']} val {res['best_constant_mean_val_acc']:.4f}"

@@ -41,7 +41,7 @@ FLOORS: Tuple[Tuple[str, ...], ...] = (
 
 PLACES: Dict[str, str] = {
     "runtime": "errors, options (the settings layer), files, resources, the CLI wrapper, torch.distributed and "
-               "the collective helpers, W&B tracking",
+               "the collective helpers, W&B tracking, the job executors (local processes, Ray)",
     "protocols": "the typing protocols: data splits, loaders, evaluation sets, policies",
     "stats": "paired statistics and the minimum detectable effect",
     "layering": "this table",

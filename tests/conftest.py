@@ -60,3 +60,54 @@ def env_args(request, teacher_cache):
         return ["--env", *(f"{k}={v}" for k, v in pairs.items() if v is not None)]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """A 2-CPU Ray cluster started with `ray start --head` (as a user would) in a folder of its own,
+    with this checkout on its workers' path and none of this process's MTKD_* variables; stopped
+    after the session. {"address": HOST:PORT, "cwd": the cluster's folder}."""
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'mtkd-env[ray]')")
+    import shutil
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    from pathlib import Path
+
+    repo = str(Path(__file__).resolve().parents[1])
+    home = tmp_path_factory.mktemp("ray_cluster_cwd")
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must stay < 108 characters
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    auth = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # Ray >= 2.5x: no token between this driver and the test cluster
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MTKD_")}
+    env["PYTHONPATH"] = os.pathsep.join([repo] + [p for p in [env.get("PYTHONPATH")] if p])
+    log = Path(temp) / "head.log"
+    with log.open("w") as out:
+        head = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", "--block",
+                                 f"--port={port}", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false",
+                                 "--disable-usage-stats", f"--temp-dir={temp}"], cwd=home, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "Ray runtime started" not in log.read_text():
+            if head.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("ray start --head failed:\n" + log.read_text()[-2000:])
+            time.sleep(0.2)
+        yield {"address": f"127.0.0.1:{port}", "cwd": home}
+    finally:
+        head.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
+        if auth is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = auth

@@ -2,7 +2,7 @@
 
     python -m baselines.compare --policies aver,ca-mkd,ebkd,aekd,best,random,no-kd,ppo,mtkd-rl \\
         --seeds 0 1 2 3 4 5 6 7 8 9 [--env-config FILE] [--env K=V ...] [--agent-dir DIR] [--wandb MODE] \\
-        [--out DIR] [--jobs N] [--shard I/N]
+        [--out DIR] [--jobs N | --backend ray --address ADDR [--ray-num-gpus F]] [--shard I/N]
     python -m baselines.compare --merge DIR [DIR ...] --out DIR
     python -m baselines.compare --policies ppo --train-only --out AGENTS     # then --agent-dir AGENTS
     torchrun --nproc_per_node 2 -m baselines.compare --policies aver,ebkd ...   # formula policies
@@ -26,6 +26,9 @@ contiguous, near-equal slices of it into its own `--out`, and `--merge` (`baseli
 the shard folders agree and writes the four artefacts of one unsharded run. Shards never train RL
 agents: they load them from a shared `--agent-dir` (made once with `--train-only`), so every shard
 evaluates the very same agent files.
+
+On a Ray cluster, `--backend ray` sends one Ray task per (policy, seed) run
+(`mtkd_env.runtime.executors`); the results come back to this process, which writes every file.
 
 Under `torchrun` (RANK/WORLD_SIZE set) every rank runs the same episodes, each as one distillation
 spread over all ranks (`mtkd_env.runtime.distributed`); only rank 0 prints, writes files and logs to W&B.

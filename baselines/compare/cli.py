@@ -1,5 +1,6 @@
 """The `python -m baselines.compare` command line: one flag per `CompareOptions` field (derived,
-not declared again), plus `--env-config`/`--env` for its env and `--merge` (`MergeFlags`)."""
+not declared again), plus `--env-config`/`--env` for its env, `--backend` and the Ray flags
+(`mtkd_env.runtime.executors.ExecutorOptions`) and `--merge` (`MergeFlags`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Annotated, Any, Dict, List, Optional, Sequence
 from pydantic import Field
 
 from mtkd_env.config import add_env_flags, env_config_from
+from mtkd_env.runtime.executors import ExecutorOptions
 from mtkd_env.runtime.cli import ArgumentParser, given_flags, run_cli, say
 from mtkd_env.runtime.options import Cli, add_options, options_from, settings
 from mtkd_env.runtime.tracking import default_wandb_mode
@@ -38,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m baselines.compare",
                        description="rank teacher-weighting policies on the same students and seeds")
     add_options(p, CompareOptions)
+    add_options(p, ExecutorOptions)
     add_env_flags(p)
     add_options(p, MergeFlags)
     return p
@@ -56,7 +59,8 @@ def _options(args: Dict[str, Any], command: str) -> CompareOptions:
         args = dict(args, wandb=default_wandb_mode())
     if "scenarios" in args:  # the leaderboard's defaults: 20 students, the oracle and MMKD
         args = {"seeds": list(LEADERBOARD_SEEDS), "policies": list(LEADERBOARD_POLICIES), **args}
-    return options_from(CompareOptions, args, env_config=env_config_from(args), command=command)
+    return options_from(CompareOptions, args, env_config=env_config_from(args),
+                        executor=options_from(ExecutorOptions, args), command=command)
 
 
 def _merge(parser: argparse.ArgumentParser, args: Dict[str, Any], command: str) -> None:

@@ -12,6 +12,7 @@ from typing import Annotated, List, Literal, Optional
 from pydantic import Field
 
 from mtkd_env.config import ConfigError, EnvConfig
+from mtkd_env.runtime.executors import ExecutorOptions
 from mtkd_env.runtime.options import Cli, settings
 from mtkd_env.runtime.tracking import WANDB_MODES
 
@@ -53,7 +54,9 @@ class CompareOptions:
     out: Annotated[str, Cli(metavar='DIR')] = 'compare_out'
     """Output folder; rerunning with the same folder skips finished rows."""
     jobs: Annotated[int, Field(ge=1)] = 1
-    """Parallel worker processes for the evaluation runs (must be 1 under torchrun)."""
+    """Parallel worker processes for the evaluation runs (must be 1 under torchrun and with --backend ray)."""
+    executor: Annotated[ExecutorOptions, Cli(hidden=True)] = field(default_factory=ExecutorOptions)
+    """Where the evaluation runs go: this machine, or a Ray cluster (`--backend`, `--address`, ...)."""
     shard: Annotated[Optional[str], Cli(metavar='I/N')] = None
     """"I/N": run only the I-th (1-based) of N contiguous slices of the seed-major (policy x seed) job
     list, e.g. --shard ${SLURM_ARRAY_TASK_ID}/4; one --out per shard, then --merge."""

@@ -39,5 +39,6 @@ def formula_options(name: str, opts: CompareOptions) -> Dict[str, Any]:
 
         if opts.env_config.scenario is None:
             raise CompareError("policy 'oracle' needs a scenario: --env scenario=NAME, or --scenarios")
-        return {"choice": load_or_search(opts.env_config, jobs=opts.jobs, progress=opts.progress)["choice"]}
+        return {"choice": load_or_search(opts.env_config, jobs=opts.jobs, progress=opts.progress,
+                                         executor=opts.executor)["choice"]}
     return {}

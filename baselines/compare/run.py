@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from mtkd_env.config import ConfigError
 from mtkd_env.runtime.distributed import DistContext
+from mtkd_env.runtime.executors import execute
 from mtkd_env.runtime import collective
 from mtkd_env.runtime.files import atomic_write_text
 
@@ -20,11 +21,10 @@ from .jobs import job_list, parse_shard, shard_bounds, shard_jobs
 from .options import REFERENCE, CompareError, CompareOptions, RunsFailed
 from .outdir import (check_out, env_info, open_out, read_rows, record_env_and_agents, remove_if_empty, result_row,
                      run_file, write_rows)
-from .pool import execute
 from .resolve import formula_options, resolve_policies
 from .rl_agents import prepare_agents
 from .summary import log_ranking, write_report
-from .worker import EvalTask, build_env
+from .worker import EvalTask, build_env, run_task
 
 __all__ = ["run_compare"]
 
@@ -54,6 +54,7 @@ def _check(opts: CompareOptions) -> Tuple[List[str], List[str], Optional[Tuple[i
     """Everything about the options that needs no env: (formula policies, RL policies, shard)."""
     dataclasses.replace(opts)  # validated again: the fields may have been edited since
     shard = parse_shard(opts.shard) if opts.shard is not None else None
+    opts.executor.check_workers(opts.jobs)
     if shard is not None and opts.train_only:
         raise CompareError("--train-only trains the agents every shard shares: run it once, without --shard")
     formula, rl = resolve_policies(opts.policies)
@@ -80,6 +81,9 @@ def _join(opts: CompareOptions, rl: List[str]) -> DistContext:
     if opts.jobs != 1:
         raise CompareError(f"--jobs: under torchrun every rank runs the same episodes in this process, so --jobs "
                            f"must be 1, got {opts.jobs}")
+    if opts.executor.backend != "local":
+        raise CompareError(f"--backend {opts.executor.backend}: under torchrun every rank runs the episodes in this "
+                           f"process; launch torchrun without --backend")
     if rl:
         raise CompareError(f"under torchrun baselines.compare runs formula policies only, got RL policies {rl}; "
                            f"evaluate them in a 1-process comparison with the same --env and combine the "
@@ -158,7 +162,7 @@ def _execute(opts: CompareOptions, tasks: List[EvalTask], total: int, rows: List
     failures: List[str] = []
     with tqdm(total=total, initial=total - len(tasks), desc="compare runs", unit="run",
               disable=not (opts.progress and ctx.is_main)) as bar:
-        for task, done, exc in execute(tasks, opts.jobs):
+        for task, done, exc in execute(run_task, tasks, opts.executor, opts.jobs):
             bar.update(1)
             if exc is not None:
                 if ctx.enabled:  # a run failed on this rank; skipping it would desynchronise the ranks' collectives

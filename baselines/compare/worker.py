@@ -1,5 +1,6 @@
-"""One (policy, seed) evaluation run: the process-pool entry point of `baselines.compare`. It builds
-(and caches per process) the env and the policy of the run and logs it to W&B."""
+"""One (policy, seed) evaluation run: the job `baselines.compare` hands its executor (worker
+processes or Ray tasks, `mtkd_env.runtime.executors`). It builds (and caches per process) the env
+and the policy of the run and logs it to W&B."""
 
 from __future__ import annotations
 
@@ -9,13 +10,12 @@ from typing import Any, Dict, Optional
 
 from mtkd_env.episodes import EpisodeResult, run_episodes
 from mtkd_env.runtime.errors import UserError, first_line
-from mtkd_env.runtime.resources import configure_threads
 from mtkd_env.runtime.tracking import start_wandb
 
 from ..policies import make_policy
 from .options import CompareError
 
-__all__ = ["EvalTask", "run_task", "init_worker", "env_for", "build_env", "WandbRun"]
+__all__ = ["EvalTask", "run_task", "env_for", "build_env", "WandbRun"]
 
 
 @dataclass
@@ -37,11 +37,6 @@ class EvalTask:
 
 _ENVS: Dict[str, Any] = {}
 _AGENTS: Dict[str, Any] = {}
-
-
-def init_worker(workers: int) -> None:
-    """Pool initialiser: the thread default of `workers` concurrent processes (no oversubscription)."""
-    configure_threads(workers)
 
 
 def env_for(config) -> Any:

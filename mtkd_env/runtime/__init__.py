@@ -11,6 +11,7 @@ the env's own CLIs (`python -m mtkd_env`, `python -m mtkd_env.teachers`).
 - `collective`: torchrun agreement helpers (one rank's outcome becomes every rank's)
 - `tracking`: W&B start-up (modes, offline fallback) and the metadata every run records
 - `distributed`: the env under torchrun (process group, device per rank)
+- `executors`: where a command's independent jobs run, by name: local worker processes or a Ray cluster
 
 Nothing here imports the domain (`mtkd_env.layering`: the ground floor); the one episode runner
 is `mtkd_env.episodes`, on top.
