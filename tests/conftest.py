@@ -51,6 +51,24 @@ def synthetic_config(teacher_cache):
     return make
 
 
+TINY_GLYPHS = {"n_train": 320, "n_val": 64, "n_test": 128, "size": 8}
+"""Glyphs small enough for tests: 8x8 images, 320 / 64 / 128 per split (a group of 5 classes holds 80 training images, over one batch of 64)."""
+
+
+@pytest.fixture
+def scenario_config(teacher_cache):
+    """Factory of a scenario of the suite on tiny glyphs (2-epoch teachers, 4-step episodes)."""
+
+    def make(name: str, **overrides) -> EnvConfig:
+        base = dict(scenario=name, dataset_kwargs=dict(TINY_GLYPHS), teacher_cache_dir=teacher_cache,
+                    teacher_epochs=2, max_steps=4, batch_size=32, probe_size=32, eval_batch_size=128,
+                    show_progress=False, device="cpu")
+        base.update(overrides)
+        return EnvConfig(**base)
+
+    return make
+
+
 @pytest.fixture
 def env_args(request, teacher_cache):
     """Factory of the `--env` pairs of the calling test module's `SYNTH` env (its tiny synthetic env as

@@ -49,7 +49,7 @@ def prepare_agents(opts: CompareOptions, rl: List[str], group: str) -> Dict[str,
             else:
                 print(f"training {algo} (train seed {ts}) ...", file=sys.stderr)
                 run_dir = Path(api.train(
-                    algo, env_config=opts.env_config, seed=ts, total_timesteps=opts.train_timesteps,
+                    algo, env_config=_training_config(opts.env_config), seed=ts, total_timesteps=opts.train_timesteps,
                     out_dir=str(out / "agents" / algo / f"seed{ts}"), wandb_mode=opts.wandb,
                     wandb_project=opts.wandb_project, wandb_group=group, show_progress=opts.progress))
                 manifest.setdefault(algo, {})[str(ts)] = os.path.relpath(run_dir.resolve(), out.resolve())
@@ -57,3 +57,8 @@ def prepare_agents(opts: CompareOptions, rl: List[str], group: str) -> Dict[str,
                 path = str(run_dir)
             agents[algo][ts] = path
     return agents
+
+
+def _training_config(config):
+    """Agents train on the train instances of an instance set (the comparison evaluates on the test ones)."""
+    return config.replace(instance_set="train", instance=None) if config.pool_size is not None else config
