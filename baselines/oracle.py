@@ -146,8 +146,14 @@ def search(config: EnvConfig, seeds: Sequence[int] = SEARCH_SEEDS, jobs: int = 1
             per_instance[key] = _rank(grid, _score(tasks, jobs, progress, f"oracle {sc.name} {key}", executor), seeds)
         best = {k: rows[0]["choice"]["w"] for k, rows in per_instance.items()}
         uniform = [1.0 / cfg.pool_size] * cfg.pool_size
+        # The best *constant* action over instances: one weighting of the pool positions for all.
+        overall = sorted(grid, key=lambda c: -np.mean([next(r["mean_val_acc"] for r in rows if r["choice"] == c)
+                                                       for rows in per_instance.values()]))[0]
+        overall_val = float(np.mean([next(r["mean_val_acc"] for r in rows if r["choice"] == overall)
+                                     for rows in per_instance.values()]))
         return {"scenario": sc.name, "seeds": seeds, "kind": "instance", "per_instance": per_instance,
                 "choice": {"kind": "instance", "by_instance": best},
+                "best_constant": overall, "best_constant_mean_val_acc": overall_val,
                 "mean_val_acc": float(np.mean([rows[0]["mean_val_acc"] for rows in per_instance.values()])),
                 "aver_mean_val_acc": float(np.mean([next(r["mean_val_acc"] for r in rows if r["choice"]["w"] == uniform)
                                                     for rows in per_instance.values()]))}

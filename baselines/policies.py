@@ -32,7 +32,7 @@ from mtkd_env import models
 
 from . import weights as W
 
-__all__ = ["FormulaPolicy", "POLICIES", "register_policy", "make_policy", "policy_names", "choice_weights", "Oracle"]
+__all__ = ["FormulaPolicy", "POLICIES", "register_policy", "make_policy", "policy_names", "choice_weights", "Oracle", "BestConstant"]
 
 POLICIES: Dict[str, Type["FormulaPolicy"]] = {}
 
@@ -326,3 +326,11 @@ class Oracle(FormulaPolicy):
 
     def weights(self, env) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         return self.act()
+
+
+@register_policy("best-constant")
+class BestConstant(Oracle):
+    """The best constant weighting of a scenario's oracle search (on validation): what no reading of
+    the batch, the sample or the time can improve on among constant actions; `baselines.compare`
+    fills `choice`. Where the oracle is per sample or time-varying, oracle minus best-constant is
+    the part of the answer that needs a policy."""

@@ -21,7 +21,7 @@ from ..weights import NORMALIZATIONS
 __all__ = ["CompareOptions", "CompareError", "RunsFailed", "DEFAULT_POLICIES", "LEADERBOARD_POLICIES", "LEADERBOARD_SEEDS", "REFERENCE", "WANDB_MODES"]
 
 DEFAULT_POLICIES = ("aver", "ca-mkd", "ebkd", "aekd", "best", "random", "no-kd")
-LEADERBOARD_POLICIES = DEFAULT_POLICIES + ("mmkd", "oracle")
+LEADERBOARD_POLICIES = DEFAULT_POLICIES + ("mmkd", "best-constant", "oracle")
 LEADERBOARD_SEEDS = tuple(range(20))
 REFERENCE = "aver"
 
@@ -48,7 +48,7 @@ class CompareOptions:
     scenarios: Annotated[Optional[List[str]], Cli(split=True, item="scenario name", metavar="NAMES")] = None
     """The leaderboard: run the comparison on each of these scenarios (`mtkd_env.scenarios`; "all" = every
     one) into OUT/<scenario>/ and rank the policies across them (`baselines.compare.leaderboard`). Its
-    default policies add "oracle" and "mmkd" to the formula defaults."""
+    default policies add "mmkd", "best-constant" and "oracle" to the formula defaults."""
     env_config: Annotated[EnvConfig, Cli(hidden=True)] = field(default_factory=EnvConfig)
     """The env every policy is evaluated on (RL policies add their `env_overrides`)."""
     out: Annotated[str, Cli(metavar='DIR')] = 'compare_out'

@@ -34,11 +34,11 @@ def formula_options(name: str, opts: CompareOptions) -> Dict[str, Any]:
         return {"normalization": opts.normalization}
     if name == "aekd":
         return {"cap": opts.aekd_cap}
-    if name == "oracle":  # the scenario's known answer, searched on validation once and cached
+    if name in ("oracle", "best-constant"):  # the scenario's search on validation, run once and cached
         from ..oracle import load_or_search
 
         if opts.env_config.scenario is None:
-            raise CompareError("policy 'oracle' needs a scenario: --env scenario=NAME, or --scenarios")
-        return {"choice": load_or_search(opts.env_config, jobs=opts.jobs, progress=opts.progress,
-                                         executor=opts.executor)["choice"]}
+            raise CompareError(f"policy {name!r} needs a scenario: --env scenario=NAME, or --scenarios")
+        found = load_or_search(opts.env_config, jobs=opts.jobs, progress=opts.progress, executor=opts.executor)
+        return {"choice": found["choice" if name == "oracle" else "best_constant"]}
     return {}

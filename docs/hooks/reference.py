@@ -35,6 +35,7 @@ CLIS: Sequence[Tuple[str, str]] = (
     ("python -m agents.evaluate", "agents.evaluate"),
     ("python -m agents.curves", "agents.curves"),
     ("python -m baselines.compare", "baselines.compare.cli"),
+    ("python -m baselines.oracle", "baselines.oracle"),
     ("python -m baselines.diagnose", "baselines.diagnose"),
     ("python -m benchmarks.step_overhead", "benchmarks.step_overhead"),
     ("python -m benchmarks.vector_env", "benchmarks.vector_env"),
@@ -191,7 +192,22 @@ def cli_reference() -> str:
     return "\n".join(parts)
 
 
+def scenarios_table() -> str:
+    """One row per scenario of `mtkd_env.scenarios`: its pool, the right weighting, the formulas'
+    expected ranking and how its oracle is searched (the recipes' own documentation)."""
+    from mtkd_env.scenarios import SCENARIOS
+
+    rows = []
+    for sc in SCENARIOS.values():
+        teachers = ", ".join(f"`{t}`" for t in sc.settings["teachers"])
+        pool = f"{sc.summary}: {teachers}" + (f" (pools of {sc.settings['pool_size']})"
+                                              if sc.settings.get("pool_size") else "")
+        rows.append([f"`{sc.name}`", pool, sc.right_weighting, sc.predictions, f"`{sc.oracle}`"])
+    return _table(["scenario", "teacher pool", "right weighting (and why)", "formulas: expected", "oracle"], rows)
+
+
 MARKERS.update({
+    "<!-- scenarios-table -->": "scenarios_table",
     "<!-- reference:env-config -->": "env_config_reference",
     "<!-- reference:hyperparams -->": "hyperparams_reference",
     "<!-- reference:cli -->": "cli_reference",
