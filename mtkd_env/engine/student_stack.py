@@ -28,6 +28,7 @@ from torch.utils import _pytree
 
 from ..models import ModelOutput, grouped
 from .batch import Batch, TeacherStats, feature_terms, measure
+from .fused_features import fused_feature_terms
 
 __all__ = ["StudentStack", "MODES", "index_rows", "row_of"]
 
@@ -165,16 +166,24 @@ class StudentStack:
         """`measure` of every row with the students (and projectors) as one grouped network."""
         x, y, index, t_outs, teacher = data
         (sp, sb), (pp, pb) = _parts(params, buffers, "student."), _parts(params, buffers, "projectors.")
+        bank = self.base.projectors
         with self._autocast():
             s_out = grouped.students_forward(self.base.student, sp, sb, x, shared)
-            projected = None if self.base.projectors is None else grouped.projectors_forward(
-                self.base.projectors, pp, pb, s_out.feature_map)
+            # without kept maps, the projected maps are never needed as such: the fused feature terms
+            fused = bank is not None and not keep_maps and s_out.feature_map.dtype in (torch.float32, torch.float64)
+            if fused:
+                affine = grouped.projector_affine(bank, pp, pb, s_out.feature_map)
+            elif bank is not None:
+                projected = grouped.projectors_forward(bank, pp, pb, s_out.feature_map)
         in_data = None if shared else 0
         batch = vmap(lambda xx, yy, ii, tt, te, so: measure(xx, yy, ii, tt, te, so, None, temperature, keep_maps),
                      in_dims=(in_data,) * 5 + (0,), randomness="error")(x, y, index, t_outs, teacher, s_out)
-        if projected is None:
+        if bank is None:
             return batch
-        feat_mse, cos = feature_terms(projected, t_outs)          # (K, B, M) each
+        if fused:
+            feat_mse, cos = fused_feature_terms(affine, [p.relu for p in bank], t_outs)     # (K, B, M) each
+            return dataclasses.replace(batch, feat_mse=feat_mse, cos=cos)
+        feat_mse, cos = feature_terms(projected, t_outs)
         return dataclasses.replace(batch, feat_mse=feat_mse, cos=cos,
                                    projected=[p.detach() for p in projected] if keep_maps else None)
 
