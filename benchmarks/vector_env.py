@@ -1,8 +1,9 @@
 """Env-steps/s of the vector env modes against one single env in the same process.
 
     python -m benchmarks.vector_env [--config digits|paper-cifar|tiny] [--k 1 2 4 8 16] [--device auto]
-                                    [--modes batched sync async] [--shared-batches] [--vectorize auto|vmap|rows]
-                                    [--amp bf16] [--channels-last] [--cudnn-benchmark] [--json FILE]
+                                    [--modes batched sync async] [--shared-batches] [--vectorize auto|grouped|vmap|rows ...]
+                                    [--amp bf16] [--channels-last] [--cudnn-benchmark] [--cache-teacher-outputs]
+                                    [--json FILE]
 
 For every K it builds, in this process, one `MultiTeacherKDEnv` (the reference) and a vector env
 of K sub-envs per mode:
@@ -72,7 +73,7 @@ def vector_step_fn(venv) -> Callable[[], None]:
     return step
 
 
-VECTORIZE = {"auto": None, "vmap": True, "rows": False}
+VECTORIZE = {"auto": None, "grouped": "grouped", "vmap": "vmap", "rows": "rows"}
 
 
 def make_vector(mode: str, k: int, cfg: EnvConfig, shared: bool, vectorize: str = "auto"):
@@ -103,8 +104,22 @@ def time_rounds(steps: Dict[str, Callable[[], None]], sizes: Dict[str, int], dev
     return {name: statistics.median(r) for name, r in rates.items()}
 
 
+def arms(modes: List[str], vectorize: List[str]) -> List[tuple]:
+    """(arm name, mode, vectorize) per timed arm: one batched arm per `vectorize` value, named
+    "batched" when there is one and "batched-<value>" when several are compared in one run."""
+    out = []
+    for m in modes:
+        if m != "batched":
+            out.append((m, m, "auto"))
+        else:
+            out += [("batched" if len(vectorize) == 1 else f"batched-{v}", m, v) for v in vectorize]
+    return out
+
+
 def run(config: str, ks: List[int], modes: List[str], device: str, shared: bool, warmup: int, rounds: int,
-        per_block: int, async_max_k: int, cache_dir, vectorize: str = "auto", fast: Optional[dict] = None) -> dict:
+        per_block: int, async_max_k: int, cache_dir, vectorize: Optional[List[str]] = None,
+        fast: Optional[dict] = None) -> dict:
+    vectorize = vectorize or ["auto"]
     base = dict(CONFIGS[config], device=device, show_progress=False, **(fast or {}))
     if cache_dir:
         base["teacher_cache_dir"] = cache_dir
@@ -113,7 +128,8 @@ def run(config: str, ks: List[int], modes: List[str], device: str, shared: bool,
     dev = single.engine.device
     rows = []
     for k in ks:
-        venvs = {m: make_vector(m, k, cfg, shared, vectorize) for m in modes if m != "async" or k <= async_max_k}
+        venvs = {name: make_vector(m, k, cfg, shared, v) for name, m, v in arms(modes, vectorize)
+                 if m != "async" or k <= async_max_k}
         steps = {"single": single_step_fn(single), **{m: vector_step_fn(v) for m, v in venvs.items()}}
         sizes = {"single": 1, **{m: k for m in venvs}}
         rates = time_rounds(steps, sizes, dev, warmup, rounds, per_block)
@@ -148,14 +164,18 @@ class VectorEnvBenchmark:
     """Torch device: auto, cpu, cuda or cuda:N."""
     shared_batches: bool = False
     """Batched mode: every sub-env draws the same batches."""
-    vectorize: Literal[tuple(VECTORIZE)] = "auto"
-    """Batched mode: students' forward as one vmap, row by row, or by device (auto)."""
+    vectorize: Annotated[List[Literal[tuple(VECTORIZE)]], Field(min_length=1), Cli(item="mode")] = field(
+        default_factory=lambda: ["auto"])
+    """Batched mode: students' forward as one grouped network, one vmap, row by row, or by device
+    (auto); several values time one batched arm each in the same rounds."""
     amp: Literal["none", "bf16"] = "none"
     """Mixed precision of the forward passes on CUDA."""
     channels_last: bool = False
     """channels_last memory format."""
     cudnn_benchmark: bool = False
     """Let cuDNN time its convolution algorithms (CUDA)."""
+    cache_teacher_outputs: bool = False
+    """Every arm reuses the teachers' outputs computed once (equal teacher work in every mode)."""
     warmup: Annotated[int, Field(ge=0)] = 5
     """Untimed vector steps first."""
     rounds: Annotated[int, Field(ge=1)] = 5
@@ -183,7 +203,8 @@ def _main(argv=None) -> int:
     t0 = time.time()
     out = run(args.config, args.k, args.modes, args.device, args.shared_batches, args.warmup, args.rounds,
               args.per_block, async_max, args.teacher_cache_dir, args.vectorize,
-              {"amp": args.amp, "channels_last": args.channels_last, "cudnn_benchmark": args.cudnn_benchmark})
+              {"amp": args.amp, "channels_last": args.channels_last, "cudnn_benchmark": args.cudnn_benchmark,
+               "cache_teacher_outputs": args.cache_teacher_outputs})
     out.update(load_before=list(load_before), load_after=list(os.getloadavg()), wall_s=round(time.time() - t0, 1),
                command=" ".join(["python -m benchmarks.vector_env"] + list(sys.argv[1:] if argv is None else argv)))
     print(f"{out['config']} on {out['device_name']} (load average {load_before[0]:.2f} -> {out['load_after'][0]:.2f})")

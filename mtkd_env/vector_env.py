@@ -17,7 +17,8 @@ DISABLED: call `reset(options={"reset_mask": mask})`). Sub-envs may reset at dif
 
 Options: `shared_batches=True` makes every sub-env draw the same batches, so the teachers' forward
 is shared (for paired comparisons of weightings; off by default). `vectorize`: the students'
-forward as one `vmap` (default on CUDA) or row by row (default on the CPU, where it is faster). Everything else is an
+forward as one grouped network ("grouped", the CPU default for tiny_cnn, cnn and mlp), one `vmap`
+("vmap" or True, the CUDA default) or row by row ("rows" or False, the CPU default otherwise). Everything else is an
 `EnvConfig` field, passed as `config=` or as keyword overrides, as for the single env.
 """
 
@@ -47,7 +48,7 @@ class MultiTeacherKDVectorEnv(VectorEnv):
 
     def __init__(self, num_envs: int = 1, config: Union[EnvConfig, dict, str, None] = None, *,
                  shared_batches: bool = False, autoreset_mode: Union[str, AutoresetMode] = AutoresetMode.NEXT_STEP,
-                 vectorize: Optional[bool] = None, render_mode: Optional[str] = None, **overrides: Any) -> None:
+                 vectorize: Union[bool, str, None] = None, render_mode: Optional[str] = None, **overrides: Any) -> None:
         if render_mode is not None:
             raise ValueError(f"render_mode: MultiTeacherKDVectorEnv renders nothing; expected None, got {render_mode!r}")
         try:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..models import ModelOutput
 
-__all__ = ["Batch", "TeacherStats", "teacher_stats", "measure", "loss_terms", "full_precision"]
+__all__ = ["Batch", "TeacherStats", "teacher_stats", "measure", "feature_terms", "loss_terms", "full_precision"]
 
 
 def full_precision(t: torch.Tensor) -> torch.Tensor:
@@ -104,11 +104,7 @@ def measure(x: torch.Tensor, y: torch.Tensor, index: Optional[torch.Tensor], t_o
     feat_mse = None
     cos = torch.zeros_like(teacher.ce)
     if projected is not None:
-        feat_mse = torch.stack([((full_precision(p) - full_precision(o.feature_map)) ** 2).flatten(1).mean(1)
-                                for p, o in zip(projected, t_outs)], dim=1)  # (B, M)
-        with torch.no_grad():
-            cos = torch.stack([F.cosine_similarity(full_precision(p).mean((2, 3)), full_precision(o.embedding), dim=1)
-                               for p, o in zip(projected, t_outs)], dim=1)
+        feat_mse, cos = feature_terms(projected, t_outs)
     student_correct = (s_logits.detach().argmax(-1) == y).float()
     batch = Batch(x, y, index, teacher.logits, [o.embedding for o in t_outs], s_logits, student_ce,
                   kl, feat_mse, cos, teacher.ce, teacher.entropy, teacher.correct, student_correct,
@@ -118,6 +114,18 @@ def measure(x: torch.Tensor, y: torch.Tensor, index: Optional[torch.Tensor], t_o
         batch.teacher_feature_maps = [o.feature_map for o in t_outs]
         batch.projected = None if projected is None else [p.detach() for p in projected]
     return batch
+
+
+def feature_terms(projected: List[torch.Tensor], t_outs: List[ModelOutput]):
+    """Feature MSE (..., B, M) with grad and cosine (..., B, M) detached, from the projected
+    student maps M x (..., B, C_m, H_m, W_m) and the teachers' outputs (any leading dimensions
+    that broadcast: the batched engine's grouped students pass (K, B, ...) maps)."""
+    feat_mse = torch.stack([((full_precision(p) - full_precision(o.feature_map)) ** 2).flatten(-3).mean(-1)
+                            for p, o in zip(projected, t_outs)], dim=-1)
+    with torch.no_grad():
+        cos = torch.stack([F.cosine_similarity(full_precision(p).mean((-2, -1)), full_precision(o.embedding), dim=-1)
+                           for p, o in zip(projected, t_outs)], dim=-1)
+    return feat_mse, cos
 
 
 def loss_terms(batch: Batch, w_logit: torch.Tensor, w_feat: torch.Tensor, kd_alpha: float,

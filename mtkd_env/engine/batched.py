@@ -13,10 +13,12 @@ One iteration for all rows:
                                       # (with grad) run on them; one stacked Batch (K, B, ...)
     engine.apply(w_logit, w_feat)     # (K, M) or (K, B, M) weights; one backward; one SGD update
 
-With `vectorize` (the default on CUDA) the teachers run once on all K*B samples and the students
-as one `vmap` over the stack; without it (the default on the CPU, where that is slower for small
-models: grouped convolutions, batched BatchNorm, large teacher batches) both run row by row, with
-the same functions; either way one backward and one update serve all rows.
+The students' forward runs in one of `StudentStack`'s modes (`vectorize`): "grouped", the K
+students as one grouped network (`mtkd_env.models.grouped`; the default on the CPU for the
+architectures it covers: tiny_cnn, cnn, mlp), "vmap", one `vmap` over the stack (the default on
+CUDA; the teachers then also run once on all K*B samples), or "rows", row by row (the CPU default
+for other students; `True` / `False` mean "vmap" / "rows"). Either way one backward and one update
+serve all rows.
 
 `forward(rows)` prepares only some rows (a sub-env that resets alone). Evaluations of the
 students (`evaluation`) cover all rows in one pass and are cached until the next
@@ -32,17 +34,17 @@ weightings; off by default for RL diversity.
 from __future__ import annotations
 
 import copy
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
 from ..config import ConfigError, EnvConfig
 from ..data.tensor_data import DeviceLoader, to_device
-from ..models import ModelOutput
+from ..models import ModelOutput, grouped
 from .batch import Batch, loss_terms, teacher_stats
 from .core import DistillationEngine
 from .observe import sample_obs, teacher_obs
-from .student_stack import StudentStack, index_rows, row_of
+from .student_stack import MODES, StudentStack, index_rows, row_of
 
 __all__ = ["BatchedEngine", "EngineSlot"]
 
@@ -51,7 +53,7 @@ class BatchedEngine:
     """K students in lockstep on one device (see the module docstring)."""
 
     def __init__(self, config: EnvConfig, num_students: int, twin: bool = False, shared_batches: bool = False,
-                 vectorize: Optional[bool] = None) -> None:
+                 vectorize: Union[bool, str, None] = None) -> None:
         if not isinstance(num_students, int) or num_students < 1:
             raise ConfigError(f"num_envs: expected an integer >= 1, got {num_students!r}")
         self.config = cfg = config
@@ -77,10 +79,10 @@ class BatchedEngine:
             DeviceLoader(t.loader.x, t.loader.y, cfg.batch_size, t.loader.augment) for _ in range(k - 1)]
         student, projectors = t.init_student(0)  # the architecture; rows are loaded by reset_rows
         sgd = (cfg.momentum, cfg.weight_decay, cfg.momentum > 0)
-        self.vectorize = t.device.type == "cuda" if vectorize is None else bool(vectorize)
-        self.main = StudentStack(student, projectors, k, sgd, t._autocast, self.vectorize)
+        self.mode = _mode(vectorize, t.device, student, projectors)
+        self.main = StudentStack(student, projectors, k, sgd, t._autocast, self.mode)
         self.twin = None if not twin else StudentStack(copy.deepcopy(student), copy.deepcopy(projectors), k, sgd,
-                                                       t._autocast, self.vectorize)
+                                                       t._autocast, self.mode)
         self.iteration = [0] * k
         self.started = [False] * k
         self.batch: Optional[Batch] = None
@@ -147,7 +149,7 @@ class BatchedEngine:
             for k in rows:
                 self._loader_states[k] = self.loaders[k].state_dict()
                 drawn.append(self.loaders[k].next())
-            if self.vectorize:  # the teachers on all R*B samples at once
+            if self.mode == "vmap":  # the teachers on all R*B samples at once
                 x, y, index = (torch.stack(parts) for parts in zip(*drawn))        # (R, B, ...)
                 r, b = y.shape
                 flat = t._teacher_outputs(t._format(x.flatten(0, 1)), index.flatten())
@@ -271,6 +273,23 @@ class BatchedEngine:
         finally:
             for s in stacks:
                 s.set_tracking(True)
+
+
+def _mode(vectorize: Union[bool, str, None], device: torch.device, student, projectors) -> str:
+    """The students' forward mode: as asked (True / False: "vmap" / "rows"), or by device: "vmap"
+    on CUDA, "grouped" on the CPU where the architecture has it, else "rows" (measured fastest:
+    docs/vector.md)."""
+    if vectorize is None:
+        if device.type == "cuda":
+            return "vmap"
+        return "grouped" if grouped.supports(student, projectors) else "rows"
+    mode = ("vmap" if vectorize else "rows") if isinstance(vectorize, bool) else vectorize
+    if mode not in MODES:
+        raise ConfigError(f"vectorize: expected one of {list(MODES)}, True, False or None, got {vectorize!r}")
+    if mode == "grouped" and not grouped.supports(student, projectors):
+        raise ConfigError(f"vectorize: {type(student).__name__} has no grouped form (mtkd_env.models.grouped); "
+                          f"use 'vmap' or 'rows'")
+    return mode
 
 
 def _same_position(a: dict, b: dict) -> bool:

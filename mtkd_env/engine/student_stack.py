@@ -1,19 +1,23 @@
 """`StudentStack`: K students of one architecture (with their projectors) trained as one.
 
-Every parameter and buffer is one tensor with a leading K dimension. A forward is
-`torch.func.vmap` of `torch.func.functional_call` over the stack, so the K students run as one
-batched forward and one backward (convolutions become grouped convolutions). BatchNorm running
+Every parameter and buffer is one tensor with a leading K dimension. A forward runs the K
+students as one batched forward and one backward, in one of three modes: "grouped" (the students
+as one grouped network, `mtkd_env.models.grouped`, for the architectures it covers: the fastest on
+the CPU), "vmap" (`torch.func.vmap` of `torch.func.functional_call` over the stack: any
+architecture; the CUDA default) or "rows" (the same function row by row). BatchNorm running
 statistics stay per student: the stacked buffers are passed as batched inputs, so the in-place
 updates of train-mode BatchNorm land in each student's own row. The optimiser is SGD with torch's
 update rule (weight decay, momentum, Nesterov; elementwise, so one update of the stack is K
 independent updates) with a learning rate per student, since students reset at different times.
 
 Under `vmap` the batch computation is the single engine's own: `mtkd_env.engine.batch.measure`, and the
-engine's caller applies `mtkd_env.engine.batch.loss_terms` the same way.
+engine's caller applies `mtkd_env.engine.batch.loss_terms` the same way; the grouped mode takes the
+feature terms (`feature_terms`) on all rows at once and vmaps the rest of `measure`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -22,10 +26,14 @@ import torch.nn.functional as F
 from torch.func import functional_call, vmap
 from torch.utils import _pytree
 
-from ..models import ModelOutput
-from .batch import Batch, TeacherStats, measure
+from ..models import ModelOutput, grouped
+from .batch import Batch, TeacherStats, feature_terms, measure
+from .fused_features import fused_feature_terms
 
-__all__ = ["StudentStack", "index_rows", "row_of"]
+__all__ = ["StudentStack", "MODES", "index_rows", "row_of"]
+
+MODES = ("grouped", "vmap", "rows")
+"""How the K students' forward runs (see the module docstring)."""
 
 
 class _Pair(nn.Module):
@@ -49,15 +57,18 @@ class StudentStack:
     `buffers` (BatchNorm statistics) and SGD momentum, all (K, ...).
 
     `student` / `projectors` give the architecture (their own tensors are never trained: rows are
-    loaded with `load_row`). `sgd`: (momentum, weight_decay, nesterov). `vectorize=False` runs the
-    train-mode forward row by row (still one backward and one update for all rows): on the CPU,
-    vmap's grouped convolutions and batched BatchNorm are slower than K small forwards."""
+    loaded with `load_row`). `sgd`: (momentum, weight_decay, nesterov). `mode`: one of `MODES`
+    ("grouped" needs `mtkd_env.models.grouped.supports(student, projectors)`); every mode makes one
+    backward and one update for all rows."""
 
     def __init__(self, student: nn.Module, projectors: Optional[nn.Module], num: int, sgd: Sequence,
-                 autocast: Callable, vectorize: bool = True) -> None:
+                 autocast: Callable, mode: str = "vmap") -> None:
+        if mode not in MODES or (mode == "grouped" and not grouped.supports(student, projectors)):
+            raise ValueError(f"student stack mode: expected one of {MODES} ('grouped' only for "
+                             f"{type(student).__name__} if grouped.supports it), got {mode!r}")
         self.base = _Pair(student, projectors).train()
         self.num = num
-        self.vectorize = bool(vectorize)
+        self.mode = mode
         self.momentum, self.weight_decay, self.nesterov = float(sgd[0]), float(sgd[1]), bool(sgd[2])
         self._autocast = autocast
         self.params: Dict[str, torch.Tensor] = {
@@ -131,7 +142,10 @@ class StudentStack:
             return measure(x, y, index, t_outs, teacher, s_out, projected, temperature, keep_maps)
 
         count = len(next(iter(params.values())))
-        if self.vectorize:
+        if self.mode == "grouped":
+            batch = self._grouped_measure(params, buffers, _stack(data) if isinstance(data, list) else data,
+                                          temperature, keep_maps, shared)
+        elif self.mode == "vmap":
             if isinstance(data, list):
                 data = _stack(data)
             in_data = None if shared else 0
@@ -146,6 +160,32 @@ class StudentStack:
                 for n, b in self._writable_buffers().items():
                     b[rows] = buffers[n]
         return batch
+
+    def _grouped_measure(self, params: Dict[str, torch.Tensor], buffers: Dict[str, torch.Tensor], data,
+                         temperature: float, keep_maps: bool, shared: bool) -> Batch:
+        """`measure` of every row with the students (and projectors) as one grouped network."""
+        x, y, index, t_outs, teacher = data
+        (sp, sb), (pp, pb) = _parts(params, buffers, "student."), _parts(params, buffers, "projectors.")
+        bank = self.base.projectors
+        with self._autocast():
+            s_out = grouped.students_forward(self.base.student, sp, sb, x, shared)
+            # without kept maps, the projected maps are never needed as such: the fused feature terms
+            fused = bank is not None and not keep_maps and s_out.feature_map.dtype in (torch.float32, torch.float64)
+            if fused:
+                affine = grouped.projector_affine(bank, pp, pb, s_out.feature_map)
+            elif bank is not None:
+                projected = grouped.projectors_forward(bank, pp, pb, s_out.feature_map)
+        in_data = None if shared else 0
+        batch = vmap(lambda xx, yy, ii, tt, te, so: measure(xx, yy, ii, tt, te, so, None, temperature, keep_maps),
+                     in_dims=(in_data,) * 5 + (0,), randomness="error")(x, y, index, t_outs, teacher, s_out)
+        if bank is None:
+            return batch
+        if fused:
+            feat_mse, cos = fused_feature_terms(affine, [p.relu for p in bank], t_outs)     # (K, B, M) each
+            return dataclasses.replace(batch, feat_mse=feat_mse, cos=cos)
+        feat_mse, cos = feature_terms(projected, t_outs)
+        return dataclasses.replace(batch, feat_mse=feat_mse, cos=cos,
+                                   projected=[p.detach() for p in projected] if keep_maps else None)
 
     @torch.no_grad()
     def sgd_step(self, lr: torch.Tensor) -> None:
@@ -179,7 +219,11 @@ class StudentStack:
                 return functional_call(self.base, (p, b), (xc,), {"project": False})[0].logits.float()
 
         def all_logits(xc):
-            if self.vectorize:
+            if self.mode == "grouped":
+                sp, sb = _parts(self.params, self.buffers, "student.")
+                with self._autocast():
+                    return grouped.students_forward(self.base.student, sp, sb, xc, shared=True).logits.float()
+            if self.mode == "vmap":
                 return vmap(logits, in_dims=(0, 0, None))(self.params, self.buffers, xc)
             return torch.stack([logits({n: v[k] for n, v in self.params.items()},
                                        {n: v[k] for n, v in self.buffers.items()}, xc) for k in range(self.num)])
@@ -196,6 +240,11 @@ class StudentStack:
         finally:
             self.base.train()
         return out
+
+
+def _parts(params: Dict[str, torch.Tensor], buffers: Dict[str, torch.Tensor], prefix: str):
+    """The parameters and buffers under `prefix` ("student." or "projectors."), prefix removed."""
+    return tuple({n[len(prefix):]: t for n, t in d.items() if n.startswith(prefix)} for d in (params, buffers))
 
 
 def _stack(rows: list):

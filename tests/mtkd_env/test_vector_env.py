@@ -66,7 +66,7 @@ def test_make_vec_gives_the_batched_env_with_gymnasium_spaces_and_metadata(synth
     assert seeds == [int(s) for s in venv.reset(seed=7)[1]["episode_seed"]]  # int seed s -> s, s+1, s+2
 
 
-VECTORIZE = pytest.mark.parametrize("vectorize", [True, False], ids=["vmap", "rows"])
+VECTORIZE = pytest.mark.parametrize("vectorize", ["grouped", "vmap", "rows"])
 
 
 @VECTORIZE
@@ -296,7 +296,7 @@ def test_vmapped_students_match_row_by_row(arch):
         torch.manual_seed(seed)
         students.append(models.build(arch, num_classes=10, input_shape=(3, 32, 32)).double().train())
     stacks = [StudentStack(models.build(arch, num_classes=10, input_shape=(3, 32, 32)).double(), None, k,
-                           (0.9, 1e-4, True), nullcontext, vectorize=v) for v in (True, False)]
+                           (0.9, 1e-4, True), nullcontext, mode=m) for m in ("vmap", "rows")]
     g = torch.Generator().manual_seed(0)
     x = torch.randn(k, b, 3, 32, 32, generator=g, dtype=torch.float64)
     y = torch.randint(0, 10, (k, b), generator=g)
@@ -318,3 +318,100 @@ def test_vmapped_students_match_row_by_row(arch):
         torch.testing.assert_close(stacks[0].buffers[name], stacks[1].buffers[name], rtol=1e-9, atol=1e-10)
     alone = students[1](x[1])  # and row 1 is student 1
     torch.testing.assert_close(batches[0].student_logits[1], alone.logits.double(), rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("keep_maps", [True, False], ids=["kept-maps", "fused-feature-terms"])
+@pytest.mark.parametrize("shared", [False, True], ids=["own-batches", "shared-batch"])
+@pytest.mark.parametrize("arch", ["tiny_cnn", "cnn", "mlp"])
+def test_grouped_students_equal_separate_students(arch, shared, keep_maps):
+    """The CPU default (the K students and their projectors as one grouped network, projector BN
+    folded into the 1x1 conv; without kept maps the feature terms fused into one autograd node)
+    computes what K separate students compute, in float64: the batch quantities, every gradient,
+    the BatchNorm statistics and the eval-mode accuracy and CE."""
+    import copy
+    from contextlib import nullcontext
+
+    from mtkd_env import models
+    from mtkd_env.engine.batch import teacher_stats
+    from mtkd_env.engine.student_stack import StudentStack
+    from mtkd_env.models import ModelOutput
+    from mtkd_env.models.projectors import ProjectorBank
+
+    k, b, shapes = 3, 6, [(8, 8, 8), (6, 4, 4), (5, 1, 1)]  # teacher maps larger, equal and smaller
+    students, banks = [], []
+    for seed in range(k):
+        torch.manual_seed(seed)
+        student = models.build(arch, num_classes=10, input_shape=(2, 8, 8)).double()
+        channels = student.eval()(torch.randn(2, 2, 8, 8, dtype=torch.float64)).feature_map.shape[1]
+        students.append(student.train())
+        banks.append(ProjectorBank(channels, shapes).double().train())
+    stacks = [StudentStack(copy.deepcopy(students[0]), copy.deepcopy(banks[0]), k, (0.9, 1e-4, True), nullcontext,
+                           mode=m) for m in ("grouped", "rows")]
+    g = torch.Generator().manual_seed(0)
+    lead = () if shared else (k,)
+    x = torch.randn(*lead, b, 2, 8, 8, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 10, (*lead, b), generator=g)
+    t_outs = [ModelOutput(*(torch.randn(*lead, b, *shape, generator=g, dtype=torch.float64)
+                            for shape in ((10,), s, s[:1]))) for s in shapes]
+    teacher = teacher_stats(t_outs, y, 4.0) if shared else torch.func.vmap(lambda o, yy: teacher_stats(o, yy, 4.0))(
+        t_outs, y)
+    weights = torch.rand(k, b, len(shapes), generator=g, dtype=torch.float64)  # feature weights, unequal
+    batches = []
+    for stack in stacks:
+        for row in range(k):
+            stack.load_row(row, students[row], banks[row])
+        batch = stack.measure((x, y, torch.zeros(*lead, b, dtype=torch.long), t_outs, teacher), 4.0, keep_maps,
+                              shared)
+        (batch.student_ce.sum() + batch.kl.sum() + 5 * (weights * batch.feat_mse).sum()).backward()
+        batches.append(batch)
+    for field in ("student_logits", "student_ce", "kl", "feat_mse", "cos", "student_embedding"):
+        torch.testing.assert_close(getattr(batches[0], field), getattr(batches[1], field), rtol=1e-9, atol=1e-10)
+    if keep_maps:
+        torch.testing.assert_close(batches[0].student_feature_map, batches[1].student_feature_map, rtol=1e-9,
+                                   atol=1e-10)
+        for p0, p1 in zip(batches[0].projected, batches[1].projected):
+            torch.testing.assert_close(p0, p1, rtol=1e-9, atol=1e-10)
+    for name in stacks[1].params:
+        torch.testing.assert_close(stacks[0].params[name].grad, stacks[1].params[name].grad, rtol=1e-8, atol=1e-10,
+                                   msg=name)
+    for name in stacks[1].buffers:
+        torch.testing.assert_close(stacks[0].buffers[name], stacks[1].buffers[name], rtol=1e-9, atol=1e-10, msg=name)
+    xe, ye = x.reshape(-1, 2, 8, 8), y.reshape(-1)
+    torch.testing.assert_close(*(s.correct_and_ce(xe, ye, 4, lambda t: t) for s in stacks), rtol=1e-9, atol=1e-9)
+    alone = students[1](x if shared else x[1])  # and row 1 is student 1
+    torch.testing.assert_close(batches[0].student_logits[1], alone.logits, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("shared", [False, True], ids=["own-targets", "shared-targets"])
+def test_fused_feature_term_gradient_is_the_numerical_one(relu, shared):
+    """`FeatureTerm`'s hand-written backward against finite differences (float64), and its
+    forward against the unfused computation (`engine.batch.feature_terms`)."""
+    from mtkd_env.engine.batch import feature_terms
+    from mtkd_env.engine.fused_features import FeatureTerm
+    from mtkd_env.models import ModelOutput
+
+    g = torch.Generator().manual_seed(0)
+    k, b, c_s, c_m, n = 2, 3, 4, 5, 6
+    u, w, s = (torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+               for shape in ((k, b, c_s, n), (k, c_m, c_s), (k, c_m)))
+    lead = () if shared else (k,)
+    target = torch.randn(*lead, b, c_m, n, generator=g, dtype=torch.float64)
+    embedding = torch.randn(*lead, b, c_m, generator=g, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda *a: FeatureTerm.apply(*a, target, embedding, relu)[0], (u, w, s))
+    mse, cos = FeatureTerm.apply(u, w, s, target, embedding, relu)
+    projected = torch.matmul(w[:, None], u) + s[:, None, :, None]
+    projected = (projected.relu() if relu else projected).view(k, b, c_m, 2, 3)
+    ref_mse, ref_cos = feature_terms([projected], [ModelOutput(None, target.view(*lead, b, c_m, 2, 3), embedding)])
+    torch.testing.assert_close(mse, ref_mse[..., 0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(cos, ref_cos[..., 0], rtol=1e-12, atol=1e-12)
+    assert not cos.requires_grad
+
+
+def test_grouped_mode_needs_an_architecture_that_has_it(synthetic_config):
+    with pytest.raises(ConfigError, match="no grouped form"):
+        MultiTeacherKDVectorEnv(2, synthetic_config(student="tiny_resnet"), vectorize="grouped")
+    with pytest.raises(ConfigError, match="vectorize: expected"):
+        MultiTeacherKDVectorEnv(2, synthetic_config(), vectorize="fast")
+    assert MultiTeacherKDVectorEnv(2, synthetic_config()).engine.mode == "grouped"  # the CPU default for tiny_cnn
+    assert MultiTeacherKDVectorEnv(2, synthetic_config(student="tiny_resnet")).engine.mode == "rows"
