@@ -74,3 +74,20 @@ def test_unknown_scenario_and_missing_reference(capsys, tmp_path):
     assert main(["--scenarios", "unreliable", "--policies", "best", "--out", str(tmp_path / "y")]) == 2
     assert "paired against 'aver'; add it to --policies" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
+
+
+def test_leaderboard_logs_its_table_to_wandb_in_one_group(teacher_cache, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
+    out = tmp_path / "lb"
+    assert main(["--scenarios", "unreliable", "--policies", "aver,best", "--seeds", "0", "--out", str(out),
+                 "--no-progress", *_env(teacher_cache)]) == 0
+    tables = list((out / "wandb").glob("offline-run-*/files/media/table/leaderboard_*.table.json"))
+    assert len(tables) == 1, [str(p) for p in out.rglob("*.json")]
+    table = json.loads(tables[0].read_text())
+    assert table["columns"][:2] == ["scenario", "policy"]
+    assert {(row[0], row[1]) for row in table["data"]} == {("unreliable", "aver"), ("unreliable", "best")}
+    group = json.loads((out / "leaderboard_meta.json").read_text())["wandb_group"]
+    assert len(list((out / "unreliable" / "wandb").glob("offline-run-*"))) == 3  # aver, best, the ranking
+    records = [p.read_bytes() for p in out.rglob("offline-run-*/run-*.wandb")]
+    assert len(records) == 4 and all(group.encode() in r for r in records)  # the three and the leaderboard
