@@ -8,6 +8,13 @@ It imports `mtkd_env` from `PYTHONPATH`, so the same worker times any code tree 
 answers each line "N" on stdin with the wall milliseconds per step of the next N `env.step` calls
 (a fixed sequence of 64 uniformly drawn actions, seed 0, cycled; an episode's end resets untimed)
 and exits on "quit". Only `mtkd_env`, numpy and torch are imported, so that it runs on older trees.
+
+With `"profile": N` in the spec it profiles N steps after the warm-up instead (`torch.profiler`,
+CPU) and prints the table of the top `rows` (default 15) operators by `sort` (default
+"self_cpu_time_total"):
+
+    OMP_NUM_THREADS=1 PYTHONPATH=<tree> python -P benchmarks/step_worker.py \
+        '{"overrides": {"epochs": 1000, "show_progress": false, "device": "cpu"}, "profile": 100}'
 """
 
 from __future__ import annotations
@@ -42,6 +49,15 @@ def main() -> int:
         return elapsed * 1000.0 / n
 
     run(int(spec.get("warmup", 20)))
+    if spec.get("profile"):  # a torch.profiler table of that many steps instead of the timing loop
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            ms = run(int(spec["profile"]))
+        print(f"{ms:.3f} ms/step under the profiler")
+        print(prof.key_averages().table(sort_by=spec.get("sort", "self_cpu_time_total"),
+                                        row_limit=int(spec.get("rows", 15)), max_name_column_width=48))
+        return 0
     print("ready", flush=True)
     for line in sys.stdin:
         if line.strip() == "quit":
