@@ -129,7 +129,8 @@ def floor_step_fn(env: MultiTeacherKDEnv, seed: int) -> Callable[[], None]:
         for module in (student, *teachers):
             module.to(memory_format=torch.channels_last)
     params = list(student.parameters()) + list(projectors.parameters())
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True,
+                          foreach=True)  # as the env's: the per-parameter loop's arithmetic in fewer calls
     if cfg.compile:  # run the same way as the env: compiled student, projectors and teachers
         student, projectors = (torch.compile(mod, mode=cfg.compile_mode) for mod in (student, projectors))
         teachers = list(eng._teacher_forwards)
@@ -140,24 +141,26 @@ def floor_step_fn(env: MultiTeacherKDEnv, seed: int) -> Callable[[], None]:
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
     cached = eng.caches_teacher_outputs  # the env's teacher cache: the floor gathers the same rows
+    # (outputs and tempered log-probabilities, which depend on the image only)
 
     def step() -> None:
         x, y, index = loader.next()
         x = x.contiguous(memory_format=fmt)
         with torch.autocast(eng.device.type, dtype=torch.bfloat16, enabled=amp):
             if cached:
-                t_outs = eng._teacher_outputs(x, index)
+                t_outs, stats = eng.teacher_side(x, y, index)
+                log_pts = list(stats.log_pt)
             else:
                 with torch.no_grad():
                     t_outs = [t(x) for t in teachers]
+                    log_pts = [F.log_softmax(o.logits.float() / temp, dim=-1) for o in t_outs]
             s_out = student(x)
             proj = projectors(s_out.feature_map)
         log_ps = F.log_softmax(s_out.logits.float() / temp, dim=-1)
         loss = F.cross_entropy(s_out.logits.float(), y)
-        for o, p in zip(t_outs, proj):
-            log_pt = F.log_softmax(o.logits.float() / temp, dim=-1)
+        for o, p, log_pt in zip(t_outs, proj, log_pts):
             kd = temp ** 2 * (log_pt.exp() * (log_pt - log_ps)).sum(-1).mean()
-            mse = ((p.float() - o.feature_map.float()) ** 2).mean()
+            mse = F.mse_loss(p.float(), o.feature_map.float())
             loss = loss + cfg.kd_alpha * kd / m + cfg.feat_beta * mse / m
         opt.zero_grad(set_to_none=True)
         loss.backward()

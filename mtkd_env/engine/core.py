@@ -34,6 +34,7 @@ agent's own trajectory is the same with or without a twin.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from typing import List, Optional, Tuple
@@ -53,15 +54,11 @@ from ..runtime.resources import resolve_device
 from ..teachers import Teacher, load_pool
 from .batch import Batch, TeacherStats, loss_terms, measure, teacher_stats
 from ..runtime.errors import unknown_name
-from .teacher_cache import TeacherCache
+from .teacher_cache import TeacherCache, use_cache
 from .trainee import Trainee
 from .virtual import VirtualSteps
 
-__all__ = ["DistillationEngine", "Batch", "resolve_device", "AUTO_CACHE_BYTES"]
-
-AUTO_CACHE_BYTES = 2 ** 30
-"""The largest teacher-output cache that `cache_teacher_outputs=None` ("auto") builds: 1 GiB of
-device memory (the embedded digits need 25 MB); above it the teachers run on every batch."""
+__all__ = ["DistillationEngine", "Batch", "resolve_device"]
 
 
 class DistillationEngine(VirtualSteps):
@@ -223,23 +220,21 @@ class DistillationEngine(VirtualSteps):
         return torch.compile(module, mode=self.config.compile_mode) if self.config.compile else module
 
     def _autocast(self):
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self._amp)
+        # Without AMP a no-op context: a disabled torch.autocast still costs tens of microseconds
+        # per entry, several times a step.
+        if not self._amp:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
     def _format(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=self._memory_format) if x.dim() == 4 else x
 
     def _caches_teachers(self) -> bool:
-        """Whether the teachers' outputs are cached (`EnvConfig.cache_teacher_outputs`): always when
-        true (an in-memory dataset was checked above; the config refused augmentation), never when
-        false; with None ("auto") where it is exact — no augmentation, an in-memory dataset — and the
-        cache fits in `AUTO_CACHE_BYTES`."""
-        cfg = self.config
-        if cfg.cache_teacher_outputs is not None:
-            return cfg.cache_teacher_outputs
-        if cfg.augment or not isinstance(self.loader, DeviceLoader):
-            return False
-        width = TeacherCache.row_width(self.num_classes, self.teacher_feature_shapes, self.teacher_embedding_dims)
-        return len(self.loader.x) * width * 4 <= AUTO_CACHE_BYTES
+        """`EnvConfig.cache_teacher_outputs` resolved for this engine (`teacher_cache.use_cache`)."""
+        cfg, width = self.config, TeacherCache.row_width(self.num_classes, self.teacher_feature_shapes,
+                                                          self.teacher_embedding_dims)
+        return use_cache(cfg.cache_teacher_outputs, cfg.augment, isinstance(self.loader, DeviceLoader),
+                         len(self.loader.x) * width * 4 if isinstance(self.loader, DeviceLoader) else 0)
 
     @property
     def caches_teacher_outputs(self) -> bool:

@@ -15,14 +15,28 @@ is one `index_select` and every quantity is a view of it.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
 from ..models import ModelOutput
 from .batch import TeacherStats, teacher_stats
 
-__all__ = ["TeacherCache"]
+__all__ = ["TeacherCache", "use_cache", "AUTO_CACHE_BYTES"]
+
+AUTO_CACHE_BYTES = 2 ** 30
+"""The largest teacher-output cache that `cache_teacher_outputs=None` ("auto") builds: 1 GiB of
+device memory (the embedded digits need 24 MB); above it the teachers run on every batch."""
+
+
+def use_cache(setting: Optional[bool], augment: bool, in_memory: bool, nbytes: int) -> bool:
+    """Whether an engine caches its teachers' outputs (`EnvConfig.cache_teacher_outputs` =
+    `setting`): always when true (the engine refuses a dataset streamed from disk and the config
+    refuses augmentation), never when false; with None ("auto") where it is exact — no
+    augmentation, an in-memory dataset — and the cache's `nbytes` fit in `AUTO_CACHE_BYTES`."""
+    if setting is not None:
+        return setting
+    return not augment and in_memory and nbytes <= AUTO_CACHE_BYTES
 
 
 def _prod(shape: Sequence[int]) -> int:

@@ -67,7 +67,7 @@ def test_teacher_output_cache_matches_live_teachers(tiny_config):
 
 
 def test_teacher_cache_is_the_default_where_it_is_exact(tiny_config, monkeypatch):
-    from mtkd_env.engine import core
+    from mtkd_env.engine import teacher_cache
     from mtkd_env.runtime.errors import ConfigError
 
     assert MultiTeacherKDEnv(tiny_config()).engine.caches_teacher_outputs         # digits in memory, no augmentation
@@ -75,7 +75,7 @@ def test_teacher_cache_is_the_default_where_it_is_exact(tiny_config, monkeypatch
     assert not MultiTeacherKDEnv(tiny_config(cache_teacher_outputs=False)).engine.caches_teacher_outputs
     with pytest.raises(ConfigError, match="cache_teacher_outputs: teacher outputs can only be cached without"):
         tiny_config(cache_teacher_outputs=True, augment=True)
-    monkeypatch.setattr(core, "AUTO_CACHE_BYTES", 1024)  # a cache over the auto limit is not built ...
+    monkeypatch.setattr(teacher_cache, "AUTO_CACHE_BYTES", 1024)  # a cache over the auto limit is not built ...
     assert not MultiTeacherKDEnv(tiny_config()).engine.caches_teacher_outputs
     assert MultiTeacherKDEnv(tiny_config(cache_teacher_outputs=True)).engine.caches_teacher_outputs  # ... unless asked
 
