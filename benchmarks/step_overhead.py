@@ -2,12 +2,14 @@
 
     python -m benchmarks.step_overhead [--config digits|paper-cifar] [--batch 64 128] [--device auto]
                                        [--amp none|bf16] [--channels-last] [--cudnn-benchmark]
+                                       [--teacher-cache auto|on|off]
                                        [--compile-mode reduce-overhead] [--methods NAME ...] [--json FILE]
 
 In one process, on one device, with the same teachers, student architecture and device-resident
 batches, it times
-  (a) the floor: teachers forward (no grad), student forward/backward with logit + feature KD at
-      equal weights, optimiser step — written by hand, no env;
+  (a) the floor: teachers forward (no grad; or, with the env's teacher cache, the gather of
+      their cached outputs), student forward/backward with logit + feature KD at equal weights,
+      optimiser step — written by hand, no env;
   (b) `env.step` at teacher granularity (equal-weight action; reward "neg_loss", which measures
       nothing extra);
   (c) `env.step` at sample granularity with the MTKD-RL agent's forward choosing per-sample weights;
@@ -18,7 +20,8 @@ It prints median ms/step, steps/s, peak GPU memory and the ratios to (a), and fo
 the FLOPs of one step (`torch.utils.flop_counter`: matmuls and convolutions, forward and backward)
 and the achieved TFLOP/s; `--json` writes them with top-level keys `ratio_b_a`, `ratio_c_a`,
 `tflop_per_s_a`, `tflop_per_s_b` and `ratio_to_floor` (per method; for the last batch size).
-`--cudnn-benchmark` and `--compile-mode` switch on the GPU fast paths of `EnvConfig`.
+`--cudnn-benchmark` and `--compile-mode` switch on the GPU fast paths of `EnvConfig`;
+`--teacher-cache` sets `cache_teacher_outputs` (auto: the env's default, on where exact).
 """
 
 from __future__ import annotations
@@ -112,7 +115,9 @@ def time_interleaved(steps: Dict[str, Callable[[], None]], device: torch.device,
 
 
 def floor_step_fn(env: MultiTeacherKDEnv, seed: int) -> Callable[[], None]:
-    """The hand-written equal-weight multi-teacher KD iteration the env is measured against."""
+    """The hand-written equal-weight multi-teacher KD iteration the env is measured against. With
+    the env's teacher cache on (`EnvConfig.cache_teacher_outputs`), it gathers the teachers'
+    outputs from that cache as the env does, so that the ratio compares the same teacher work."""
     eng, cfg = env.engine, env.config
     teachers = [t.model for t in eng.teachers]
     torch.manual_seed(seed)
@@ -124,7 +129,8 @@ def floor_step_fn(env: MultiTeacherKDEnv, seed: int) -> Callable[[], None]:
         for module in (student, *teachers):
             module.to(memory_format=torch.channels_last)
     params = list(student.parameters()) + list(projectors.parameters())
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True,
+                          foreach=True)  # as the env's: the per-parameter loop's arithmetic in fewer calls
     if cfg.compile:  # run the same way as the env: compiled student, projectors and teachers
         student, projectors = (torch.compile(mod, mode=cfg.compile_mode) for mod in (student, projectors))
         teachers = list(eng._teacher_forwards)
@@ -134,20 +140,27 @@ def floor_step_fn(env: MultiTeacherKDEnv, seed: int) -> Callable[[], None]:
     amp = cfg.amp == "bf16" and eng.device.type == "cuda"
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
+    cached = eng.caches_teacher_outputs  # the env's teacher cache: the floor gathers the same rows
+    # (outputs and tempered log-probabilities, which depend on the image only)
+
     def step() -> None:
-        x, y, _ = loader.next()
+        x, y, index = loader.next()
         x = x.contiguous(memory_format=fmt)
         with torch.autocast(eng.device.type, dtype=torch.bfloat16, enabled=amp):
-            with torch.no_grad():
-                t_outs = [t(x) for t in teachers]
+            if cached:
+                t_outs, stats = eng.teacher_side(x, y, index)
+                log_pts = list(stats.log_pt)
+            else:
+                with torch.no_grad():
+                    t_outs = [t(x) for t in teachers]
+                    log_pts = [F.log_softmax(o.logits.float() / temp, dim=-1) for o in t_outs]
             s_out = student(x)
             proj = projectors(s_out.feature_map)
         log_ps = F.log_softmax(s_out.logits.float() / temp, dim=-1)
         loss = F.cross_entropy(s_out.logits.float(), y)
-        for o, p in zip(t_outs, proj):
-            log_pt = F.log_softmax(o.logits.float() / temp, dim=-1)
+        for o, p, log_pt in zip(t_outs, proj, log_pts):
             kd = temp ** 2 * (log_pt.exp() * (log_pt - log_ps)).sum(-1).mean()
-            mse = ((p.float() - o.feature_map.float()) ** 2).mean()
+            mse = F.mse_loss(p.float(), o.feature_map.float())
             loss = loss + cfg.kd_alpha * kd / m + cfg.feat_beta * mse / m
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -265,6 +278,9 @@ class StepOverheadBenchmark:
     """EnvConfig cudnn_benchmark (CUDA)."""
     compile_mode: Optional[Literal["default", "reduce-overhead", "max-autotune"]] = None
     """torch.compile student and teachers in this mode (reduce-overhead: CUDA graphs)."""
+    teacher_cache: Literal["auto", "on", "off"] = "auto"
+    """EnvConfig cache_teacher_outputs: auto (null, the default: on where exact), on (true), off (false);
+    the floor (a) gathers from the same cache."""
     warmup: Annotated[int, Field(ge=0)] = 20
     """Untimed steps first."""
     blocks: Annotated[int, Field(ge=1)] = 9
@@ -289,7 +305,8 @@ def _main(argv=None) -> int:
     print(f"{'config':12s} {'batch':>5s} {'mode':22s} {'ms/step':>9s} {'steps/s':>9s} {'peak MB':>9s} {'ratio':>7s} "
           f"{'TFLOP/s':>8s}")
     for batch in args.batch:
-        fast = {"cudnn_benchmark": args.cudnn_benchmark}
+        fast = {"cudnn_benchmark": args.cudnn_benchmark,
+                "cache_teacher_outputs": {"auto": None, "on": True, "off": False}[args.teacher_cache]}
         if args.compile_mode:
             fast.update(compile=True, compile_mode=args.compile_mode)
         out = run(args.config, batch, args.device, args.amp, args.channels_last, args.warmup, args.blocks,

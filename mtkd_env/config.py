@@ -194,10 +194,14 @@ class EnvConfig:
     """Keep the student's and teachers' feature maps and the projected student maps (detached) in
     `engine.batch` for policies that read them (CA-MKD's feature weights, MMKD's Gram rows); they
     then stay in memory until the next batch. Does not change training."""
-    cache_teacher_outputs: bool = False
+    cache_teacher_outputs: Optional[bool] = None
     """Run the frozen teachers once over the training split and reuse their outputs (logits,
-    embeddings, feature maps) every epoch. Needs `augment=False`; costs N x (sum of teacher output
-    sizes) of device memory."""
+    embeddings, feature maps) and statistics every epoch instead of M teacher forwards per batch.
+    Exact: the same training as without it, up to float rounding (the teachers are frozen, in eval
+    mode, and without augmentation see the same images). null (default) = where it is exact and
+    fits: without augmentation, on an in-memory dataset, when the cache (N x the teachers' output
+    sizes, float32) is at most 1 GiB of device memory (the embedded digits: 25 MB); true = always
+    (an error with augmentation or a dataset streamed from disk); false = never."""
 
     # ---------------------------------------------------------------------------------------
     @model_validator(mode="before")

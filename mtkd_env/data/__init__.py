@@ -11,7 +11,10 @@ return `StreamingSplits`, which offers the same two entry points: `train_loader(
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 import inspect
+from pathlib import Path
 from typing import Callable, Dict, Optional
 
 import numpy as np
@@ -64,6 +67,23 @@ def _to_tensors(split):
     return torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.int64)
 
 
+def _digits_table():
+    """(pixels (1797, 64) float64, labels (1797,)): scikit-learn's bundled digits table, read as
+    `sklearn.datasets.load_digits` reads it but without importing scikit-learn, whose import costs
+    seconds in every process that builds the env (through `load_digits` when the file moved)."""
+    spec = importlib.util.find_spec("sklearn")
+    path = None if spec is None or not spec.submodule_search_locations else \
+        Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
+    if path is None or not path.is_file():
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        return bunch.data, bunch.target
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        table = np.loadtxt(f, delimiter=",")
+    return table[:, :-1], table[:, -1].astype(int)
+
+
 @register_dataset("digits")
 def digits(data_dir: Optional[str] = None, seed: int = 0, n_val: int = 300,
            n_test: int = 300) -> DatasetSplits:
@@ -71,11 +91,9 @@ def digits(data_dir: Optional[str] = None, seed: int = 0, n_val: int = 300,
 
     Split 1197/300/300 with `seed`, scaled to [0, 1] and standardised with the training mean/std.
     """
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    x = (bunch.data.reshape(-1, 1, 8, 8) / 16.0).astype(np.float32)
-    train, val, test = _split(x, bunch.target.astype(np.int64), n_val, n_test, seed)
+    pixels, labels = _digits_table()
+    x = (pixels.reshape(-1, 1, 8, 8) / 16.0).astype(np.float32)
+    train, val, test = _split(x, labels.astype(np.int64), n_val, n_test, seed)
     mean, std = float(train[0].mean()), float(train[0].std())
     norm = [((s[0] - mean) / std, s[1]) for s in (train, val, test)]
     tx, ty = _to_tensors(norm[0])

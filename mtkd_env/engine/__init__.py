@@ -3,6 +3,7 @@
 - `core`: `DistillationEngine`, the one place an iteration happens (prepare, apply, evaluate);
 - `batch`: `Batch`, what an iteration computes before the update, and the weighted KD loss;
 - `observe`: the observation tensors built from a `Batch`;
+- `teacher_cache`: the teachers' outputs and statistics over the training split, computed once;
 - `trainee`, `virtual`: the trained student and its differentiable optimiser copy;
 - `student_stack`, `batched`: K students in one process (`BatchedEngine`, for the vector env).
 """

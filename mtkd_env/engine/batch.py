@@ -43,7 +43,8 @@ class Batch:
     student_ce: torch.Tensor             # (B,), with grad
     kl: torch.Tensor                     # (B, M) T^2 KL(p_t^m || p_s), with grad
     feat_mse: Optional[torch.Tensor]     # (B, M) with grad, None when feature KD is off
-    cos: torch.Tensor                    # (B, M) cosine(GAP(proj_m(F_s)), e_t^m), detached
+    cos: torch.Tensor                    # (B, M) cosine(GAP(proj_m(F_s)), e_t^m), detached; zeros without
+                                         # feature KD or when the observation does not show it
     teacher_ce: torch.Tensor             # (B, M) CE of teacher logits vs labels (T = 1)
     teacher_entropy: torch.Tensor        # (B, M) entropy of softmax(teacher logits) (T = 1)
     teacher_correct: torch.Tensor        # (B, M) float 0/1
@@ -94,9 +95,11 @@ def teacher_stats(t_outs: List[ModelOutput], y: torch.Tensor, temperature: float
 
 def measure(x: torch.Tensor, y: torch.Tensor, index: Optional[torch.Tensor], t_outs: List[ModelOutput],
             teacher: TeacherStats, s_out: ModelOutput, projected: Optional[List[torch.Tensor]],
-            temperature: float, keep_maps: bool) -> Batch:
+            temperature: float, keep_maps: bool, with_cos: bool = True) -> Batch:
     """The per-sample quantities of a batch from the teachers' and one student's outputs
-    (`projected`: the student's map through each teacher's projector, None without feature KD)."""
+    (`projected`: the student's map through each teacher's projector, None without feature KD).
+    `with_cos=False` leaves `cos` at zeros: only the observation reads it, and one that does not
+    show it need not pay M pooled cosines per batch."""
     s_logits = full_precision(s_out.logits)
     log_ps = F.log_softmax(s_logits / temperature, dim=-1)                 # (B, C)
     kl = temperature ** 2 * (teacher.pt * (teacher.log_pt - log_ps)).sum(-1).T   # (B, M)
@@ -104,7 +107,9 @@ def measure(x: torch.Tensor, y: torch.Tensor, index: Optional[torch.Tensor], t_o
     feat_mse = None
     cos = torch.zeros_like(teacher.ce)
     if projected is not None:
-        feat_mse, cos = feature_terms(projected, t_outs)
+        feat_mse, cos_all = feature_terms(projected, t_outs, with_cos)
+        if cos_all is not None:
+            cos = cos_all
     student_correct = (s_logits.detach().argmax(-1) == y).float()
     batch = Batch(x, y, index, teacher.logits, [o.embedding for o in t_outs], s_logits, student_ce,
                   kl, feat_mse, cos, teacher.ce, teacher.entropy, teacher.correct, student_correct,
@@ -116,12 +121,17 @@ def measure(x: torch.Tensor, y: torch.Tensor, index: Optional[torch.Tensor], t_o
     return batch
 
 
-def feature_terms(projected: List[torch.Tensor], t_outs: List[ModelOutput]):
-    """Feature MSE (..., B, M) with grad and cosine (..., B, M) detached, from the projected
-    student maps M x (..., B, C_m, H_m, W_m) and the teachers' outputs (any leading dimensions
-    that broadcast: the batched engine's grouped students pass (K, B, ...) maps)."""
-    feat_mse = torch.stack([((full_precision(p) - full_precision(o.feature_map)) ** 2).flatten(-3).mean(-1)
+def feature_terms(projected: List[torch.Tensor], t_outs: List[ModelOutput], with_cos: bool = True):
+    """Feature MSE (..., B, M) with grad and, with `with_cos`, the cosine (..., B, M) detached (else
+    None), from the projected student maps M x (..., B, C_m, H_m, W_m) and the teachers' outputs
+    (any leading dimensions that broadcast: the batched engine's grouped students pass (K, B, ...) maps)."""
+    # mse_loss(reduction="none") is (p - t)^2 and its gradient 2 (p - t) g bit for bit, in one pass
+    # over the maps each way instead of three.
+    feat_mse = torch.stack([F.mse_loss(*torch.broadcast_tensors(full_precision(p), full_precision(o.feature_map)),
+                                       reduction="none").flatten(-3).mean(-1)
                             for p, o in zip(projected, t_outs)], dim=-1)
+    if not with_cos:
+        return feat_mse, None
     with torch.no_grad():
         cos = torch.stack([F.cosine_similarity(full_precision(p).mean((-2, -1)), full_precision(o.embedding), dim=-1)
                            for p, o in zip(projected, t_outs)], dim=-1)

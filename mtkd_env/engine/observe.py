@@ -17,12 +17,11 @@ def teacher_obs(batch: Batch) -> torch.Tensor:
     """The device part of the observation, stat-major in the order of `TEACHER_STATS` (M columns
     each), then the student's statistics of `STUDENT_STATS` that live on the device (CE, accuracy):
     (5M + 2,). Progress and LR are host values the env appends."""
-    per_teacher = {"ce": batch.teacher_ce.mean(0), "acc": batch.teacher_correct.mean(0),
-                   "kl": batch.kl.detach().mean(0), "cos": batch.cos.mean(0),
-                   "entropy": batch.teacher_entropy.mean(0)}
-    student = {"ce": batch.student_ce.detach().mean(), "acc": batch.student_correct.mean()}
-    return torch.cat([torch.stack([per_teacher[s] for s in TEACHER_STATS]).flatten(),
-                      torch.stack([student[s] for s in STUDENT_STATS if s in student])]).float()
+    per_teacher = {"ce": batch.teacher_ce, "acc": batch.teacher_correct, "kl": batch.kl.detach(), "cos": batch.cos,
+                   "entropy": batch.teacher_entropy}                                   # each (B, M)
+    student = {"ce": batch.student_ce.detach(), "acc": batch.student_correct}           # each (B,)
+    columns = [per_teacher[s] for s in TEACHER_STATS] + [student[s][:, None] for s in STUDENT_STATS if s in student]
+    return torch.cat(columns, dim=1).float().mean(0)  # one batch mean over the (B, 5M + 2) columns
 
 
 def sample_obs(batch: Batch, embeddings: bool, logits: bool, student: bool = False) -> torch.Tensor:

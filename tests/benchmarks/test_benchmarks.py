@@ -49,3 +49,22 @@ def test_vector_env_benchmark_prints_ratios_for_every_mode(tmp_path, teacher_cac
     assert all(r["env_steps_per_s"] > 0 and r["ratio_to_single"] > 0 for r in data["rows"])
     assert all("ratio_to_sync" in r for r in data["rows"] if r["mode"] != "sync")
     assert "load average" in proc.stdout
+
+
+def test_speedup_benchmark_times_every_worker_interleaved(tmp_path, teacher_cache):
+    """This tree against itself as the baseline: every worker is timed in every block, and a
+    directory that is not a checkout of the project is one error line."""
+    out = tmp_path / "speedup.json"
+    env = ["--env", f"teacher_cache_dir={teacher_cache}", "teacher_epochs=3", "batch_size=16", "probe_size=32"]
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.speedup", "--baseline", ".", "--warmup", "1",
+                           "--blocks", "2", "--per-block", "2", "--json", str(out), *env],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert sorted(data["results"]) == ["default/baseline", "default/this", "default/this, no teacher cache",
+                                       "ppo-shipped/baseline", "ppo-shipped/this"]
+    assert all(len(r["block_ms"]) == 2 and r["ms_per_step"] > 0 for r in data["results"].values())
+    assert data["speedup"]["default"] > 0 and data["speedup"]["ppo-shipped"] > 0
+    bad = subprocess.run([sys.executable, "-m", "benchmarks.speedup", "--baseline", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--baseline" in bad.stderr

@@ -59,6 +59,18 @@ def test_yaml_and_json_files(tmp_path):
         EnvConfig.from_file(lst)
 
 
+@pytest.mark.parametrize("text, value", [("true", True), ("false", False), ("null", None)])
+def test_teacher_cache_setting_reads_from_files_and_flags(tmp_path, text, value):
+    """Files written when the field was a plain bool (true/false) keep their meaning; null is auto."""
+    y = tmp_path / "c.yaml"
+    y.write_text(f"cache_teacher_outputs: {text}\n")
+    assert EnvConfig.from_file(y).cache_teacher_outputs is value
+    assert EnvConfig().replace(**parse_overrides([f"cache_teacher_outputs={text}"])).cache_teacher_outputs is value
+    assert EnvConfig().cache_teacher_outputs is None
+    with pytest.raises(ConfigError, match="cache_teacher_outputs"):
+        EnvConfig(cache_teacher_outputs="sometimes")
+
+
 def test_overrides_and_replace():
     cfg = EnvConfig().replace(**parse_overrides(["epochs=2", "teachers=[mlp,cnn]", "device=cpu", "lr=1e-2"]))
     assert cfg.epochs == 2 and cfg.teachers == ["mlp", "cnn"] and cfg.device == "cpu" and cfg.lr == 0.01

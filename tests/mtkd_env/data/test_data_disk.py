@@ -205,6 +205,7 @@ def test_env_streams_imagefolder_and_evaluates_over_loaders(tmp_path, teacher_ca
                     teacher_cache_dir=teacher_cache, show_progress=False, granularity="sample")
     env = MultiTeacherKDEnv(cfg)
     assert env.engine.val_x is None and len(env.engine.test_set) == 6
+    assert not env.engine.caches_teacher_outputs  # streamed: the default caches only in-memory datasets
     env.reset(seed=0)
     for _ in range(3):
         *_, term, _, info = env.step(env.action_space.sample())

@@ -54,7 +54,8 @@ def test_teacher_output_cache_matches_live_teachers(tiny_config):
     torch.testing.assert_close(batch.teacher_logits, live, rtol=1e-5, atol=1e-5)
     for a, b in zip(batch.teacher_embeddings, live_emb):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    ref = MultiTeacherKDEnv(tiny_config())
+    ref = MultiTeacherKDEnv(tiny_config(cache_teacher_outputs=False))
+    assert env.engine.caches_teacher_outputs and not ref.engine.caches_teacher_outputs
     o1, _ = env.reset(seed=3)
     o2, _ = ref.reset(seed=3)
     np.testing.assert_allclose(o1, o2, rtol=1e-4, atol=1e-5)
@@ -63,6 +64,45 @@ def test_teacher_output_cache_matches_live_teachers(tiny_config):
         r1 = env.step(a)
         r2 = ref.step(a)
     np.testing.assert_allclose(r1[0], r2[0], rtol=1e-3, atol=1e-4)
+
+
+def test_teacher_cache_is_the_default_where_it_is_exact(tiny_config, monkeypatch):
+    from mtkd_env.engine import teacher_cache
+    from mtkd_env.runtime.errors import ConfigError
+
+    assert MultiTeacherKDEnv(tiny_config()).engine.caches_teacher_outputs         # digits in memory, no augmentation
+    assert not MultiTeacherKDEnv(tiny_config(augment=True)).engine.caches_teacher_outputs   # not exact: off
+    assert not MultiTeacherKDEnv(tiny_config(cache_teacher_outputs=False)).engine.caches_teacher_outputs
+    with pytest.raises(ConfigError, match="cache_teacher_outputs: teacher outputs can only be cached without"):
+        tiny_config(cache_teacher_outputs=True, augment=True)
+    monkeypatch.setattr(teacher_cache, "AUTO_CACHE_BYTES", 1024)  # a cache over the auto limit is not built ...
+    assert not MultiTeacherKDEnv(tiny_config()).engine.caches_teacher_outputs
+    assert MultiTeacherKDEnv(tiny_config(cache_teacher_outputs=True)).engine.caches_teacher_outputs  # ... unless asked
+
+
+@pytest.mark.parametrize("reward", ["probe_loss_drop", "twin_val_loss"])
+def test_teacher_cache_on_and_off_give_the_same_episode(tiny_config, reward):
+    """Cached teachers change nothing but the float rounding of the teachers' forward (computed in
+    chunks of `eval_batch_size` instead of per batch; float32, eps 1.2e-7): a convolution sums up
+    to 64*3*3 = 576 products, so a teacher output may move by ~576 eps = 7e-5 relative at worst,
+    and 12 SGD steps carry that into losses, observations and rewards at about the same order:
+    rtol 1e-4. (On the CPU they are in fact equal bit for bit.)"""
+    kw = dict(reward=reward, reward_interval=4, max_steps=12)
+    runs = []
+    for cache in (True, False):
+        env = MultiTeacherKDEnv(tiny_config(cache_teacher_outputs=cache, **kw))
+        obs, _ = env.reset(seed=3)
+        rows = [(obs, 0.0, 0.0)]
+        for a in np.random.default_rng(0).uniform(-1, 1, (12, 3)).astype(np.float32):
+            obs, r, term, _, info = env.step(a)
+            rows.append((obs, r, info["loss"]))
+        assert term
+        runs.append((rows, info["final_val_acc"], info["final_test_acc"]))
+    (cached, *final_c), (live, *final_l) = runs
+    for (o1, r1, l1), (o2, r2, l2) in zip(cached, live):
+        np.testing.assert_allclose(o1, o2, rtol=1e-4, atol=1e-6)
+        assert l1 == pytest.approx(l2, rel=1e-4) and r1 == pytest.approx(r2, rel=1e-4, abs=1e-6)
+    assert final_c == pytest.approx(final_l, rel=1e-4)
 
 
 def test_channels_last_gives_the_same_step(synthetic_config):

@@ -25,6 +25,8 @@ def test_selected_columns_match_the_full_observation(synthetic_config):
         a, *_ = full.step_weights(np.full(m, 1 / m, dtype=np.float32))
         b, *_ = part.step_weights(np.full(m, 1 / m, dtype=np.float32))
         assert np.array_equal(a[index], b) and part.observation_space.contains(b)
+    # no feature cosines computed for an observation that does not show them
+    assert full.engine.batch.cos.abs().sum() > 0 and not part.engine.batch.cos.any()
     check_env(part, skip_render_check=True)
 
 
