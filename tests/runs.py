@@ -51,3 +51,13 @@ def metric_rows(run_dir) -> list:
     """The rows of a run's metrics.jsonl without their wall-clock `time/*` values."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+
+def record_pid_then_sleep(seconds: float) -> None:
+    """A job for executor tests: write this worker's pid into $PID_DIR, then sleep `seconds`."""
+    import os
+    import time
+    from pathlib import Path
+
+    Path(os.environ["PID_DIR"], str(os.getpid())).touch()
+    time.sleep(seconds)

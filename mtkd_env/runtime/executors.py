@@ -59,8 +59,8 @@ def _local(fn: Callable[[Any], Any], tasks: List[Any], options: "ExecutorOptions
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     # spawn, not fork: forked workers cannot use CUDA and would inherit the parent's torch threads.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=configure_threads,
-                             initargs=(workers,)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_local_worker,
+                             initargs=(workers, os.getpid())) as pool:
         futures = {pool.submit(fn, task): task for task in tasks}
         try:
             for fut in as_completed(futures):
@@ -69,6 +69,24 @@ def _local(fn: Callable[[Any], Any], tasks: List[Any], options: "ExecutorOptions
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
+
+
+def _local_worker(workers: int, parent: int) -> None:
+    """A local worker's start: the thread default of `workers` processes, and an exit as soon as
+    the parent process is gone. The pool queues every job up front, so a worker whose parent was
+    killed (SIGKILL, or SIGTERM to the parent alone) would otherwise go on training students for
+    nobody until the queue is empty."""
+    import threading
+    import time
+
+    configure_threads(workers)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _ray(fn: Callable[[Any], Any], tasks: List[Any], options: "ExecutorOptions", workers: int) -> Iterator[Outcome]:

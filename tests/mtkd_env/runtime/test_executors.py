@@ -74,3 +74,41 @@ def test_ray_local_address_starts_and_stops_its_own_instance(tmp_path, monkeypat
     outcomes = _outcomes([3], ExecutorOptions(backend="ray", address="local"))
     assert outcomes[3][0][:2] == (6, str(tmp_path))
     assert not ray.is_initialized()
+
+
+def test_local_workers_exit_when_their_parent_is_killed(tmp_path):
+    """SIGKILL of a run's process must not leave its workers training students for nobody."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[3]
+    script = ("from mtkd_env.runtime.executors import execute\n"
+              "from tests.runs import record_pid_then_sleep\n"
+              "for _ in execute(record_pid_then_sleep, [120] * 4, None, 2): pass\n")
+    env = {**os.environ, "PID_DIR": str(tmp_path), "PYTHONPATH": str(repo)}
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=repo, env=env)
+    try:
+        deadline = time.time() + 60
+        while len(list(tmp_path.iterdir())) < 2 and time.time() < deadline:
+            time.sleep(0.2)
+        workers = [int(p.name) for p in tmp_path.iterdir()]
+        assert len(workers) == 2, "the workers did not start"
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+
+        def alive(pid: int) -> bool:
+            try:
+                return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+            except FileNotFoundError:
+                return False
+
+        deadline = time.time() + 15
+        while any(alive(pid) for pid in workers) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not any(alive(pid) for pid in workers), "workers outlived their killed parent"
+    finally:
+        parent.kill()
