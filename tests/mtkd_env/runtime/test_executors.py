@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import sys
 
 import pytest
@@ -71,6 +72,9 @@ def test_ray_jobs_run_in_the_driver_directory_and_fail_alone(ray_cluster, tmp_pa
 def test_ray_local_address_starts_and_stops_its_own_instance(tmp_path, monkeypatch):
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'mtkd-env[ray]')")
     monkeypatch.chdir(tmp_path)
+    # The jobs live in this test module: the Ray this starts must find `tests` however pytest was started.
+    repo = str(Path(__file__).resolve().parents[3])
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))
     outcomes = _outcomes([3], ExecutorOptions(backend="ray", address="local"))
     assert outcomes[3][0][:2] == (6, str(tmp_path))
     assert not ray.is_initialized()
