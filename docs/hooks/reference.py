@@ -40,6 +40,8 @@ CLIS: Sequence[Tuple[str, str]] = (
     ("python -m benchmarks.step_overhead", "benchmarks.step_overhead"),
     ("python -m benchmarks.vector_env", "benchmarks.vector_env"),
     ("python -m benchmarks.loader", "benchmarks.loader"),
+    ("python -m benchmarks.speedup", "benchmarks.speedup"),
+    ("python -m benchmarks.suite_targets", "benchmarks.suite_targets"),
 )
 HELP_COLUMNS = 100
 
