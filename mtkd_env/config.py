@@ -201,7 +201,17 @@ class EnvConfig:
     mode, and without augmentation see the same images). null (default) = where it is exact and
     fits: without augmentation, on an in-memory dataset, when the cache (N x the teachers' output
     sizes, float32) is at most 1 GiB of device memory (the embedded digits: 25 MB); true = always
-    (an error with augmentation or a dataset streamed from disk); false = never."""
+    (an error with augmentation, unless `teacher_views` fixes the views, or with a dataset streamed
+    from disk); false = never."""
+    teacher_views: Annotated[int, Field(ge=0)] = 0
+    """CHANGES THE DATA DISTRIBUTION (off by default, 0). With `augment` and V >= 1: every training
+    image gets V augmented views, drawn once from `data_seed` (the same in every episode), the
+    teachers' outputs on all N*V views are cached (as `cache_teacher_outputs`, whatever their size),
+    and each batch gives each sample one of its V views, chosen with the loader's augmentation
+    generator (a pure function of the episode seed). The student then trains on these N*V fixed
+    images instead of a fresh augmentation per batch: cheaper (no teacher forwards) but less
+    augmentation, so results are not comparable with `teacher_views=0`. Needs `augment=true`, an
+    in-memory dataset, and `cache_teacher_outputs` null or true."""
 
     # ---------------------------------------------------------------------------------------
     @model_validator(mode="before")
@@ -225,9 +235,16 @@ class EnvConfig:
         for spec in self.teachers:
             if not spec.split("=", 1)[0]:
                 raise ConfigError(f"teachers: each entry must be 'arch' or 'arch=source', got {short_repr(spec)}")
-        if self.cache_teacher_outputs and self.augment:
-            raise ConfigError("cache_teacher_outputs: teacher outputs can only be cached without augmentation; "
-                              "set augment=false or cache_teacher_outputs=false")
+        if self.teacher_views and not self.augment:
+            raise ConfigError(f"teacher_views: fixes augmented views, so it needs augment=true; got "
+                              f"teacher_views={self.teacher_views} with augment=false (set teacher_views=0)")
+        if self.teacher_views and self.cache_teacher_outputs is False:
+            raise ConfigError("teacher_views: caches the teachers' outputs on the views, but cache_teacher_outputs "
+                              "is false; set cache_teacher_outputs to null or true, or teacher_views=0")
+        if self.cache_teacher_outputs and self.augment and not self.teacher_views:
+            raise ConfigError("cache_teacher_outputs: teacher outputs can only be cached without augmentation "
+                              "(or with fixed views, teacher_views >= 1); set augment=false or "
+                              "cache_teacher_outputs=false")
         if self.obs_features is not None:
             from .mdp.observations import OBS_FEATURES
 

@@ -56,7 +56,8 @@ class TrainLoader(Protocol):
     def reset(self, seed: int) -> None: ...
 
     def next(self) -> Tuple[Tensor, Tensor, Tensor]:
-        """x (b, ...), y (b,), dataset indices (b,), on the device; b = local_batch."""
+        """x (b, ...), y (b,), dataset indices (b,) (with fixed views the views' rows), on the
+        device; b = local_batch."""
 
     def state_dict(self) -> dict: ...
 

@@ -130,12 +130,19 @@ class DeviceLoader:
     batch of each epoch is dropped. Under torch.distributed, `batch_size` is the global batch and
     rank r of W gets rows [r*B/W, (r+1)*B/W) of every global batch: disjoint shards, the same
     samples as one process.
+
+    With fixed views (`fix_views`, `EnvConfig.teacher_views`) each drawn image is replaced by one
+    of its V views, chosen with the augmentation generator, and the returned index is the view's
+    row in `rows()` (image i's view v is row i*V + v).
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-                 augment: Optional[Augment] = None, rank: int = 0, world_size: int = 1) -> None:
+                 augment: Optional[Augment] = None, rank: int = 0, world_size: int = 1,
+                 views: Optional[torch.Tensor] = None) -> None:
         check_batch_size(batch_size, len(x), world_size)
         self.x, self.y, self.batch_size, self.augment = x, y, batch_size, augment
+        self.views = views
+        """(N*V, C, H, W): V fixed augmented views of every image (`fix_views`), or None."""
         self.rank, self.world_size, self.local_batch = rank, world_size, batch_size // world_size
         self.device = x.device
         self.batches_per_epoch = len(x) // batch_size
@@ -146,13 +153,34 @@ class DeviceLoader:
         self._perm: Optional[torch.Tensor] = None
         self._perm_cpu: Optional[torch.Tensor] = None
 
+    @property
+    def num_views(self) -> int:
+        """V: fixed views per image, 0 without them."""
+        return 0 if self.views is None else len(self.views) // len(self.x)
+
+    def fix_views(self, num_views: int, seed: int) -> None:
+        """Draw `num_views` (V >= 1) augmented views of every image once, from a generator seeded
+        `seed` (the same on every rank and in every episode); `next` then serves only these."""
+        if self.augment is None:
+            raise ConfigError("teacher_views: fixes augmented views, but this dataset has no training augmentation")
+        gen = torch.Generator(device="cpu").manual_seed(int(seed))
+        self.views = torch.stack([self.augment(self.x, gen) for _ in range(num_views)], dim=1).flatten(0, 1)
+
+    def rows(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The rows that `next`'s indices refer to: x (R, C, H, W), y (R,); the N images, or with
+        fixed views the N*V views (image-major) and their labels."""
+        if self.views is None:
+            return self.x, self.y
+        return self.views, self.y.repeat_interleave(self.num_views)
+
     def reset(self, seed: int) -> None:
         self.generator.manual_seed(int(seed))
         self.aug_generator.manual_seed(int(seed) * 7919 + 104729 * (self.rank + 1))
         self.epoch, self.position, self._perm = 0, 0, None
 
     def next(self):
-        """Return `(x (b, C, H, W), y (b,), idx (b,))`, b = batch_size / world_size."""
+        """Return `(x (b, C, H, W), y (b,), idx (b,))`, b = batch_size / world_size; idx indexes
+        `rows()`."""
         if self._perm is None or self.position + self.batch_size > len(self.x):
             if self._perm is not None:
                 self.epoch += 1
@@ -162,6 +190,11 @@ class DeviceLoader:
         start = self.position + self.rank * self.local_batch
         idx = self._perm[start:start + self.local_batch]
         self.position += self.batch_size
+        if self.views is not None:
+            v = self.num_views
+            pick = to_device(torch.randint(0, v, (len(idx),), generator=self.aug_generator), self.device)
+            flat = idx * v + pick
+            return self.views[flat], self.y[idx], flat
         x = self.x[idx]
         if self.augment is not None:
             x = self.augment(x, self.aug_generator)

@@ -36,7 +36,7 @@ class Batch:
 
     x: torch.Tensor                      # (B, ...) inputs
     y: torch.Tensor                      # (B,) labels
-    index: torch.Tensor                  # (B,) dataset indices
+    index: torch.Tensor                  # (B,) dataset indices (with teacher_views: view rows)
     teacher_logits: torch.Tensor         # (M, B, C), no grad
     teacher_embeddings: List[torch.Tensor]  # M x (B, D_m), no grad
     student_logits: torch.Tensor         # (B, C), with grad

@@ -76,7 +76,8 @@ class BatchedEngine:
         self.shared_batches = bool(shared_batches)
         # Row 0 uses the template's loader; shared batches: one loader for every row.
         self.loaders: List[DeviceLoader] = [t.loader] * k if shared_batches else [t.loader] + [
-            DeviceLoader(t.loader.x, t.loader.y, cfg.batch_size, t.loader.augment) for _ in range(k - 1)]
+            DeviceLoader(t.loader.x, t.loader.y, cfg.batch_size, t.loader.augment, views=t.loader.views)
+            for _ in range(k - 1)]
         student, projectors = t.init_student(0)  # the architecture; rows are loaded by reset_rows
         sgd = (cfg.momentum, cfg.weight_decay, cfg.momentum > 0)
         self.mode = _mode(vectorize, t.device, student, projectors)

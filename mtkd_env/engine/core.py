@@ -97,6 +97,11 @@ class DistillationEngine(VirtualSteps):
         if cfg.cache_teacher_outputs and not isinstance(self.loader, DeviceLoader):
             raise ConfigError(f"cache_teacher_outputs: needs an in-memory dataset; {cfg.dataset!r} is streamed "
                               f"from disk (set cache_teacher_outputs=null to cache only where it is exact)")
+        if cfg.teacher_views:
+            if not isinstance(self.loader, DeviceLoader):
+                raise ConfigError(f"teacher_views: needs an in-memory dataset; {cfg.dataset!r} is streamed from disk "
+                                  f"(set teacher_views=0)")
+            self.loader.fix_views(cfg.teacher_views, cfg.data_seed)
         with torch.no_grad():
             outs = [t.model(self._shape_probe) for t in self.bank]
         self._bank_feature_shapes = [tuple(o.feature_map.shape[1:]) for o in outs]
@@ -150,7 +155,7 @@ class DistillationEngine(VirtualSteps):
         if self._caches_teachers():
             cfg = self.config
             self._teacher_cache = TeacherCache.build(
-                self._teacher_forwards, self.loader.x, self.loader.y, self.num_classes, self.teacher_feature_shapes,
+                self._teacher_forwards, *self.loader.rows(), self.num_classes, self.teacher_feature_shapes,
                 self.teacher_embedding_dims, cfg.kd_temperature, cfg.eval_batch_size, self._autocast, self._format)
 
     # --- episode lifecycle -----------------------------------------------------------------
@@ -256,6 +261,8 @@ class DistillationEngine(VirtualSteps):
         """`EnvConfig.cache_teacher_outputs` resolved for this engine (`teacher_cache.use_cache`)."""
         cfg, width = self.config, TeacherCache.row_width(self.num_classes, self.teacher_feature_shapes,
                                                           self.teacher_embedding_dims)
+        if cfg.teacher_views:  # the fixed views exist for the cache (the config refuses it off)
+            return True
         return use_cache(cfg.cache_teacher_outputs, cfg.augment, isinstance(self.loader, DeviceLoader),
                          len(self.loader.x) * width * 4 if isinstance(self.loader, DeviceLoader) else 0)
 
@@ -265,7 +272,8 @@ class DistillationEngine(VirtualSteps):
         return self._teacher_cache is not None
 
     def _teacher_outputs(self, x: torch.Tensor, index: torch.Tensor) -> List[models.ModelOutput]:
-        """The teachers' outputs on x (B, ...), the training rows `index` (B,): cached or live."""
+        """The teachers' outputs on x (B, ...), the training rows `index` (B,) (`DeviceLoader.rows`):
+        cached or live."""
         if self._teacher_cache is None:
             with torch.no_grad(), self._autocast():
                 return [f(x) for f in self._teacher_forwards]

@@ -5,6 +5,8 @@ training image never change: the cache runs them once over the training split an
 then gathers its rows instead of running M teacher forwards. The teacher side of the batch
 statistics (`TeacherStats`: tempered log-probabilities and probabilities, entropy, CE,
 correctness) depends only on those outputs and the labels, so it is cached too.
+With `EnvConfig.teacher_views` the rows are the loader's N*V fixed augmented views
+(`DeviceLoader.rows`) instead of the N images.
 
 Layout: one (N, F) float32 tensor, each row
 `[logits (M*C) | log_pt (M*C) | pt (M*C) | entropy (M) | ce (M) | correct (M) | embeddings | feature maps]`

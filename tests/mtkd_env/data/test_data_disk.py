@@ -220,3 +220,5 @@ def test_env_streams_imagefolder_and_evaluates_over_loaders(tmp_path, teacher_ca
     assert info["final_test_acc"] == pytest.approx(manual)
     with pytest.raises(ConfigError, match="cache_teacher_outputs: needs an in-memory dataset"):
         MultiTeacherKDEnv(cfg.replace(cache_teacher_outputs=True, augment=False))
+    with pytest.raises(ConfigError, match="teacher_views: needs an in-memory dataset"):
+        MultiTeacherKDEnv(cfg.replace(teacher_views=2, augment=True))
