@@ -42,6 +42,7 @@ CLIS: Sequence[Tuple[str, str]] = (
     ("python -m benchmarks.loader", "benchmarks.loader"),
     ("python -m benchmarks.speedup", "benchmarks.speedup"),
     ("python -m benchmarks.suite_targets", "benchmarks.suite_targets"),
+    ("python -m benchmarks.split_noise", "benchmarks.split_noise"),
 )
 HELP_COLUMNS = 100
 

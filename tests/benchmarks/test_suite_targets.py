@@ -53,3 +53,20 @@ def test_cli_writes_json_and_refuses_a_folder_without_results(tmp_path, capsys):
     assert json.loads((tmp_path / "t.json").read_text())["scenarios"]["unreliable"]["oracle_vs_aver"]["n"] == 4
     assert main(["--out", str(tmp_path / "none")]) == 2
     assert "holds no scenario results" in capsys.readouterr().err
+
+
+def test_split_noise_on_a_tiny_scenario(teacher_cache, tmp_path, monkeypatch, capsys):
+    from benchmarks.split_noise import main as split_main
+    from tests.conftest import TINY_GLYPHS
+
+    monkeypatch.setenv("MTKD_CACHE_DIR", str(tmp_path / "cache"))
+    argv = ["--seeds", "0", "1", "--json", str(tmp_path / "s.json"), "--env", f"teacher_cache_dir={teacher_cache}",
+            "teacher_epochs=2", "max_steps=3", "batch_size=32", "probe_size=32", "device=cpu",
+            f"dataset_kwargs={json.dumps(TINY_GLYPHS)}"]
+    assert split_main(argv) == 0
+    figures = json.loads((tmp_path / "s.json").read_text())
+    assert figures["n_test"] == TINY_GLYPHS["n_test"] and len(figures["rows"]) == 2
+    for row in figures["rows"]:
+        d = row["disagreement"]
+        assert 0 <= d <= 1 and row["split_sd_pp"] <= 100 * np.sqrt(d / figures["n_test"]) + 1e-9
+    assert "split sd (n_test 128)" in capsys.readouterr().out
