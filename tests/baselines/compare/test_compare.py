@@ -181,3 +181,15 @@ def test_summary_statistics_are_paired_over_seeds():
     assert [s.policy for s in ranked][0] == "good"
     assert "| 1 | good | 5 | 94.20 ± 1.30 |" in summary_table(ranked)
     assert verdict(ranked).startswith("Beats AVER: good (+3.00 pp")
+
+
+def test_agents_of_several_train_seeds_train_side_by_side(synthetic_config, tmp_path):
+    """With --jobs 2 the agents to train are jobs of the executor: both train seeds in worker
+    processes, each recorded in agents.json as it finishes."""
+    out = tmp_path / "cmp"
+    run_compare(CompareOptions(policies=["aver", "a2c"], seeds=[0], env_config=synthetic_config(), out=str(out),
+                               eval_every=4, train_seeds=[10, 11], train_timesteps=16, jobs=2, progress=False))
+    manifest = json.loads((out / "agents.json").read_text())
+    assert set(manifest["a2c"]) == {"10", "11"}
+    assert all((out / path).exists() for path in manifest["a2c"].values())
+    assert {(r["policy"], r["agent_seed"]) for r in _rows(out)} == {("aver", ""), ("a2c", "10")}
