@@ -22,9 +22,13 @@ def make_env(synthetic_config):
     return make
 
 
+CHOICE = {"kind": "ramp", "a": [1.0, 0.0, 0.0], "b": [0.0, 0.0, 1.0]}
+"""The choice of the oracle policies (searched per scenario elsewhere) for the 3-teacher env here."""
+
+
 @pytest.mark.parametrize("name", sorted(POLICIES))
 def test_every_policy_acts_and_predicts_in_the_action_space(name, make_env):
-    policy = make_policy(name, seed=0)
+    policy = make_policy(name, seed=0, **({"choice": CHOICE} if name in ("oracle", "best-constant") else {}))
     env = make_env(policy)
     obs, _ = env.reset(seed=3)
     policy.bind(env)
