@@ -41,7 +41,7 @@ import torch
 from ..config import ConfigError, EnvConfig
 from ..data.tensor_data import DeviceLoader, to_device
 from ..models import ModelOutput, grouped
-from .batch import Batch, loss_terms, teacher_stats
+from .batch import Batch, TeacherStats, loss_terms
 from .core import DistillationEngine
 from .observe import sample_obs, teacher_obs
 from .student_stack import MODES, StudentStack, index_rows, row_of
@@ -143,8 +143,7 @@ class BatchedEngine:
             for k in rows:
                 self._loader_states[k] = state
             x = t._format(x)
-            t_outs = t._teacher_outputs(x, index)
-            data = (x, y, index, t_outs, teacher_stats(t_outs, y, temperature))
+            data = (x, y, index, *t.teacher_side(x, y, index))
         else:
             drawn = []
             for k in rows:
@@ -153,15 +152,14 @@ class BatchedEngine:
             if self.mode == "vmap":  # the teachers on all R*B samples at once
                 x, y, index = (torch.stack(parts) for parts in zip(*drawn))        # (R, B, ...)
                 r, b = y.shape
-                flat = t._teacher_outputs(t._format(x.flatten(0, 1)), index.flatten())
+                flat, stats = t.teacher_side(t._format(x.flatten(0, 1)), y.flatten(), index.flatten())
                 t_outs = [ModelOutput(*(o.reshape(r, b, *o.shape[1:]) for o in out)) for out in flat]
-                data = (x, y, index, t_outs, torch.func.vmap(lambda o, yy: teacher_stats(o, yy, temperature))(t_outs, y))
+                data = (x, y, index, t_outs, _rows_of(stats, r))
             else:  # on the CPU one large teacher batch is slower than the rows' batches in turn
                 data = []
                 for x, y, index in drawn:
                     x = t._format(x)
-                    t_outs = t._teacher_outputs(x, index)
-                    data.append((x, y, index, t_outs, teacher_stats(t_outs, y, temperature)))
+                    data.append((x, y, index, *t.teacher_side(x, y, index)))
         full = len(rows) == self.num
         row_index = None if full else torch.tensor(rows, device=self.device)
         args = (data, temperature, cfg.keep_feature_maps, self.shared_batches, row_index)
@@ -291,6 +289,21 @@ def _mode(vectorize: Union[bool, str, None], device: torch.device, student, proj
         raise ConfigError(f"vectorize: {type(student).__name__} has no grouped form (mtkd_env.models.grouped); "
                           f"use 'vmap' or 'rows'")
     return mode
+
+
+def _rows_of(stats: TeacherStats, r: int) -> TeacherStats:
+    """The teacher statistics of R rows' batches drawn as one flat batch — (M, R*B, C) and (R*B, M)
+    — in the stacked layout of the rows: (R, M, B, C) and (R, B, M)."""
+    m = stats.logits.shape[0]
+
+    def per_class(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(m, r, -1, t.shape[-1]).transpose(0, 1)
+
+    def per_sample(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(r, -1, m)
+
+    return TeacherStats(per_class(stats.logits), per_class(stats.log_pt), per_class(stats.pt),
+                        per_sample(stats.entropy), per_sample(stats.ce), per_sample(stats.correct))
 
 
 def _same_position(a: dict, b: dict) -> bool:

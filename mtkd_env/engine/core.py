@@ -271,21 +271,15 @@ class DistillationEngine(VirtualSteps):
         """Whether this engine gathers the teachers' outputs from its cache instead of running them."""
         return self._teacher_cache is not None
 
-    def _teacher_outputs(self, x: torch.Tensor, index: torch.Tensor) -> List[models.ModelOutput]:
-        """The teachers' outputs on x (B, ...), the training rows `index` (B,) (`DeviceLoader.rows`):
-        cached or live."""
-        if self._teacher_cache is None:
-            with torch.no_grad(), self._autocast():
-                return [f(x) for f in self._teacher_forwards]
-        return self._teacher_cache.lookup(index)[0]
-
     def teacher_side(self, x: torch.Tensor, y: torch.Tensor,
-                     index: torch.Tensor) -> Tuple[List[models.ModelOutput], TeacherStats]:
-        """The teachers' outputs and statistics of a training batch (x (B, ...), y (B,), the rows
-        `index` (B,)): one gather from the cache, or M forwards and `teacher_stats`."""
-        if self._teacher_cache is not None:
+                     index: Optional[torch.Tensor]) -> Tuple[List[models.ModelOutput], TeacherStats]:
+        """The teachers' outputs and statistics of a batch (x (B, ...), y (B,)): one gather from the
+        cache for training rows `index` (B,) (`DeviceLoader.rows`), else (no cache, or `index` None: inputs that are not
+        training rows) M forwards and `teacher_stats`."""
+        if self._teacher_cache is not None and index is not None:
             return self._teacher_cache.lookup(index)
-        t_outs = self._teacher_outputs(x, index)
+        with torch.no_grad(), self._autocast():
+            t_outs = [f(x) for f in self._teacher_forwards]
         return t_outs, teacher_stats(t_outs, y, self.config.kd_temperature)
 
     def prepare(self) -> Batch:
@@ -306,14 +300,6 @@ class DistillationEngine(VirtualSteps):
             projected = None if trainee.projector_forward is None else trainee.projector_forward(s_out.feature_map)
         return measure(x, y, index, t_outs, teacher, s_out, projected, self.config.kd_temperature,
                        self.config.keep_feature_maps, self._with_cos)
-
-    def _measure(self, x: torch.Tensor, y: torch.Tensor, index: Optional[torch.Tensor],
-                 t_outs: List[models.ModelOutput], s_out: models.ModelOutput,
-                 projected: Optional[List[torch.Tensor]], keep_maps: bool) -> Batch:
-        """The per-sample quantities of a batch from the teachers' and the student's outputs."""
-        t = self.config.kd_temperature
-        return measure(x, y, index, t_outs, teacher_stats(t_outs, y, t), s_out, projected, t, keep_maps,
-                       self._with_cos)
 
     def loss_terms(self, batch: Batch, w_logit: torch.Tensor, w_feat: torch.Tensor):
         """Per-sample total loss (B,) and the batch-mean KD and feature terms

@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Mapping, Optional
 import torch
 from torch import nn
 
-from ..models import ModelOutput
+from .batch import measure
 
 __all__ = ["VirtualSGD", "VirtualSteps"]
 
@@ -77,8 +77,8 @@ class VirtualSGD:
 class VirtualSteps:
     """Mixin of `DistillationEngine`: the virtual-step API (see the module docstring).
 
-    It relies on the engine's `student`, `projectors`, `optimizer` and its private helpers for
-    input format, autocast, teacher outputs and the per-sample quantities (`_measure`)."""
+    It relies on the engine's `student`, `projectors`, `optimizer`, its teacher side
+    (`teacher_side`) and its private helpers for input format and autocast."""
 
     student: Optional[nn.Module]
     projectors: Optional[nn.Module]
@@ -112,7 +112,7 @@ class VirtualSteps:
         if self.student is None:
             raise RuntimeError("call reset() before forward_with(): there is no student yet")
         x = self._format(x)
-        t_outs = self._teacher_outputs(x, index) if index is not None else self._live_teacher_outputs(x)
+        t_outs, teacher = self.teacher_side(x, y, index)
 
         def state(prefix: str, module: nn.Module) -> Dict[str, torch.Tensor]:
             own = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
@@ -122,7 +122,8 @@ class VirtualSteps:
             s_out = functional_call(self.student, state("student.", self.student), (x,))
             projected = None if self.projectors is None else functional_call(
                 self.projectors, state("projectors.", self.projectors), (s_out.feature_map,))
-        return self._measure(x, y, index, t_outs, s_out, projected, keep_maps=True)
+        return measure(x, y, index, t_outs, teacher, s_out, projected, self.config.kd_temperature, True,
+                       self._with_cos)
 
     def virtual_optimizer(self) -> VirtualSGD:
         """A differentiable copy of the next optimiser step: SGD with the current learning rate,
@@ -139,6 +140,3 @@ class VirtualSteps:
                           lr=group["lr"], momentum=group["momentum"], weight_decay=group["weight_decay"],
                           nesterov=group["nesterov"], dampening=group["dampening"])
 
-    def _live_teacher_outputs(self, x: torch.Tensor) -> List[ModelOutput]:
-        with torch.no_grad(), self._autocast():
-            return [f(x) for f in self._teacher_forwards]
