@@ -91,26 +91,22 @@ class MultiTeacherKDEnv(gym.Env):
                                   f"bank's embedding sizes differ ({self.engine.bank_embedding_dims}); set "
                                   f"sample_obs_embeddings=false or use the teacher granularity")
         self.batch_size = cfg.batch_size
-        self.teacher_names = [t.name for t in self.engine.teachers]
-        self.teacher_val_acc = np.array([t.val_acc for t in self.engine.teachers], dtype=np.float64)
         self.action_map = ActionMap(cfg.action_transform, cfg.action_temperature, m, cfg.batch_size,
                                     cfg.separate_feature_weights, cfg.granularity)
         self.action_width = self.action_map.width
         self._obs_columns = None
         if cfg.granularity == "teacher":
             low, high = obsmod.teacher_bounds(m)
-            self.feature_names = obsmod.teacher_feature_names(self.teacher_names)
             if cfg.obs_features is not None:
                 self._obs_columns = obsmod.teacher_columns(m, cfg.obs_features)
                 low, high = low[self._obs_columns], high[self._obs_columns]
-                self.feature_names = [self.feature_names[i] for i in self._obs_columns]
             self.sample_layout = None
         else:
             self.sample_layout = obsmod.sample_layout(self.engine.num_classes, self.engine.teacher_embedding_dims,
                                                       cfg.sample_obs_embeddings, cfg.sample_obs_logits,
                                                       self.engine.student_embedding_dim if cfg.sample_obs_student else 0)
             low, high = obsmod.sample_bounds(self.sample_layout, cfg.batch_size)
-            self.feature_names = None
+        self._name_teachers()
         self.action_space = spaces.Box(-1.0, 1.0, self.action_map.shape, dtype=np.float32)
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
         self.total_steps = self.engine.total_steps
@@ -184,8 +180,17 @@ class MultiTeacherKDEnv(gym.Env):
                              f"instance set), got {str(instance)[:40]!r}")
         self.instance = int(instance)
         self.engine.use_pool(self.instances[self.instance])
+        self._name_teachers()
+
+    def _name_teachers(self) -> None:
+        """`teacher_names`, `teacher_val_acc` and the observation's `feature_names` of the engine's
+        active pool (with instance sets they change with the episode's instance)."""
         self.teacher_names = [t.name for t in self.engine.teachers]
         self.teacher_val_acc = np.array([t.val_acc for t in self.engine.teachers], dtype=np.float64)
+        self.feature_names = None
+        if self.config.granularity == "teacher":
+            names = obsmod.teacher_feature_names(self.teacher_names)
+            self.feature_names = names if self._obs_columns is None else [names[i] for i in self._obs_columns]
 
     def reset_measurements(self) -> "Pending":
         plan = self.measurements.at_reset()

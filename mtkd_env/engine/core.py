@@ -139,6 +139,8 @@ class DistillationEngine(VirtualSteps):
         pool: `teachers`, their shapes, forwards and cached outputs. Every episode has M teachers,
         so `len(pool)` must stay the same; the next `reset` builds projectors for the new pool."""
         pool = tuple(int(i) for i in pool)
+        if pool == self.pool:  # the same instance again: its teachers and cache are in place
+            return
         if self.pool and len(pool) != len(self.pool):
             raise ValueError(f"a pool of {len(pool)} teachers replaces one of {len(self.pool)}; the observation "
                              f"and action spaces need the same number every episode")

@@ -70,6 +70,7 @@ def test_pools_draws_its_instance_from_the_episode_seed_and_reports_it(scenario_
         key = info["instance"]
         assert key.startswith("train:") and info["pool"] == list(env.instances[int(key.split(":")[1])])
         assert info["teacher_names"] == [env.config.teachers[i] for i in info["pool"]]
+        assert all(f"[{name}]" in " ".join(env.feature_names) for name in info["teacher_names"])
         drawn.append(key)
     assert drawn[0] == drawn[3]  # the same seed, the same instance
     _, info = env.reset(seed=5, options={"instance": 2})
