@@ -103,27 +103,28 @@ def _tasks(config: EnvConfig, choices: List[Dict[str, Any]], seeds: Sequence[int
 
 
 def _score(tasks: list, jobs: int, progress: bool, desc: str,
-           executor: Optional[ExecutorOptions] = None) -> Dict[Tuple[str, int], float]:
-    """Validation accuracy of every task, keyed by (candidate json, seed)."""
+           executor: Optional[ExecutorOptions] = None) -> Dict[Tuple[Optional[int], str, int], float]:
+    """Validation accuracy of every task, keyed by (instance, candidate json, seed)."""
     from tqdm.auto import tqdm
 
     from .compare.worker import run_task
 
-    out: Dict[Tuple[str, int], float] = {}
+    out: Dict[Tuple[Optional[int], str, int], float] = {}
     with tqdm(total=len(tasks), desc=desc, disable=not progress, leave=False) as bar:
         for task, result, error in execute(run_task, tasks, executor, jobs):
             if error is not None:
                 raise error
-            out[(json.dumps(task.policy_options["choice"], sort_keys=True), task.seed)] = \
-                float(result["result"]["val_acc"])
+            key = (task.env_config.instance, json.dumps(task.policy_options["choice"], sort_keys=True), task.seed)
+            out[key] = float(result["result"]["val_acc"])
             bar.update()
     return out
 
 
-def _rank(choices: List[Dict[str, Any]], scores: Dict[Tuple[str, int], float], seeds: Sequence[int]) -> list:
+def _rank(choices: List[Dict[str, Any]], scores: Dict[Tuple[Optional[int], str, int], float], seeds: Sequence[int],
+          instance: Optional[int] = None) -> list:
     rows = []
     for c in choices:
-        vals = [scores[(json.dumps(c, sort_keys=True), int(s))] for s in seeds]
+        vals = [scores[(instance, json.dumps(c, sort_keys=True), int(s))] for s in seeds]
         rows.append({"choice": c, "val_acc": vals, "mean_val_acc": float(np.mean(vals))})
     return sorted(rows, key=lambda r: -r["mean_val_acc"])
 
@@ -143,24 +144,24 @@ def search(config: EnvConfig, seeds: Sequence[int] = SEARCH_SEEDS, jobs: int = 1
         seeds = seeds[:1]
         _, test = instance_sets(len(cfg.teachers), cfg.pool_size, cfg.instance_seed)
         grid = candidates(sc.name, cfg.pool_size)
-        per_instance = {}
-        for i in range(len(test)):
-            key = f"test:{i}"
-            tasks = _tasks(cfg.replace(instance_set="test", instance=i), grid, seeds)
-            per_instance[key] = _rank(grid, _score(tasks, jobs, progress, f"oracle {sc.name} {key}", executor), seeds)
+        # Every instance's candidates in one job list: one pool of workers for the whole search.
+        tasks = [t for i in range(len(test)) for t in _tasks(cfg.replace(instance_set="test", instance=i), grid, seeds)]
+        scores = _score(tasks, jobs, progress, f"oracle {sc.name}", executor)
+        per_instance = {f"test:{i}": _rank(grid, scores, seeds, i) for i in range(len(test))}
         best = {k: rows[0]["choice"]["w"] for k, rows in per_instance.items()}
-        uniform = [1.0 / cfg.pool_size] * cfg.pool_size
+
+        def mean_over_instances(choice: Dict[str, Any]) -> float:
+            return float(np.mean([next(r["mean_val_acc"] for r in rows if r["choice"] == choice)
+                                  for rows in per_instance.values()]))
+
         # The best *constant* action over instances: one weighting of the pool positions for all.
-        overall = sorted(grid, key=lambda c: -np.mean([next(r["mean_val_acc"] for r in rows if r["choice"] == c)
-                                                       for rows in per_instance.values()]))[0]
-        overall_val = float(np.mean([next(r["mean_val_acc"] for r in rows if r["choice"] == overall)
-                                     for rows in per_instance.values()]))
+        overall = max(grid, key=mean_over_instances)
+        uniform = {"kind": "constant", "w": [1.0 / cfg.pool_size] * cfg.pool_size}
         return {"scenario": sc.name, "seeds": seeds, "kind": "instance", "per_instance": per_instance,
                 "choice": {"kind": "instance", "by_instance": best},
-                "best_constant": overall, "best_constant_mean_val_acc": overall_val,
+                "best_constant": overall, "best_constant_mean_val_acc": mean_over_instances(overall),
                 "mean_val_acc": float(np.mean([rows[0]["mean_val_acc"] for rows in per_instance.values()])),
-                "aver_mean_val_acc": float(np.mean([next(r["mean_val_acc"] for r in rows if r["choice"]["w"] == uniform)
-                                                    for rows in per_instance.values()]))}
+                "aver_mean_val_acc": mean_over_instances(uniform)}
     grid = candidates(sc.name, len(cfg.teachers))
     ranked = _rank(grid, _score(_tasks(cfg, grid, seeds), jobs, progress, f"oracle {sc.name}", executor), seeds)
     constants = [r for r in ranked if r["choice"]["kind"] == "constant"]

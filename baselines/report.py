@@ -19,7 +19,8 @@ import numpy as np
 
 from mtkd_env.stats import ALPHA, POWER, minimum_detectable_effect
 
-__all__ = ["PolicyStats", "policy_stats", "holm", "summary_table", "verdict", "plot_curves", "plot_weights"]
+__all__ = ["PolicyStats", "policy_stats", "holm", "summary_table", "verdict", "plot_curves", "plot_weights",
+           "format_p", "format_pp"]
 
 
 @dataclass
@@ -114,12 +115,16 @@ def _pct(mean: float, std: float) -> str:
     return f"{100 * mean:.2f} ± {100 * std:.2f}" if not math.isnan(std) else f"{100 * mean:.2f}"
 
 
-def _p(p: Optional[float]) -> str:
+def format_p(p: Optional[float]) -> str:
+    """A p-value for a table: 3 decimals, scientific below 0.001, "—" when undefined."""
     return "—" if p is None or math.isnan(p) else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}")
 
 
-def _pp(x: Optional[float]) -> str:
-    return "—" if x is None or math.isnan(x) else f"{100 * x:.2f}"
+def format_pp(x: Optional[float], signed: bool = False) -> str:
+    """An accuracy (difference) as percentage points with 2 decimals, "—" when undefined."""
+    if x is None or math.isnan(x):
+        return "—"
+    return f"{round(100 * x, 2) + 0.0:+.2f}" if signed else f"{100 * x:.2f}"  # + 0.0: no "-0.00"
 
 
 def summary_table(stats: List[PolicyStats], reference: str = "aver") -> str:
@@ -129,11 +134,11 @@ def summary_table(stats: List[PolicyStats], reference: str = "aver") -> str:
              f"sd of Δ (pp) | MDE (pp) | p (paired t) | p (Wilcoxon) | W/T/L vs {ref} | steps/s |",
              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---:|"]
     for rank, s in enumerate(stats, 1):
-        delta = "—" if s.delta is None else f"{round(100 * s.delta, 2) + 0.0:+.2f}"  # no "-0.00"
+        delta = format_pp(s.delta, signed=True)
         wtl = "—" if s.delta is None else f"{s.wins}/{s.ties}/{s.losses}"
         lines.append(f"| {rank} | {s.policy} | {s.n} | {_pct(s.test_mean, s.test_std)} | "
-                     f"{_pct(s.val_mean, s.val_std)} | {delta} | {_pp(s.diff_std)} | {_pp(s.mde)} | "
-                     f"{_p(s.p_ttest)} | {_p(s.p_wilcoxon)} | "
+                     f"{_pct(s.val_mean, s.val_std)} | {delta} | {format_pp(s.diff_std)} | {format_pp(s.mde)} | "
+                     f"{format_p(s.p_ttest)} | {format_p(s.p_wilcoxon)} | "
                      f"{wtl} | {s.steps_per_s:.1f} |")
     return "\n".join(lines)
 
@@ -152,14 +157,14 @@ def verdict(stats: List[PolicyStats], reference: str = "aver") -> str:
     parts = []
     if better:
         parts.append("Beats " + ref + ": " + ", ".join(f"{s.policy} ({100 * s.delta:+.2f} pp, p_Holm = "
-                                                     f"{_p(s.p_holm)})" for s in better) + ".")
+                                                     f"{format_p(s.p_holm)})" for s in better) + ".")
     else:
         top = max(compared, key=lambda s: s.delta)
         parts.append(f"No policy beats {ref} significantly ({test}); the largest mean gain is "
-                     f"{top.policy} at {100 * top.delta:+.2f} pp (p_Holm = {_p(top.p_holm)}).")
+                     f"{top.policy} at {100 * top.delta:+.2f} pp (p_Holm = {format_p(top.p_holm)}).")
     if worse:
         parts.append("Significantly worse than " + ref + ": " + ", ".join(
-            f"{s.policy} ({100 * s.delta:+.2f} pp, p_Holm = {_p(s.p_holm)})" for s in worse) + ".")
+            f"{s.policy} ({100 * s.delta:+.2f} pp, p_Holm = {format_p(s.p_holm)})" for s in worse) + ".")
     if better:
         parts.append(f"Test: {test}.")
     mdes = [s.mde for s in compared if s.mde is not None]

@@ -25,6 +25,7 @@ from mtkd_env.scenarios import get_scenario
 from mtkd_env.stats import ALPHA
 
 from .. import report
+from ..report import format_p, format_pp
 from .options import REFERENCE, CompareError, CompareOptions
 
 __all__ = ["LeaderboardRow", "run_leaderboard", "leaderboard_rows"]
@@ -74,23 +75,15 @@ def leaderboard_rows(per_scenario: Dict[str, List[report.PolicyStats]]) -> List[
     return rows
 
 
-def _pp(x: Optional[float], sign: bool = True) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else (f"{100 * x:+.2f}" if sign else
-                                                                               f"{100 * x:.2f}")
-
-
-def _p(x: Optional[float]) -> str:
-    return "–" if x is None or math.isnan(x) else (f"{x:.1e}" if x < 1e-3 else f"{x:.3f}")
-
-
 def table_markdown(rows: List[LeaderboardRow]) -> str:
     lines = ["| scenario | policy | n | test % | Δ vs AVER (pp) | 95 % CI (pp) | sd (pp) | MDE (pp) | p | p (Holm, table) "
              "| score |", "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        ci = "–" if r.ci_low is None else f"[{_pp(r.ci_low)}, {_pp(r.ci_high)}]"
-        score = "–" if r.score is None else f"{r.score:.2f}"
-        lines.append(f"| {r.scenario} | {r.policy} | {r.n} | {100 * r.test_mean:.2f} | {_pp(r.delta)} | {ci} | "
-                     f"{_pp(r.diff_std, False)} | {_pp(r.mde, False)} | {_p(r.p)} | {_p(r.p_holm)} | {score} |")
+        ci = "—" if r.ci_low is None else f"[{format_pp(r.ci_low, True)}, {format_pp(r.ci_high, True)}]"
+        score = "—" if r.score is None else f"{r.score:.2f}"
+        lines.append(f"| {r.scenario} | {r.policy} | {r.n} | {100 * r.test_mean:.2f} | {format_pp(r.delta, True)} | "
+                     f"{ci} | {format_pp(r.diff_std)} | {format_pp(r.mde)} | {format_p(r.p)} | "
+                     f"{format_p(r.p_holm)} | {score} |")
     return "\n".join(lines)
 
 
@@ -110,7 +103,7 @@ def plot_heatmap(rows: List[LeaderboardRow], path: Path) -> None:
         i, j = policies.index(r.policy), scenarios.index(r.scenario)
         if r.score is not None:
             grid[i, j] = max(-1.0, min(1.5, r.score))
-        text = _pp(r.delta) + ("*" if r.p_holm is not None and r.p_holm < 0.05 else "")
+        text = format_pp(r.delta, True) + ("*" if r.p_holm is not None and r.p_holm < 0.05 else "")
         ax.text(j, i, text, ha="center", va="center", fontsize=8)
     im = ax.imshow(grid, cmap="RdYlGn", vmin=-1.0, vmax=1.5, aspect="auto")
     ax.set_xticks(range(len(scenarios)), scenarios)
