@@ -31,9 +31,9 @@ __all__ = ["split_noise", "main"]
 def split_noise(config: EnvConfig, seeds: Sequence[int]) -> dict:
     """Per seed: the paired test difference (oracle - AVER), the disagreement p10 + p01 and the
     split's sd; and their summary (see the module docstring)."""
+    from baselines.compare.worker import env_for
     from baselines.oracle import load_or_search
     from baselines.policies import make_policy
-    from mtkd_env.env import MultiTeacherKDEnv
     from mtkd_env.episodes import run_episode
 
     choice = load_or_search(config, progress=False)["choice"]
@@ -43,7 +43,7 @@ def split_noise(config: EnvConfig, seeds: Sequence[int]) -> dict:
         for name in ("aver", "oracle"):
             policy = make_policy(name, choice=choice) if name == "oracle" else make_policy(name)
             cfg = config.replace(**policy.env_overrides)
-            env = MultiTeacherKDEnv(cfg)
+            env = env_for(cfg)  # one env per config for all seeds: reset(seed) makes a fresh student
             run_episode(env, policy, int(seed))
             engine = env.engine
             with torch.no_grad():

@@ -16,6 +16,7 @@ is one `index_select` and every quantity is a view of it.
 
 from __future__ import annotations
 
+import math
 from contextlib import AbstractContextManager
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -41,13 +42,6 @@ def use_cache(setting: Optional[bool], augment: bool, in_memory: bool, nbytes: i
     return not augment and in_memory and nbytes <= AUTO_CACHE_BYTES
 
 
-def _prod(shape: Sequence[int]) -> int:
-    out = 1
-    for s in shape:
-        out *= int(s)
-    return out
-
-
 class TeacherCache:
     """Cached teacher outputs and statistics of N training rows (see the module docstring)."""
 
@@ -63,7 +57,7 @@ class TeacherCache:
     def row_width(num_classes: int, feature_shapes: Sequence[Tuple[int, ...]], embedding_dims: Sequence[int]) -> int:
         """F: floats per cached row."""
         m = len(feature_shapes)
-        return 3 * m * num_classes + 3 * m + sum(embedding_dims) + sum(_prod(s) for s in feature_shapes)
+        return 3 * m * num_classes + 3 * m + sum(embedding_dims) + sum(math.prod(s) for s in feature_shapes)
 
     @classmethod
     @torch.no_grad()
@@ -104,7 +98,7 @@ class TeacherCache:
             col += dim
         outs = []
         for emb, shape, logits in zip(embeddings, self.feature_shapes, per_teacher(0).unbind(0)):
-            size = _prod(shape)
+            size = math.prod(shape)
             outs.append(ModelOutput(logits, rows[:, col:col + size].view(b, *shape), emb))
             col += size
         return outs, TeacherStats(per_teacher(0), per_teacher(m * c), per_teacher(2 * m * c), entropy, ce, correct)
