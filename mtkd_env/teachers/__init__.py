@@ -273,6 +273,7 @@ def train_model(model: nn.Module, splits: DatasetSplits, rec: dict, seed: int, d
     epochs = rec.get("stop_epoch", rec["epochs"])
     for _ in tqdm(range(epochs), desc=f"training {desc}", disable=not show_progress, leave=False):
         run.run_epoch()
+    model.zero_grad(set_to_none=True)  # a frozen teacher keeps no gradients of its training (nor their memory)
     return model.eval()
 
 
