@@ -142,8 +142,8 @@ def _validator(name: str, config_class: type) -> Callable[[dict], dict]:
     return validate
 
 
-def _sb3_spec(name: str) -> AlgoSpec:
-    return AlgoSpec(name=name, env_overrides={},
+def _sb3_spec(name: str, env_overrides: Optional[Dict[str, Any]] = None) -> AlgoSpec:
+    return AlgoSpec(name=name, env_overrides=dict(env_overrides or {}),
                     validate=lambda hp: validate_sb3(name, SB3_CLASSES()[name], hp),
                     build=lambda cfg, hp, seed, device: SB3Agent(name, cfg, hp, seed, device),
                     load_policy=lambda path, meta: load_sb3_policy(path, meta))
@@ -175,6 +175,10 @@ REGISTRY: Dict[str, AlgoSpec] = {
     "a2c": _sb3_spec("a2c"),
     "sac": _sb3_spec("sac"),
     "td3": _sb3_spec("td3"),
+    # stock PPO with TeacherSetPolicy (agents/set_policy.py): per teacher, order- and pool-size-free;
+    # per sample (one weight vector per image, the batch as a set of rows)
+    "ppo-set": _sb3_spec("ppo-set"),
+    "ppo-sample": _sb3_spec("ppo-sample", {"granularity": "sample", "sample_obs_embeddings": False}),
     "mtkd-rl": _mtkd_spec("mtkd-rl", "code"),
     "mtkd-rl-pg": _mtkd_spec("mtkd-rl-pg", "pg"),
     "rmts": _rmts_spec(),

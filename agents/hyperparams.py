@@ -24,7 +24,7 @@ from mtkd_env.config import ConfigError, load_config_file
 from mtkd_env.runtime.errors import did_you_mean, short_repr
 from mtkd_env.runtime.options import Cli, settings
 
-__all__ = ["HYPERPARAMS_DIR", "default_hyperparams", "load_hyperparams_file", "resolve_hyperparams",
+__all__ = ["HYPERPARAMS_DIR", "default_hyperparams", "resolve_episode_steps", "load_hyperparams_file", "resolve_hyperparams",
            "validate_sb3", "sb3_kwargs", "validate_dataclass", "check_hyperparams", "activations", "apply_env_kwargs",
            "NormalizeOptions", "VEC_ENVS", "check_n_envs"]
 
@@ -183,6 +183,9 @@ def validate_sb3(algo_name: str, cls: type, hp: dict) -> dict:
     off_policy = "replay_buffer_class" in params
     declared = {k: _from_default(k, p.default) for k, p in params.items() if k not in _SB3_RUN_ARGS}
     declared.update(_SB3_EXTRA, **(_NOISE_KEYS if off_policy else {}))
+    if not off_policy:  # "episode": one rollout = one episode of the env (see `resolve_episode_steps`)
+        episode = Annotated[Union[_COUNT, Literal["episode"]], Cli(expected="an integer >= 1 or 'episode'")]
+        declared.update({k: episode for k in ("n_steps", "batch_size") if k in declared})
     out = check_hyperparams(algo_name, declared, hp)
     if isinstance(out.get("train_freq"), tuple):
         out["train_freq"] = list(out["train_freq"])
@@ -208,6 +211,13 @@ def _schedule(value: Any) -> Any:
         start = float(value[4:])
         return LinearSchedule(start, 0.0, 1.0)
     return value
+
+
+def resolve_episode_steps(hp: dict, episode_steps: int) -> dict:
+    """`hp` with `n_steps` / `batch_size` "episode" replaced by the env's steps per episode: one
+    rollout per episode, so that gSDE noise resampled per rollout (`sde_sample_freq: -1`) is one
+    consistent perturbation per training student whatever the scenario's episode length."""
+    return {k: (episode_steps if k in ("n_steps", "batch_size") and v == "episode" else v) for k, v in hp.items()}
 
 
 def sb3_kwargs(hp: dict, num_actions: int) -> dict:

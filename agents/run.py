@@ -66,8 +66,9 @@ class RunSettings:
     the `agents.train` flag of the same name (`_` -> `-`, or the `flag` given)."""
 
     algo: Annotated[str, Cli(metavar='NAME')]
-    """Algorithm: ppo, a2c, sac, td3 (Stable-Baselines3), mtkd-rl or mtkd-rl-pg (the MTKD-RL agent),
-    rmts (Reinforced Multi-Teacher Selection); see `agents.api.ALGOS`."""
+    """Algorithm: ppo, a2c, sac, td3 (Stable-Baselines3), ppo-set, ppo-sample (PPO per teacher or
+    per sample), mtkd-rl, mtkd-rl-pg (the MTKD-RL agent), rmts (Reinforced Multi-Teacher
+    Selection); see `agents.api.ALGOS`."""
     total_timesteps: Annotated[int, Field(ge=1), Cli(help_default="the hyperparameters' n_timesteps")]
     """Env steps to train."""
     seed: Annotated[int, Field(ge=0, le=2 ** 32 - 1)] = 0

@@ -27,9 +27,10 @@ from mtkd_env.config import ConfigError
 from mtkd_env.runtime.errors import CheckpointError
 from mtkd_env.runtime.files import atomic_path, why_unreadable
 
-from .hyperparams import sb3_kwargs
+from .hyperparams import resolve_episode_steps, sb3_kwargs
 from .modelfile import add_meta, read_meta
 from .policy import Policy, interface_overrides
+from .set_policy import is_set_policy, resolve_policy, set_policy_kwargs
 from .vec_env import SB3Envs, check_n_envs, env_layout
 
 __all__ = ["SB3_CLASSES", "SB3Agent", "SB3Policy", "load_sb3_policy"]
@@ -38,7 +39,8 @@ __all__ = ["SB3_CLASSES", "SB3Agent", "SB3Policy", "load_sb3_policy"]
 def _classes() -> Dict[str, type]:
     from stable_baselines3 import A2C, PPO, SAC, TD3
 
-    return {"ppo": PPO, "a2c": A2C, "sac": SAC, "td3": TD3}
+    # ppo-set / ppo-sample: stock PPO with TeacherSetPolicy, shipped with their own hyperparameter files
+    return {"ppo": PPO, "a2c": A2C, "sac": SAC, "td3": TD3, "ppo-set": PPO, "ppo-sample": PPO}
 
 
 SB3_CLASSES = _classes
@@ -79,9 +81,12 @@ class SB3Agent:
 
         from mtkd_env.runtime.distributed import context as dist_context
 
-        if env_config.granularity != "teacher":
-            raise ConfigError(f"--algo {algo}: SB3 algorithms act on the flat teacher-granularity env, got "
-                              f"granularity={env_config.granularity!r} (use mtkd-rl or mtkd-rl-pg for per-sample weights)")
+        policy_name = hyperparams.get("policy", "MlpPolicy")
+        policy = resolve_policy(policy_name, algo)
+        if env_config.granularity != "teacher" and not is_set_policy(policy_name):
+            raise ConfigError(f"--algo {algo}: {policy_name} acts on the flat teacher-granularity env, got "
+                              f"granularity={env_config.granularity!r} (use policy: TeacherSetPolicy, or mtkd-rl "
+                              "or mtkd-rl-pg, for per-sample weights)")
         self.algo = algo
         self.hyperparams = dict(hyperparams)
         n_envs, kind = env_layout(hyperparams)
@@ -98,13 +103,21 @@ class SB3Agent:
             self.vecnorm = venv = VecNormalize(venv, **kwargs)
         self.venv = venv
         cls = SB3_CLASSES()[algo]
-        kwargs = sb3_kwargs(hyperparams, int(np.prod(self.env.action_space.shape)))
+        steps = getattr(self.env, "total_steps", None) or venv.get_attr("total_steps", [0])[0]
+        kwargs = sb3_kwargs(resolve_episode_steps(hyperparams, steps), int(np.prod(self.env.action_space.shape)))
+        self.set_policy: Optional[dict] = None
+        if is_set_policy(policy_name):
+            sample_layout = getattr(self.env, "sample_layout", None)
+            if sample_layout is None and env_config.granularity == "sample":
+                sample_layout = venv.get_attr("sample_layout", [0])[0]
+            self.set_policy = set_policy_kwargs(self.env.config, sample_layout)
+            kwargs["policy_kwargs"] = {**kwargs.get("policy_kwargs", {}), **self.set_policy}
         if n_envs > 1 and kwargs.get("action_noise") is not None:  # one noise process per env, saved per env
             from stable_baselines3.common.noise import VectorizedActionNoise
 
             kwargs["action_noise"] = VectorizedActionNoise(kwargs["action_noise"], n_envs)
         try:
-            self.model = cls(hyperparams.get("policy", "MlpPolicy"), venv, seed=seed, device=device, verbose=0, **kwargs)
+            self.model = cls(policy, venv, seed=seed, device=device, verbose=0, **kwargs)
         except (TypeError, ValueError, AssertionError, KeyError) as exc:
             raise ConfigError(f"{algo} could not be built with these hyperparameters: "
                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
@@ -263,7 +276,7 @@ class SB3Agent:
         """What `SB3Policy` needs besides the weights: spaces, hyperparameters, obs normalisation."""
         meta = {"env_overrides": interface_overrides(self.env.config),
                 "observation_space": _box_meta(self.env.observation_space),
-                "action_space": _box_meta(self.env.action_space), "obs_norm": None}
+                "action_space": _box_meta(self.env.action_space), "obs_norm": None, "set_policy": self.set_policy}
         v = self.vecnorm
         if v is not None and v.norm_obs:
             meta["obs_norm"] = {"mean": np.asarray(v.obs_rms.mean).tolist(), "var": np.asarray(v.obs_rms.var).tolist(),
@@ -317,12 +330,23 @@ class SB3Policy(Policy):
         mean, std, clip = self._norm
         return np.clip((np.asarray(obs) - mean) / std, -clip, clip).astype(np.float32)
 
+    @property
+    def pool_free(self) -> bool:
+        """A `TeacherSetPolicy` without observation normalisation acts on any pool size (and, per
+        sample, on any batch size); its `predict` bypasses SB3's shape check."""
+        return bool(self.meta.get("set_policy")) and self._norm is None
+
     def predict(self, obs, state=None, episode_start=None, deterministic: bool = True):
+        if self.pool_free:
+            return self.model.policy.act(obs, deterministic=deterministic), state
         return self.model.predict(self.normalize(obs), state=state, episode_start=episode_start,
                                   deterministic=deterministic)
 
     def trained_shapes(self):
-        return (np.shape(self.meta["observation_space"]["low"]), np.shape(self.meta["action_space"]["low"]))
+        obs, act = np.shape(self.meta["observation_space"]["low"]), np.shape(self.meta["action_space"]["low"])
+        if self.pool_free:
+            return (None,) * len(obs), (None,) * len(act)
+        return obs, act
 
 
 def load_sb3_policy(path: Path, meta: Optional[dict] = None, device: str = "cpu") -> SB3Policy:
@@ -331,12 +355,15 @@ def load_sb3_policy(path: Path, meta: Optional[dict] = None, device: str = "cpu"
     algo = meta["algo"]
     hp = dict(meta["hyperparams"])
     env = _SpacesOnly(_box(meta["observation_space"]), _box(meta["action_space"]))
-    kwargs = sb3_kwargs(hp, int(np.prod(env.action_space.shape)))
+    # inference only: the rollout size ("episode" = the training env's episode) plays no part
+    kwargs = sb3_kwargs(resolve_episode_steps(hp, 64), int(np.prod(env.action_space.shape)))
+    if meta.get("set_policy"):
+        kwargs["policy_kwargs"] = {**kwargs.get("policy_kwargs", {}), **meta["set_policy"]}
     if "buffer_size" in inspect.signature(SB3_CLASSES()[algo].__init__).parameters:
         kwargs["buffer_size"] = 1  # inference only: no replay memory
         kwargs.pop("learning_starts", None)
     with torch.random.fork_rng(devices=[]):  # the throw-away initialisation leaves the caller's RNG alone
-        model = SB3_CLASSES()[algo](hp.get("policy", "MlpPolicy"), env, device=device, verbose=0, **kwargs)
+        model = SB3_CLASSES()[algo](resolve_policy(hp.get("policy", "MlpPolicy"), algo), env, device=device, verbose=0, **kwargs)
     try:
         model.set_parameters(str(path), exact_match=True, device=device)
     except Exception as exc:  # SB3 reads each member with torch.load(weights_only=True)

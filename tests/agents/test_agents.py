@@ -26,7 +26,7 @@ TINY_HP = {"ppo": {"n_steps": 32, "batch_size": 16, "n_epochs": 2}, "a2c": {"n_s
 
 
 def test_algos_match_contract():
-    assert api.ALGOS == ("ppo", "a2c", "sac", "td3", "mtkd-rl", "mtkd-rl-pg", "rmts")
+    assert api.ALGOS == ("ppo", "a2c", "sac", "td3", "ppo-set", "ppo-sample", "mtkd-rl", "mtkd-rl-pg", "rmts")
     for algo in api.ALGOS:
         assert default_hyperparams(algo)["n_timesteps"] >= 1
 
@@ -117,7 +117,7 @@ def test_summary_compares_policy_with_equal_weights(synthetic_config, tmp_path):
 
 @pytest.mark.parametrize("algo, hp, match", [
     ("ppo", {"n_stepz": 5}, r"unknown ppo hyperparameter\(s\) \['n_stepz'\]"),
-    ("ppo", {"n_steps": "many"}, "n_steps: expected int"),
+    ("ppo", {"n_steps": "many"}, "n_steps: expected an integer >= 1 or 'episode', got 'many'"),
     ("sac", {"train_freq": [1, "weeks"]}, "train_freq"),
     ("td3", {"noise_type": "pink"}, "noise_type"),
     ("ppo", {"policy_kwargs": {"activation_fn": "sigmoidish"}}, "activation_fn"),
