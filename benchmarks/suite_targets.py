@@ -28,10 +28,10 @@ from mtkd_env.runtime.files import atomic_write_text
 from mtkd_env.scenarios import DEFAULT_SCENARIO, SCENARIOS
 from mtkd_env.stats import paired_stats
 
-__all__ = ["targets", "main"]
+__all__ = ["targets", "accuracies", "pair", "main"]
 
 
-def _accuracies(folder: Path, seeds: Optional[Sequence[int]]) -> Dict[str, Dict[int, float]]:
+def accuracies(folder: Path, seeds: Optional[Sequence[int]]) -> Dict[str, Dict[int, float]]:
     out: Dict[str, Dict[int, float]] = {}
     with (folder / "results.csv").open() as fh:
         for row in csv.DictReader(fh):
@@ -41,7 +41,7 @@ def _accuracies(folder: Path, seeds: Optional[Sequence[int]]) -> Dict[str, Dict[
     return out
 
 
-def _pair(acc: Dict[str, Dict[int, float]], base: str, other: str) -> Optional[dict]:
+def pair(acc: Dict[str, Dict[int, float]], base: str, other: str) -> Optional[dict]:
     if base not in acc or other not in acc:
         return None
     seeds = sorted(set(acc[base]) & set(acc[other]))
@@ -58,9 +58,9 @@ def targets(out: Path, seeds: Optional[Sequence[int]] = None) -> dict:
                           f"python -m baselines.compare --scenarios ...)")
     figures: dict = {"scenarios": {}}
     for name in found:
-        acc = _accuracies(out / name, seeds)
-        row = {"oracle_vs_aver": _pair(acc, "aver", "oracle"),
-               "oracle_vs_best_constant": _pair(acc, "best-constant", "oracle")}
+        acc = accuracies(out / name, seeds)
+        row = {"oracle_vs_aver": pair(acc, "aver", "oracle"),
+               "oracle_vs_best_constant": pair(acc, "best-constant", "oracle")}
         o = row["oracle_vs_aver"]
         if o is not None and o["mde_pp"] is not None:
             row["ratio_to_mde"] = o["delta_pp"] / o["mde_pp"]
