@@ -1,6 +1,7 @@
 """The learned policies of a leaderboard folder, against AVER, the best constant, the formulas and the oracle.
 
     python -m benchmarks.learners --out LEADERBOARD_DIR [--json FILE] [--png FILE] [--md FILE]
+        [--train-instances DIR]
 
 For every scenario folder (`baselines.compare --scenarios ... --out DIR`) and every RL learner in its
 `results.csv` (names of `agents.api.ALGOS`), from the same fresh students (paired by evaluation seed):
@@ -15,7 +16,8 @@ For every scenario folder (`baselines.compare --scenarios ... --out DIR`) and ev
 - the learning curve: each training student's test-accuracy advantage over its AVER twin (same
   initialisation and batches, `episode/advantage_test` of the run's `metrics.jsonl`) divided by the
   oracle's Δ, per training episode; "students to half the gap" is the first training student at which
-  the mean over training seeds of a trailing 5-student mean reaches 0.5.
+  the mean over training seeds of a trailing 5-student mean reaches 0.5;
+- with `--train-instances DIR`, the generalisation table of `pools` (`generalisation`).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from baselines.report import format_p, holm
 
 from .suite_targets import accuracies, pair
 
-__all__ = ["learner_figures", "learning_curve", "main"]
+__all__ = ["learner_figures", "learning_curve", "generalisation", "main"]
 
 REFERENCES = ("aver", "oracle", "best-constant")
 WINDOW = 5
@@ -117,6 +119,20 @@ def learner_figures(out: Path) -> dict:
     return figures
 
 
+def generalisation(test_folder: Path, train_folder: Path) -> Dict[str, dict]:
+    """Per policy of both folders (the `pools` scenario evaluated on its test instances, and a
+    comparison of the same agents on the train instances, `--env scenario=pools instance_set=train
+    --agent-dir ...`): Δ vs AVER on each and their ratio (test / train). The oracle is searched on
+    the test instances only, so the ratio is of Δ, not of normalised scores."""
+    test, train = accuracies(test_folder, None), accuracies(train_folder, None)
+    out = {}
+    for policy in sorted(set(test) & set(train) - {"aver"}):
+        a, b = pair(test, "aver", policy), pair(train, "aver", policy)
+        ratio = a["delta_pp"] / b["delta_pp"] if a and b and b["delta_pp"] > 0 else None
+        out[policy] = {"test": a, "train": b, "test_over_train": ratio}
+    return out
+
+
 def _pp(stats: Optional[dict]) -> str:
     return "–" if not stats else f"{stats['delta_pp']:+.2f} (p {format_p(stats['p'])}, n {stats['n']})"
 
@@ -178,12 +194,26 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
     parser.add_argument("--md", metavar="FILE", help="also write the table to FILE")
     parser.add_argument("--png", metavar="FILE", help="also draw the learning curves into FILE")
+    parser.add_argument("--train-instances", metavar="DIR",
+                        help="a comparison of the pools agents on the train instances: adds the generalisation table")
     args = parser.parse_args(argv)
     figures = learner_figures(Path(args.out))
     table = markdown(figures)
+    if args.train_instances:
+        if not (Path(args.out) / "pools" / "results.csv").is_file() or not (Path(args.train_instances) /
+                                                                            "results.csv").is_file():
+            raise ConfigError(f"--train-instances: expected {args.out}/pools/results.csv and "
+                              f"{args.train_instances}/results.csv")
+        gen = generalisation(Path(args.out) / "pools", Path(args.train_instances))
+        figures["_generalisation"] = gen
+        table += ("\n| policy (pools) | Δ vs AVER, test instances pp (p, n) | Δ vs AVER, train instances pp (p, n) "
+                  "| test / train |\n|---|---|---|---:|\n")
+        for policy, row in gen.items():
+            ratio = "–" if row["test_over_train"] is None else f"{row['test_over_train']:.2f}"
+            table += f"| {policy} | {_pp(row['test'])} | {_pp(row['train'])} | {ratio} |\n"
     print(table, end="")
     for name, scenario in figures.items():
-        for algo, row in scenario["learners"].items():
+        for algo, row in scenario.get("learners", {}).items():
             if row["beats_every_formula"]:
                 print(f"{name}: {algo} beats every formula baseline (Holm p < 0.01)")
     if args.json:

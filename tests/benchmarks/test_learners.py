@@ -68,3 +68,17 @@ def test_a_clear_win_over_every_formula_is_flagged_and_the_cli_writes_its_files(
     assert (tmp_path / "c.png").stat().st_size > 0
     assert main(["--out", str(tmp_path / "nothing")]) == 2
     assert "holds no scenario results" in capsys.readouterr().err
+
+
+def test_generalisation_compares_test_and_train_instances(tmp_path, capsys):
+    seeds = range(8)
+    _scenario(tmp_path / "lb" / "pools", {"aver": {s: 0.4 for s in seeds}, "oracle": {s: 0.6 for s in seeds},
+                                          "ppo-set": {s: 0.48 + 0.001 * (s % 3) for s in seeds}})
+    _scenario(tmp_path / "train", {"aver": {s: 0.4 for s in seeds}, "ppo-set": {s: 0.50 + 0.001 * (s % 3) for s in seeds}})
+    assert main(["--out", str(tmp_path / "lb"), "--train-instances", str(tmp_path / "train"),
+                 "--json", str(tmp_path / "f.json")]) == 0
+    gen = json.loads((tmp_path / "f.json").read_text())["_generalisation"]["ppo-set"]
+    assert gen["test"]["delta_pp"] == pytest.approx(8.0 + 0.0875) and gen["train"]["delta_pp"] == pytest.approx(10.0875)
+    assert gen["test_over_train"] == pytest.approx(8.0875 / 10.0875)
+    assert "| ppo-set | +8.09" in capsys.readouterr().out
+    assert main(["--out", str(tmp_path / "lb"), "--train-instances", str(tmp_path / "nothing")]) == 2
