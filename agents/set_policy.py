@@ -56,14 +56,14 @@ def layout_for(config: EnvConfig) -> Dict[str, Any]:
     per-teacher statistic (M columns), "G" one global column. Sample granularity: `per_teacher`
     columns per teacher (cos, KL, CE, then C logits when shown) and `context` trailing columns (the
     student's embedding when shown; its width is read from the observation)."""
+    if config.separate_feature_weights:
+        raise ConfigError("TeacherSetPolicy: expected one weight per teacher (separate_feature_weights=false)")
     if config.granularity == "teacher":
         names = config.obs_features or OBS_FEATURES
         return {"granularity": "teacher", "columns": "".join("T" if n in TEACHER_STATS else "G" for n in names)}
     if config.sample_obs_embeddings:
         raise ConfigError("TeacherSetPolicy: the sample state's teacher embeddings differ in width between teachers; "
                           "expected sample_obs_embeddings=false")
-    if config.separate_feature_weights:
-        raise ConfigError("TeacherSetPolicy: expected one weight per teacher (separate_feature_weights=false)")
     return {"granularity": "sample", "per_teacher": 3, "logits": bool(config.sample_obs_logits),
             "student": bool(config.sample_obs_student)}
 

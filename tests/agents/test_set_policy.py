@@ -146,6 +146,8 @@ def test_bad_settings_give_one_line_errors():
         layout_for(EnvConfig(granularity="sample", sample_obs_embeddings=True))
     with pytest.raises(ConfigError, match="net_arch does not apply"):
         _policy(TEACHER_LAYOUT, (11,), (3,), net_arch=[8])
+    with pytest.raises(ConfigError, match="expected one weight per teacher"):
+        layout_for(EnvConfig(separate_feature_weights=True))
     assert layout_for(EnvConfig(obs_features=["ce", "progress", "acc"]))["columns"] == "TGT"
 
 
