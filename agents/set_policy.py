@@ -25,8 +25,9 @@ sub-decisions sharing one reward), so PPO's ratio is a per-sample geometric mean
 sequence-level PPO variants, instead of a product of B ratios that the clip would stop at once.
 
 Use (rl-zoo3 hyperparameter file): `policy: TeacherSetPolicy`, `policy_kwargs: {hidden: 64,
-log_std_init: -2.0}`. `agents.sb3_agent` adds the observation layout (`layout_for`), which follows from
-the env config, so a saved model is rebuilt from its metadata without it.
+log_std_init: -2.0}` (`ppo-set.yml`, `ppo-sample.yml`). `agents.sb3_agent` adds what the env decides
+(`set_policy_kwargs`: the observation layout, the logit and student-embedding widths) and saves it in
+the model file's metadata, from which `load_sb3_policy` rebuilds the policy.
 """
 
 from __future__ import annotations
@@ -36,10 +37,10 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import gymnasium as gym
 import numpy as np
 import torch
-from torch import nn
 from stable_baselines3.common.distributions import DiagGaussianDistribution, StateDependentNoiseDistribution
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from torch import nn
 from torch.distributions import Normal
 
 from mtkd_env import EnvConfig
