@@ -162,3 +162,15 @@ register_scenario(Scenario(
                     "action is right for every instance, so a policy must read the observation",
     predictions="label-aware formulas adapt per instance (CA-MKD); constant weightings and AVER cannot",
     oracle="instance"))
+
+register_scenario(Scenario(
+    name="seg_unreliable",
+    summary="segmentation of generated scenes: two good teachers (seg_resnet, seg_cnn) and a confidently, "
+            "consistently wrong one (seg_cnn trained on masks whose classes are 70 % shifted to the next)",
+    settings={"task": "segmentation", "dataset": "scenes", "student": "seg_tiny", "teacher_epochs": 30,
+              "epochs": 10.0, "batch_size": 32, "teachers": ["seg_resnet", "seg_cnn", "seg_cnn=noisy"]},
+    right_weighting="drop the noisy teacher: on most images it labels every pixel of kind k as kind k+1 (and the "
+                    "background as a shape), so its pixel-wise KD pulls the student towards a wrong mask",
+    predictions="drop-worst, best and CA-MKD (per-image teacher CE vs the mask) should beat AVER; EBKD uses no "
+                "labels, but the noisy teacher's maps are also less confident here, so it may gain too",
+    oracle="constant"))

@@ -60,7 +60,7 @@ def draw_scenes(n: int, size: int, max_objects: int, g: torch.Generator, noise: 
     kinds = torch.randint(0, len(KINDS), (n, max_objects), generator=g)
     for k in range(max_objects):
         active = (count > k)[:, None, None]
-        r = size * (0.12 + 0.14 * torch.rand(n, generator=g))
+        r = size * (0.14 + 0.14 * torch.rand(n, generator=g))
         cx = r + (size - 2 * r) * torch.rand(n, generator=g)
         cy = r + (size - 2 * r) * torch.rand(n, generator=g)
         angle = 2 * math.pi * torch.rand(n, generator=g)
@@ -105,7 +105,7 @@ def _check(size, n_train, n_val, n_test, max_objects, noise) -> None:
         raise ConfigError(f"scenes: noise must be a number in [0, 1], got {noise!r}")
 
 
-def scenes(data_dir=None, seed: int = 0, size: int = 32, n_train: int = 384, n_val: int = 256, n_test: int = 512,
+def scenes(data_dir=None, seed: int = 0, size: int = 32, n_train: int = 768, n_val: int = 256, n_test: int = 512,
            max_objects: int = 3, noise: float = 0.06) -> DatasetSplits:
     """Generated scenes (3, size, size) with masks (size, size): 5 classes (background + `KINDS`)."""
     _check(size, n_train, n_val, n_test, max_objects, noise)
@@ -113,7 +113,7 @@ def scenes(data_dir=None, seed: int = 0, size: int = 32, n_train: int = 384, n_v
     return DatasetSplits("scenes", tx, tm, vx, vm, sx, sm, 1 + len(KINDS), task="segmentation")
 
 
-def scene_boxes(data_dir=None, seed: int = 0, size: int = 32, n_train: int = 384, n_val: int = 256,
+def scene_boxes(data_dir=None, seed: int = 0, size: int = 32, n_train: int = 768, n_val: int = 256,
                 n_test: int = 512, max_objects: int = 3, noise: float = 0.06) -> DatasetSplits:
     """The same scenes with box targets (max_objects, 5): 4 classes (`KINDS`), see the module docstring."""
     _check(size, n_train, n_val, n_test, max_objects, noise)

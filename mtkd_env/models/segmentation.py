@@ -47,8 +47,8 @@ class SegNet(nn.Module):
 
 @register("seg_tiny")
 def seg_tiny(num_classes: int, input_shape: tuple, **kw) -> nn.Module:
-    """The embedded scenes' student: conv 8 -> conv 16 (stride 2); feature map 16x(H/2)x(W/2)."""
-    return SegNet(num_classes, input_shape, widths=(8, 16), **kw)
+    """The embedded scenes' student: conv 16 -> 32 (stride 2) -> 32 (dilation 2); feature map 32x(H/2)x(W/2)."""
+    return SegNet(num_classes, input_shape, widths=(16, 32, 32), **kw)
 
 
 @register("seg_cnn")
