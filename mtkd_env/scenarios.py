@@ -174,3 +174,14 @@ register_scenario(Scenario(
     predictions="drop-worst, best and CA-MKD (per-image teacher CE vs the mask) should beat AVER; EBKD uses no "
                 "labels, but the noisy teacher's maps are also less confident here, so it may gain too",
     oracle="constant"))
+
+register_scenario(Scenario(
+    name="det_unreliable",
+    summary="detection in generated scenes: two good dense detectors (det_resnet, det_cnn) and a confidently, "
+            "consistently wrong one (det_cnn trained on boxes whose labels are 70 % shifted to the next class)",
+    settings={"task": "detection", "dataset": "scene_boxes", "student": "det_tiny", "teacher_epochs": 30,
+              "epochs": 10.0, "batch_size": 32, "teachers": ["det_resnet", "det_cnn", "det_cnn=noisy"]},
+    right_weighting="drop the noisy teacher: its location class distributions name the wrong kind for most "
+                    "objects, so its dense-output KD pulls the student's classifications towards wrong labels",
+    predictions="drop-worst, best and CA-MKD (per-image detection loss vs the boxes) should beat AVER",
+    oracle="constant"))

@@ -91,7 +91,8 @@ class DistillationEngine(VirtualSteps):
                               f"task={data_task!r} or choose a {cfg.task} dataset")
         if isinstance(splits, DatasetSplits):
             for split in ("train", "val", "test"):
-                self.task.check_targets(getattr(splits, f"{split}_y"), splits.num_classes, f"{cfg.dataset} {split}")
+                self.task.check_targets(getattr(splits, f"{split}_y"), splits.num_classes, f"{cfg.dataset} {split}",
+                                        splits.input_shape)
         self.num_classes = splits.num_classes
         self.input_shape = splits.input_shape
         self.class_groups: Optional[List[List[int]]] = getattr(splits, "class_groups", None)

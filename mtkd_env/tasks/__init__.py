@@ -48,7 +48,7 @@ def register_task(name: str) -> Callable[[type], type]:
 
 def _load() -> None:
     # Importing the dense task modules runs their @register_task decorators.
-    from . import segmentation  # noqa: F401
+    from . import detection, segmentation  # noqa: F401
 
 
 def task_names() -> List[str]:
@@ -108,8 +108,9 @@ class Task:
         (the "=noisy" teachers' systematic error)."""
         raise NotImplementedError
 
-    def check_targets(self, y: torch.Tensor, num_classes: int, where: str) -> None:
-        """Refuse targets the task cannot read with a one-line `ConfigError` (`where` names the split)."""
+    def check_targets(self, y: torch.Tensor, num_classes: int, where: str, image_shape: Optional[tuple] = None) -> None:
+        """Refuse targets the task cannot read with a one-line `ConfigError` (`where` names the split;
+        `image_shape` (C, H, W) bounds the boxes of detection)."""
 
 
 @register_task("classification")
@@ -136,7 +137,7 @@ class Classification(Task):
     def evaluate(self, model, eval_set, batch_size, forward=None):
         return split_sums(model, eval_set, batch_size, forward) / len(eval_set)
 
-    def check_targets(self, y: torch.Tensor, num_classes: int, where: str) -> None:
+    def check_targets(self, y: torch.Tensor, num_classes: int, where: str, image_shape: Optional[tuple] = None) -> None:
         from ..runtime.errors import ConfigError
 
         if y.dim() != 1:

@@ -163,5 +163,5 @@ class Segmentation(Task):
     def shift_labels(self, y: torch.Tensor, num_classes: int, flip: torch.Tensor) -> torch.Tensor:
         return torch.where(flip[:, None, None] & (y != IGNORE_INDEX), (y + 1) % num_classes, y)
 
-    def check_targets(self, y: torch.Tensor, num_classes: int, where: str) -> None:
+    def check_targets(self, y: torch.Tensor, num_classes: int, where: str, image_shape: Optional[tuple] = None) -> None:
         check_masks(y, num_classes, where)
