@@ -9,17 +9,19 @@ which is what the dense-output KD of `mtkd_env.tasks.detection` needs.
 
 - `det_tiny` (the embedded scene_boxes' student), `det_cnn`, `det_resnet` (teachers): the
   segmentation bodies of `mtkd_env.models.segmentation` (stride 2) with the detection head;
-- `det_resnet50_fpn`, `det_mobilenet_v3_fpn`: torchvision's FPN backbones
-  (`resnet_fpn_backbone("resnet50")`, `mobilenet_backbone("mobilenet_v3_large", fpn=True)`),
-  `weights=None` (nothing is downloaded), read at the FPN's finest level, with the same head.
+- `det_resnet50_fpn`, `det_resnet101_fpn`, `det_mobilenet_v3_fpn`: torchvision's FPN backbones
+  (`resnet_fpn_backbone`, and Faster R-CNN MobileNetV3's `_mobilenet_extractor(..., fpn=True)`),
+  `weights=None` (nothing is downloaded), read at the FPN's finest level resampled to one grid of
+  stride `FPN_STRIDE` (8), with the same head: teachers and students of any of them share the layout.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 from .registry import register
 from .segmentation import SegNet
@@ -38,9 +40,9 @@ class DetectionOutput(NamedTuple):
 class DenseDetector(nn.Module):
     """`body(x)` -> feature map (B, C_f, H_f, W_f) -> 3x3 conv towers -> class logits and boxes."""
 
-    def __init__(self, body: nn.Module, channels: int, num_classes: int) -> None:
+    def __init__(self, body: nn.Module, channels: int, num_classes: int, stride: Optional[int] = None) -> None:
         super().__init__()
-        self.body = body
+        self.body, self.stride = body, stride
         self.cls = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True),
                                  nn.Conv2d(channels, num_classes + 1, 3, padding=1))
         self.reg = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True),
@@ -48,6 +50,9 @@ class DenseDetector(nn.Module):
 
     def forward(self, x: torch.Tensor) -> DetectionOutput:
         fmap = self.body(x)
+        if self.stride is not None:  # a fixed grid (input / stride), so that detectors of any backbone share it
+            fmap = F.interpolate(fmap, size=(x.shape[-2] // self.stride, x.shape[-1] // self.stride),
+                                 mode="bilinear", align_corners=False)
         b, _, h, w = fmap.shape
         sy, sx = x.shape[-2] / h, x.shape[-1] / w
         ys = (torch.arange(h, device=x.device, dtype=fmap.dtype) + 0.5) * sy
@@ -100,20 +105,36 @@ class _FPNLevel(nn.Module):
         return self.backbone(x)["0"]
 
 
-@register("det_resnet50_fpn")
-def det_resnet50_fpn(num_classes: int, input_shape: tuple, **kw) -> nn.Module:
-    """torchvision's ResNet-50 FPN backbone (weights=None, all layers trainable), level P2 (stride 4)."""
+FPN_STRIDE = 8
+"""The location grid of the FPN detectors (input / 8): the finest FPN level resampled to it, so that
+ResNet (stride 4) and MobileNetV3 (stride 16) backbones share one layout."""
+
+
+def _resnet_fpn(name: str, num_classes: int) -> nn.Module:
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
-    return DenseDetector(_FPNLevel(resnet_fpn_backbone(backbone_name="resnet50", weights=None, trainable_layers=5)),
-                         256, num_classes)
+    backbone = resnet_fpn_backbone(backbone_name=name, weights=None, trainable_layers=5)
+    return DenseDetector(_FPNLevel(backbone), backbone.out_channels, num_classes, stride=FPN_STRIDE)
+
+
+@register("det_resnet50_fpn")
+def det_resnet50_fpn(num_classes: int, input_shape: tuple, **kw) -> nn.Module:
+    """torchvision's ResNet-50 FPN backbone (weights=None, all layers trainable), P2 on the stride-8 grid."""
+    return _resnet_fpn("resnet50", num_classes)
+
+
+@register("det_resnet101_fpn")
+def det_resnet101_fpn(num_classes: int, input_shape: tuple, **kw) -> nn.Module:
+    """torchvision's ResNet-101 FPN backbone (weights=None, all layers trainable), P2 on the stride-8 grid."""
+    return _resnet_fpn("resnet101", num_classes)
 
 
 @register("det_mobilenet_v3_fpn")
 def det_mobilenet_v3_fpn(num_classes: int, input_shape: tuple, **kw) -> nn.Module:
-    """torchvision's MobileNetV3-Large FPN backbone (Faster R-CNN MobileNetV3's; weights=None), finest level."""
+    """torchvision's MobileNetV3-Large FPN backbone (Faster R-CNN MobileNetV3's; weights=None), its
+    finest level on the stride-8 grid."""
     from torchvision.models import mobilenet_v3_large
     from torchvision.models.detection.backbone_utils import _mobilenet_extractor
 
     backbone = _mobilenet_extractor(mobilenet_v3_large(weights=None), fpn=True, trainable_layers=6)
-    return DenseDetector(_FPNLevel(backbone), backbone.out_channels, num_classes)
+    return DenseDetector(_FPNLevel(backbone), backbone.out_channels, num_classes, stride=FPN_STRIDE)

@@ -89,6 +89,26 @@ class TorchvisionSegmentation(nn.Module):
         return ModelOutput(logits, fmap, fmap.mean(dim=(2, 3)))
 
 
+class _MobileNetV2DeepLab(nn.Module):
+    """DeepLabV3 on torchvision's MobileNetV2 features (the paper's segmentation student; torchvision
+    has no such builder): the backbone's last stage (1280 channels, stride 32) is `out`."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        from torchvision.models import mobilenet_v2
+        from torchvision.models._utils import IntermediateLayerGetter
+        from torchvision.models.segmentation.deeplabv3 import DeepLabHead
+
+        self.backbone = IntermediateLayerGetter(mobilenet_v2(weights=None).features, {"18": "out"})
+        self.classifier = DeepLabHead(1280, num_classes)
+
+
+@register("deeplabv3_mobilenet_v2")
+def deeplabv3_mobilenet_v2(num_classes: int, input_shape: tuple, **kw) -> nn.Module:
+    """DeepLabV3 head on torchvision's MobileNetV2 (weights=None); feature map 1280x(H/32)x(W/32)."""
+    return TorchvisionSegmentation(_MobileNetV2DeepLab(num_classes), "out")
+
+
 def _torchvision_builder(name: str, builder: str, key: str):
     def build(num_classes: int, input_shape: tuple, **kw) -> nn.Module:
         from torchvision.models import segmentation as tvseg
