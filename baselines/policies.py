@@ -17,6 +17,10 @@ the user's config): per-sample methods (EBKD, CA-MKD) need `granularity="sample"
 the logit weights for every formula but CA-MKD, whose feature confidences read the projected
 student maps through each teacher's classifier head (`feature_logits`, `feature_weights`; its env
 keeps the feature maps, `keep_feature_maps=True`).
+
+Dense tasks (`EnvConfig.task` segmentation or detection) use the same policies on the task's
+per-image statistics (`FormulaPolicy.image_weights`): EBKD on each teacher's mean entropy per
+image, CA-MKD on its CE against the ground truth per image (feature weights = logit weights).
 """
 
 from __future__ import annotations
@@ -145,9 +149,19 @@ class FormulaPolicy:
         return dict(self.options)
 
     def batch_weights(self, batch) -> torch.Tensor:
-        """(B, M) weights for a `mtkd_env.engine.Batch`."""
+        """(B, M) weights for a `mtkd_env.engine.Batch`; a dense task's batch (targets more than one
+        label per image) goes to `image_weights`."""
+        if batch.y.dim() != 1:
+            return self.image_weights(batch)
         return type(self).weight_fn(batch.teacher_logits, batch.y, batch.student_logits.detach(),
                                     **self.function_kwargs())
+
+    def image_weights(self, batch) -> torch.Tensor:
+        """(B, M) weights for a dense task's batch (segmentation, detection), from its per-image
+        statistics. The formulas that read only the shapes and the validation metric (AVER,
+        no-kd, best, drop-worst, random) take the per-image teacher logits (M, B, C); EBKD and
+        CA-MKD override this with their per-image confidences."""
+        return type(self).weight_fn(batch.teacher_logits, None, None, **self.function_kwargs())
 
     def feature_logits(self, batch) -> Optional[torch.Tensor]:
         """(M, b, C) per-sample inputs of separate feature weights for this rank's rows of
@@ -224,6 +238,10 @@ class EBKD(FormulaPolicy):
     per_sample = True
     options_allowed = ("normalization",)
 
+    def image_weights(self, batch) -> torch.Tensor:
+        # The per-image entropy of each teacher (mean over pixels / locations), from the task.
+        return W.ebkd_from_entropy(batch.teacher_entropy, **self.options)
+
 
 @register_policy("ca-mkd")
 class CAMKD(FormulaPolicy):
@@ -239,8 +257,14 @@ class CAMKD(FormulaPolicy):
     def env_overrides(self) -> Dict[str, Any]:
         return {"granularity": "sample", "keep_feature_maps": True}
 
+    def image_weights(self, batch) -> torch.Tensor:
+        # The per-image CE of each teacher against the ground truth, from the task.
+        return W.ca_mkd_from_ce(batch.teacher_ce, **self.options)
+
     @torch.no_grad()
     def feature_logits(self, batch) -> Optional[torch.Tensor]:
+        if batch.y.dim() != 1:  # dense tasks: the teachers have no image classifier head; feature = logit weights
+            return None
         if batch.projected is None:
             if self.env.config.feature_kd and not self.env.config.keep_feature_maps:
                 raise RuntimeError("ca-mkd: the batch has no projected student maps; build the env with "
@@ -263,6 +287,10 @@ class AEKD(FormulaPolicy):
 
     def function_kwargs(self) -> Dict[str, Any]:
         return {"temperature": self.env.config.kd_temperature, **self.options}
+
+    def image_weights(self, batch) -> torch.Tensor:
+        raise ConfigError(f"policy 'aekd': its closed-form gradients are those of classification logits; the "
+                          f"{self.env.config.task} task has no AE-KD form here (use aver, ebkd, ca-mkd, ...)")
 
 
 def choice_weights(choice: Dict[str, Any], env) -> np.ndarray:

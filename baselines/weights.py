@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from .qp import capped_simplex_min_norm
 
 __all__ = ["aver", "no_kd", "best", "drop_worst", "random", "ebkd", "ca_mkd", "ca_mkd_feature", "aekd",
+           "ebkd_from_entropy", "ca_mkd_from_ce",
            "aekd_logit_gradients",
            "WEIGHT_FUNCTIONS", "NORMALIZATIONS"]
 
@@ -154,7 +155,19 @@ def ebkd(teacher_logits: torch.Tensor, targets: torch.Tensor, student_logits: to
     if m == 1:
         return torch.ones((b, 1), dtype=torch.float32, device=teacher_logits.device)
     logp = F.log_softmax(teacher_logits.detach().double(), dim=-1)          # log_softmax: stable
-    entropy = -(logp.exp() * logp).sum(-1).T                                # (B, M)
+    return ebkd_from_entropy(-(logp.exp() * logp).sum(-1).T, normalization=normalization)
+
+
+@torch.no_grad()
+def ebkd_from_entropy(entropy: torch.Tensor, *, normalization: str = "sum_to_one") -> torch.Tensor:
+    """EBKD's weights from the teachers' entropies H (B, M) (`ebkd`'s formula after its entropy):
+    the form dense tasks use, with H the teacher's mean pixel / location entropy of each image
+    (`Batch.teacher_entropy`). Returns (B, M)."""
+    _check_normalization(normalization)
+    b, m = entropy.shape
+    if m == 1:
+        return torch.ones((b, 1), dtype=torch.float32, device=entropy.device)
+    entropy = entropy.detach().double()
     total = entropy.sum(1, keepdim=True)
     share = torch.where(total > 0, entropy / total.clamp_min(1e-300), torch.full_like(entropy, 1.0 / m))
     w = 1.0 - share                                                         # sums to M - 1
@@ -183,8 +196,20 @@ def ca_mkd(teacher_logits: torch.Tensor, targets: torch.Tensor, student_logits: 
     if m == 1:
         return torch.ones((b, 1), dtype=torch.float32, device=teacher_logits.device)
     logits = teacher_logits.detach().double()
-    ce = F.cross_entropy(logits.permute(1, 2, 0), targets.expand(m, b).T, reduction="none")  # (B, M)
-    w = (1.0 - torch.softmax(ce, dim=1)) / (m - 1)
+    return ca_mkd_from_ce(F.cross_entropy(logits.permute(1, 2, 0), targets.expand(m, b).T, reduction="none"),
+                          normalization=normalization)
+
+
+@torch.no_grad()
+def ca_mkd_from_ce(ce: torch.Tensor, *, normalization: str = "sum_to_one") -> torch.Tensor:
+    """CA-MKD's weights from the teachers' CE vs the ground truth (B, M) (`ca_mkd`'s formula after
+    its CE): the form dense tasks use, with the per-image CE of each teacher (mean over valid
+    pixels, or its detection loss; `Batch.teacher_ce`). Returns (B, M)."""
+    _check_normalization(normalization)
+    b, m = ce.shape
+    if m == 1:
+        return torch.ones((b, 1), dtype=torch.float32, device=ce.device)
+    w = (1.0 - torch.softmax(ce.detach().double(), dim=1)) / (m - 1)
     return (w if normalization == "sum_to_one" else w / m).float()
 
 

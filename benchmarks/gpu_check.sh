@@ -9,7 +9,9 @@
 #      batches (teachers' forward shared) vs one env;
 #   5. benchmarks.step_overhead, paper pool, batch 128, bf16 + channels_last + cudnn.benchmark (eager),
 #      then the same with torch.compile(mode="reduce-overhead"), then fp32 (TFLOP/s beside the times);
-#   6. the loader benchmark; 7. the row per weighting method (fp32, batch 64).
+#   6. the loader benchmark; 7. the row per weighting method (fp32, batch 64);
+#   8.-9. one row per dense task (segmentation, detection): step overhead on the embedded scenes, and a
+#      10-step episode of torchvision segmentation networks / FPN detectors (weights=None).
 # Usage: benchmarks/gpu_check.sh OUTDIR        (figures: OUTDIR/*.json, log: OUTDIR/gpu_check.log)
 set -uo pipefail
 OUT=${1:?usage: benchmarks/gpu_check.sh OUTDIR}
@@ -49,4 +51,16 @@ PAPER="--config paper-cifar --batch 128 --device cuda"
   step 20 $PY -m benchmarks.loader --device cuda --workers 4 --images 20000 --batches 100 --json "$OUT/loader.json"
   step 60 $PY -m benchmarks.step_overhead --config paper-cifar --batch 64 --device cuda --warmup 3 \
        --blocks 2 --per-block 6 --json "$OUT/step_overhead_methods.json"
+  # 8./9. one row per dense task: the env's step vs the hand-written equal-weight dense KD step on the
+  # embedded scenes, then a short episode of torchvision models (weights=None, random teachers)
+  step 30 $PY -m benchmarks.step_overhead --config scenes --batch 32 --device cuda --methods --warmup 5 \
+       --blocks 3 --per-block 10 --json "$OUT/step_overhead_segmentation.json"
+  step 30 $PY -m benchmarks.step_overhead --config scene_boxes --batch 32 --device cuda --methods --warmup 5 \
+       --blocks 3 --per-block 10 --json "$OUT/step_overhead_detection.json"
+  step 40 $PY -m mtkd_env --env device=cuda task=segmentation dataset=scenes max_steps=10 batch_size=8 \
+       "teachers=[deeplabv3_resnet50=random,fcn_resnet50=random]" student=deeplabv3_mobilenet_v2 show_progress=false \
+       "dataset_kwargs={size: 128, n_train: 64, n_val: 16, n_test: 16}" eval_batch_size=8 probe_size=8
+  step 40 $PY -m mtkd_env --env device=cuda task=detection dataset=scene_boxes max_steps=10 batch_size=8 \
+       "teachers=[det_resnet50_fpn=random,det_resnet101_fpn=random]" student=det_mobilenet_v3_fpn show_progress=false \
+       "dataset_kwargs={size: 128, n_train: 64, n_val: 16, n_test: 16}" eval_batch_size=8 probe_size=8
 } 2>&1 | tee "$OUT/gpu_check.log"

@@ -1,6 +1,6 @@
 """Overhead of one env step against a hand-written equal-weight KD iteration (the floor).
 
-    python -m benchmarks.step_overhead [--config digits|paper-cifar] [--batch 64 128] [--device auto]
+    python -m benchmarks.step_overhead [--config digits|paper-cifar|scenes|scene_boxes] [--batch 64 128] [--device auto]
                                        [--amp none|bf16] [--channels-last] [--cudnn-benchmark]
                                        [--teacher-cache auto|on|off]
                                        [--compile-mode reduce-overhead] [--methods NAME ...] [--json FILE]
@@ -56,6 +56,11 @@ CONFIGS: Dict[str, dict] = {
                     "dataset_kwargs": {"shape": [3, 32, 32], "num_classes": 100, "n_val": 256, "n_test": 256}},
     "tiny": {"dataset": "synthetic", "teachers": ["mlp=random", "cnn=random"], "student": "tiny_cnn",
              "dataset_kwargs": {"shape": [1, 8, 8], "num_classes": 4, "n_val": 32, "n_test": 32}},
+    # the dense tasks' embedded scenarios (seg_unreliable, det_unreliable) with untrained teachers
+    "scenes": {"task": "segmentation", "dataset": "scenes", "student": "seg_tiny",
+               "teachers": ["seg_resnet=random", "seg_cnn=random", "seg_cnn=random"]},
+    "scene_boxes": {"task": "detection", "dataset": "scene_boxes", "student": "det_tiny",
+                    "teachers": ["det_resnet=random", "det_cnn=random", "det_cnn=random"]},
 }
 CONFIG_NAMES = tuple(sorted(CONFIGS))
 """The configuration names, for the `--config` flag."""
@@ -153,9 +158,16 @@ def floor_step_fn(env: MultiTeacherKDEnv, seed: int) -> Callable[[], None]:
             else:
                 with torch.no_grad():
                     t_outs = [t(x) for t in teachers]
-                    log_pts = [F.log_softmax(o.logits.float() / temp, dim=-1) for o in t_outs]
+                    log_pts = ([F.log_softmax(o.logits.float() / temp, dim=-1) for o in t_outs]
+                               if cfg.task == "classification" else [])
             s_out = student(x)
             proj = projectors(s_out.feature_map)
+        if cfg.task != "classification":
+            loss = DENSE_FLOORS[cfg.task](t_outs, s_out, proj, y, cfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return
         log_ps = F.log_softmax(s_out.logits.float() / temp, dim=-1)
         loss = F.cross_entropy(s_out.logits.float(), y)
         for o, p, log_pt in zip(t_outs, proj, log_pts):
@@ -167,6 +179,43 @@ def floor_step_fn(env: MultiTeacherKDEnv, seed: int) -> Callable[[], None]:
         opt.step()
 
     return step
+
+
+def _segmentation_floor(t_outs, s_out, proj, y, cfg) -> torch.Tensor:
+    """Equal-weight pixel KD by hand: CE over valid pixels + sum_m (T^2 KL over valid pixels + MSE) / M."""
+    temp, m, valid = cfg.kd_temperature, len(t_outs), y != 255
+    s = s_out.logits.float()
+    log_ps = F.log_softmax(s / temp, dim=1)
+    loss = F.cross_entropy(s, y, ignore_index=255)
+    for o, p in zip(t_outs, proj):
+        log_pt = F.log_softmax(o.logits.float() / temp, dim=1)
+        kd = temp ** 2 * (log_pt.exp() * (log_pt - log_ps)).sum(1)[valid].mean()
+        loss = loss + cfg.kd_alpha * kd / m + cfg.feat_beta * F.mse_loss(p.float(), o.feature_map.float()) / m
+    return loss
+
+
+def _detection_floor(t_outs, s_out, proj, y, cfg) -> torch.Tensor:
+    """Equal-weight dense-output KD by hand: location CE + GIoU over positives + sum_m (T^2 KL over
+    locations + MSE) / M (the FCOS assignment is the data's, `mtkd_env.tasks.detection.assign`)."""
+    from torchvision.ops import generalized_box_iou_loss
+
+    from mtkd_env.tasks.detection import assign
+
+    temp, m = cfg.kd_temperature, len(t_outs)
+    cls, box, positive = assign(s_out.centers, y)
+    s = s_out.logits.float()
+    log_ps = F.log_softmax(s / temp, dim=-1)
+    giou = generalized_box_iou_loss(s_out.boxes[positive], box[positive], reduction="mean") if positive.any() else 0.0
+    loss = F.cross_entropy(s.transpose(1, 2), cls) + giou
+    for o, p in zip(t_outs, proj):
+        log_pt = F.log_softmax(o.logits.float() / temp, dim=-1)
+        kd = temp ** 2 * (log_pt.exp() * (log_pt - log_ps)).sum(-1).mean()
+        loss = loss + cfg.kd_alpha * kd / m + cfg.feat_beta * F.mse_loss(p.float(), o.feature_map.float()) / m
+    return loss
+
+
+DENSE_FLOORS = {"segmentation": _segmentation_floor, "detection": _detection_floor}
+"""The hand-written floor's loss of the dense tasks (classification's is inline in `floor_step_fn`)."""
 
 
 def env_step_fn(env: MultiTeacherKDEnv, seed: int) -> Callable[[], None]:

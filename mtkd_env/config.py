@@ -54,6 +54,11 @@ class EnvConfig:
     fields given explicitly beside it win. None: the fields' own defaults."""
 
     # --- data -------------------------------------------------------------------------------
+    task: str = "classification"
+    """The task (`mtkd_env.tasks.TASKS`): "classification" (one label per image), "segmentation"
+    (masks; pixel-wise KD, mIoU) or "detection" (boxes; dense-output KD, COCO mAP). It fixes the
+    step's KD terms, the per-image statistics of the observation and the evaluation metric; the
+    dataset must have targets of this task."""
     dataset: str = "digits"
     """Dataset name from `mtkd_env.data.DATASETS`: "digits" (embedded), "synthetic" (generated),
     "cifar100" (torchvision layout under `data_dir`), "imagefolder" (train/val class folders)."""

@@ -25,6 +25,9 @@ FLOORS: Tuple[Tuple[str, ...], ...] = (
     ("data", "mdp", "scenarios"),
     # the env's settings; the model zoo and its registry
     ("config", "models"),
+    # the tasks by name (classification, segmentation, detection): the batch's KD terms, the
+    # per-image statistics and the evaluation metric
+    ("tasks",),
     # the teacher pool: specs, training, checkpoints
     ("teachers",),
     # one distillation iteration, for one student or K stacked ones
@@ -51,6 +54,8 @@ PLACES: Dict[str, str] = {
     "scenarios": "the scenario suite: named teacher-pool recipes with known answers, instance sets",
     "config": "`EnvConfig` and its flags (`add_env_flags`, `env_config_from`)",
     "models": "the model zoo, its registry, accuracy, projectors",
+    "tasks": "the tasks by name (`TASKS`: classification, segmentation, detection): supervised loss, KD terms, "
+             "per-image statistics (`Batch`, `TeacherStats`), evaluation metric",
     "teachers": "the teacher pool: specs, training, checkpoints; `python -m mtkd_env.teachers`",
     "engine": "one distillation iteration, for one student (`DistillationEngine`) or K stacked ones",
     "env": "`MultiTeacherKDEnv`, the single Gymnasium env",

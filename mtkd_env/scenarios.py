@@ -162,3 +162,26 @@ register_scenario(Scenario(
                     "action is right for every instance, so a policy must read the observation",
     predictions="label-aware formulas adapt per instance (CA-MKD); constant weightings and AVER cannot",
     oracle="instance"))
+
+register_scenario(Scenario(
+    name="seg_unreliable",
+    summary="segmentation of generated scenes: two good teachers (seg_resnet, seg_cnn) and a confidently, "
+            "consistently wrong one (seg_cnn trained on masks whose classes are 70 % shifted to the next)",
+    settings={"task": "segmentation", "dataset": "scenes", "student": "seg_tiny", "teacher_epochs": 30,
+              "epochs": 10.0, "batch_size": 32, "teachers": ["seg_resnet", "seg_cnn", "seg_cnn=noisy"]},
+    right_weighting="drop the noisy teacher: on most images it labels every pixel of kind k as kind k+1 (and the "
+                    "background as a shape), so its pixel-wise KD pulls the student towards a wrong mask",
+    predictions="drop-worst, best and CA-MKD (per-image teacher CE vs the mask) should beat AVER; EBKD uses no "
+                "labels, but the noisy teacher's maps are also less confident here, so it may gain too",
+    oracle="constant"))
+
+register_scenario(Scenario(
+    name="det_unreliable",
+    summary="detection in generated scenes: two good dense detectors (det_resnet, det_cnn) and a confidently, "
+            "consistently wrong one (det_cnn trained on boxes whose labels are 70 % shifted to the next class)",
+    settings={"task": "detection", "dataset": "scene_boxes", "student": "det_tiny", "teacher_epochs": 30,
+              "epochs": 10.0, "batch_size": 32, "teachers": ["det_resnet", "det_cnn", "det_cnn=noisy"]},
+    right_weighting="drop the noisy teacher: its location class distributions name the wrong kind for most "
+                    "objects, so its dense-output KD pulls the student's classifications towards wrong labels",
+    predictions="drop-worst, best and CA-MKD (per-image detection loss vs the boxes) should beat AVER",
+    oracle="constant"))

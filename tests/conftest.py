@@ -54,13 +54,19 @@ def synthetic_config(teacher_cache):
 TINY_GLYPHS = {"n_train": 320, "n_val": 64, "n_test": 128, "size": 8}
 """Glyphs small enough for tests: 8x8 images, 320 / 64 / 128 per split (a group of 5 classes holds 80 training images, over one batch of 64)."""
 
+TINY_SCENES = {"n_train": 96, "n_val": 32, "n_test": 32, "size": 16}
+"""Generated scenes small enough for tests: 16x16 images, 96 / 32 / 32 per split."""
+
 
 @pytest.fixture
 def scenario_config(teacher_cache):
-    """Factory of a scenario of the suite on tiny glyphs (2-epoch teachers, 4-step episodes)."""
+    """Factory of a scenario of the suite on tiny glyphs or scenes (2-epoch teachers, 4-step episodes)."""
 
     def make(name: str, **overrides) -> EnvConfig:
-        base = dict(scenario=name, dataset_kwargs=dict(TINY_GLYPHS), teacher_cache_dir=teacher_cache,
+        from mtkd_env.scenarios import scenario_settings
+
+        tiny = TINY_SCENES if scenario_settings(name)["dataset"] in ("scenes", "scene_boxes") else TINY_GLYPHS
+        base = dict(scenario=name, dataset_kwargs=dict(tiny), teacher_cache_dir=teacher_cache,
                     teacher_epochs=2, max_steps=4, batch_size=32, probe_size=32, eval_batch_size=128,
                     show_progress=False, device="cpu")
         base.update(overrides)

@@ -20,7 +20,7 @@ from typing import Callable, Dict, Optional
 import numpy as np
 import torch
 
-from . import disk_data, glyphs
+from . import dense_disk, disk_data, glyphs, scenes
 from ..protocols import Splits
 from ..runtime.errors import ConfigError, did_you_mean, unknown_name
 from .tensor_data import DatasetSplits, DeviceLoader, TensorEvalSet, random_crop_flip
@@ -133,5 +133,10 @@ def synthetic(data_dir: Optional[str] = None, seed: int = 0, shape: tuple = (3, 
 
 
 register_dataset("glyphs")(glyphs.glyphs)
+register_dataset("scenes")(scenes.scenes)
+register_dataset("scene_boxes")(scenes.scene_boxes)
+register_dataset("cityscapes")(dense_disk.cityscapes)
+register_dataset("segfolder")(dense_disk.segfolder)
+register_dataset("coco")(dense_disk.coco)
 register_dataset("cifar100")(disk_data.cifar100)
 register_dataset("imagefolder")(disk_data.imagefolder)

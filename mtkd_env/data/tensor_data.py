@@ -25,7 +25,7 @@ Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 @dataclass
 class DatasetSplits:
-    """Train/val/test tensors: x (N, C, H, W) float32, y (N,) int64."""
+    """Train/val/test tensors: x (N, C, H, W) float32, y (N,) int64 (dense tasks: masks or boxes, `task`)."""
 
     name: str
     train_x: torch.Tensor
@@ -39,6 +39,9 @@ class DatasetSplits:
     class_groups: Optional[List[List[int]]] = None
     """Classes in groups (lists of class indices), for datasets that define them (glyphs):
     what a group specialist teacher is trained on."""
+    task: str = "classification"
+    """The task the targets are for (`mtkd_env.tasks`): "classification" (y (N,) labels),
+    "segmentation" (masks (N, H, W)) or "detection" (boxes (N, K, 5))."""
 
     @property
     def input_shape(self) -> tuple:

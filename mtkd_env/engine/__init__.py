@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from .batch import Batch
+from ..tasks.batch import Batch
 from .batched import BatchedEngine
 from .core import DistillationEngine
 

@@ -41,7 +41,7 @@ import torch
 from ..config import ConfigError, EnvConfig
 from ..data.tensor_data import DeviceLoader, to_device
 from ..models import ModelOutput, grouped
-from .batch import Batch, TeacherStats, loss_terms
+from ..tasks.batch import Batch, TeacherStats, loss_terms
 from .core import DistillationEngine
 from .observe import sample_obs, teacher_obs
 from .student_stack import MODES, StudentStack, index_rows, row_of
@@ -61,6 +61,9 @@ class BatchedEngine:
             raise ConfigError("pool_size: the batched vector env trains every row against one teacher pool, but "
                               "instance sets change the pool per episode; use single envs (or SB3's DummyVecEnv)")
         self.template = t = DistillationEngine(cfg, twin=False)
+        if t.task.dense:
+            raise ConfigError(f"the batched vector env distils classifiers only; the {cfg.task} task runs one student "
+                              f"per env (use the single env, or vec_env='dummy' / 'subproc')")
         if t.dist.enabled:
             raise ConfigError("the batched vector env runs in one process; under torchrun use one env per "
                               "process (MultiTeacherKDEnv) or vectorization_mode='sync'")

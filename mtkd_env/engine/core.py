@@ -44,15 +44,15 @@ from torch import nn
 
 from .. import models
 from ..config import ConfigError, EnvConfig, default_cache_dir
-from ..data import DeviceLoader, build_dataset
-from ..models.accuracy import correct_and_ce, correct_count, split_sums
+from ..data import DatasetSplits, DeviceLoader, build_dataset
 from ..models.projectors import ProjectorBank
 from ..protocols import EvalSet, TrainLoader
 from ..runtime import distributed
 from ..runtime.distributed import DistContext
 from ..runtime.resources import resolve_device
 from ..teachers import Teacher, load_pool
-from .batch import Batch, TeacherStats, loss_terms, measure, teacher_stats
+from ..tasks import Task, get_task
+from ..tasks.batch import Batch, TeacherStats, loss_terms
 from ..runtime.errors import unknown_name
 from .teacher_cache import TeacherCache, use_cache
 from .trainee import Trainee
@@ -71,10 +71,28 @@ class DistillationEngine(VirtualSteps):
         self.config = cfg = config
         if cfg.student not in models.available():  # before any data or teacher work (not at the first reset)
             raise unknown_name("model", cfg.student, models.available())
+        try:
+            self.task: Task = get_task(cfg.task)
+        except ConfigError as exc:
+            raise ConfigError(f"task: {exc}") from None
+        if self.task.dense and cfg.cache_teacher_outputs:
+            raise ConfigError(f"cache_teacher_outputs: caches classification outputs only; the {cfg.task} task runs "
+                              f"its teachers on every batch (set cache_teacher_outputs to null or false)")
+        if self.task.dense and cfg.teacher_views:
+            raise ConfigError(f"teacher_views: fixed views exist for classification only, not the {cfg.task} task "
+                              f"(set teacher_views=0)")
         self.has_twin = bool(twin)
         self.dist = dist_ctx or distributed.context()
         self.device = distributed.device_for(self.dist, resolve_device(cfg.device))
         splits = build_dataset(cfg.dataset, data_dir=cfg.data_dir, seed=cfg.data_seed, **cfg.dataset_kwargs)
+        data_task = getattr(splits, "task", "classification")
+        if data_task != cfg.task:
+            raise ConfigError(f"task: dataset {cfg.dataset!r} has {data_task} targets but task is {cfg.task!r}; set "
+                              f"task={data_task!r} or choose a {cfg.task} dataset")
+        if isinstance(splits, DatasetSplits):
+            for split in ("train", "val", "test"):
+                self.task.check_targets(getattr(splits, f"{split}_y"), splits.num_classes, f"{cfg.dataset} {split}",
+                                        splits.input_shape)
         self.num_classes = splits.num_classes
         self.input_shape = splits.input_shape
         self.class_groups: Optional[List[List[int]]] = getattr(splits, "class_groups", None)
@@ -83,7 +101,7 @@ class DistillationEngine(VirtualSteps):
             cfg.teachers, splits, self.device, cfg.teacher_cache_dir or f"{default_cache_dir()}/teachers",
             seed=cfg.teacher_seed, data_seed=cfg.data_seed, epochs=cfg.teacher_epochs,
             noisy_fraction=cfg.noisy_label_fraction, show_progress=cfg.show_progress,
-            dataset_name=cfg.dataset, dataset_kwargs=cfg.dataset_kwargs, data_dir=cfg.data_dir)
+            dataset_name=cfg.dataset, dataset_kwargs=cfg.dataset_kwargs, data_dir=cfg.data_dir, task=self.task)
         dev = self.device
         # Eval splits: device tensors for in-memory datasets (val_x etc. set), or streamed from
         # disk (val_x etc. None; evaluation iterates `val_set.batches`).
@@ -263,6 +281,8 @@ class DistillationEngine(VirtualSteps):
         """`EnvConfig.cache_teacher_outputs` resolved for this engine (`teacher_cache.use_cache`)."""
         cfg, width = self.config, TeacherCache.row_width(self.num_classes, self.teacher_feature_shapes,
                                                           self.teacher_embedding_dims)
+        if self.task.dense:  # the cache's row layout holds one logit vector per image
+            return False
         if cfg.teacher_views:  # the fixed views exist for the cache (the config refuses it off)
             return True
         return use_cache(cfg.cache_teacher_outputs, cfg.augment, isinstance(self.loader, DeviceLoader),
@@ -282,7 +302,7 @@ class DistillationEngine(VirtualSteps):
             return self._teacher_cache.lookup(index)
         with torch.no_grad(), self._autocast():
             t_outs = [f(x) for f in self._teacher_forwards]
-        return t_outs, teacher_stats(t_outs, y, self.config.kd_temperature)
+        return t_outs, self.task.teacher_stats(t_outs, y, self.config.kd_temperature)
 
     def prepare(self) -> Batch:
         """Draw the next batch; forward teachers (no grad) and student + projectors (grad); the
@@ -300,12 +320,12 @@ class DistillationEngine(VirtualSteps):
         with self._autocast():
             s_out = trainee.forward(x)
             projected = None if trainee.projector_forward is None else trainee.projector_forward(s_out.feature_map)
-        return measure(x, y, index, t_outs, teacher, s_out, projected, self.config.kd_temperature,
-                       self.config.keep_feature_maps, self._with_cos)
+        return self.task.measure(x, y, index, t_outs, teacher, s_out, projected, self.config.kd_temperature,
+                                 self.config.keep_feature_maps, self._with_cos)
 
     def loss_terms(self, batch: Batch, w_logit: torch.Tensor, w_feat: torch.Tensor):
         """Per-sample total loss (B,) and the batch-mean KD and feature terms
-        (`mtkd_env.engine.batch.loss_terms` with this config's coefficients).
+        (`mtkd_env.tasks.batch.loss_terms` with this config's coefficients).
 
         `w_logit`, `w_feat`: (M,) or (B, M) weights; broadcast over the batch.
         """
@@ -360,7 +380,7 @@ class DistillationEngine(VirtualSteps):
     def correct_count(self, x: torch.Tensor, y: torch.Tensor, twin: bool = False) -> torch.Tensor:
         """Number of correct student predictions on (x, y), as a 0-d device tensor (no sync)."""
         module = self._evaluated(twin)
-        return correct_count(module, x, y, self.config.eval_batch_size, self._eval_forward(module))
+        return self.task.sums(module, x, y, self.config.eval_batch_size, self._eval_forward(module))[0]
 
     def val_accuracy(self, twin: bool = False) -> torch.Tensor:
         return self.split_accuracy(self.val_set, twin)
@@ -373,14 +393,16 @@ class DistillationEngine(VirtualSteps):
         return self.split_metrics(eval_set, twin)[0]
 
     def split_metrics(self, eval_set: EvalSet, twin: bool = False) -> torch.Tensor:
-        """(accuracy, mean CE) of the student (or the twin) over an eval set: a (2,) device tensor."""
+        """(metric, mean loss) of the student (or the twin) over an eval set: a (2,) device tensor; the
+        task's metric (accuracy, mIoU, mAP) and mean per-image loss (`Task.evaluate`)."""
         module = self._evaluated(twin)
-        return split_sums(module, eval_set, self.config.eval_batch_size, self._eval_forward(module)) / len(eval_set)
+        return self.task.evaluate(module, eval_set, self.config.eval_batch_size, self._eval_forward(module))
 
     def probe_loss(self, twin: bool = False) -> torch.Tensor:
-        """Student (or twin) CE on the fixed probe batch, in eval mode, as a 0-d device tensor."""
+        """Student (or twin) loss (CE; per image for dense tasks) on the fixed probe batch, in eval mode,
+        as a 0-d device tensor."""
         module = self._evaluated(twin)
-        sums = correct_and_ce(module, self.probe_x, self.probe_y, self.config.eval_batch_size,
+        sums = self.task.sums(module, self.probe_x, self.probe_y, self.config.eval_batch_size,
                               self._eval_forward(module))
         return sums[1] / len(self.probe_y)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from ..mdp.observations import STUDENT_STATS, TEACHER_STATS
-from .batch import Batch
+from ..tasks.batch import Batch
 
 __all__ = ["teacher_obs", "sample_obs"]
 

@@ -10,8 +10,8 @@ updates of train-mode BatchNorm land in each student's own row. The optimiser is
 update rule (weight decay, momentum, Nesterov; elementwise, so one update of the stack is K
 independent updates) with a learning rate per student, since students reset at different times.
 
-Under `vmap` the batch computation is the single engine's own: `mtkd_env.engine.batch.measure`, and the
-engine's caller applies `mtkd_env.engine.batch.loss_terms` the same way; the grouped mode takes the
+Under `vmap` the batch computation is the single engine's own: `mtkd_env.tasks.batch.measure`, and the
+engine's caller applies `mtkd_env.tasks.batch.loss_terms` the same way; the grouped mode takes the
 feature terms (`feature_terms`) on all rows at once and vmaps the rest of `measure`.
 """
 
@@ -27,7 +27,7 @@ from torch.func import functional_call, vmap
 from torch.utils import _pytree
 
 from ..models import ModelOutput, grouped
-from .batch import Batch, TeacherStats, feature_terms, measure
+from ..tasks.batch import Batch, TeacherStats, feature_terms, measure
 from .fused_features import fused_feature_terms
 
 __all__ = ["StudentStack", "MODES", "index_rows", "row_of"]

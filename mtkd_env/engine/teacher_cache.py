@@ -23,7 +23,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 
 from ..models import ModelOutput
-from .batch import TeacherStats, teacher_stats
+from ..tasks.batch import TeacherStats, teacher_stats
 
 __all__ = ["TeacherCache", "use_cache", "AUTO_CACHE_BYTES"]
 

@@ -22,7 +22,6 @@ from typing import Any, Dict, List, Mapping, Optional
 import torch
 from torch import nn
 
-from .batch import measure
 
 __all__ = ["VirtualSGD", "VirtualSteps"]
 
@@ -122,8 +121,8 @@ class VirtualSteps:
             s_out = functional_call(self.student, state("student.", self.student), (x,))
             projected = None if self.projectors is None else functional_call(
                 self.projectors, state("projectors.", self.projectors), (s_out.feature_map,))
-        return measure(x, y, index, t_outs, teacher, s_out, projected, self.config.kd_temperature, True,
-                       self._with_cos)
+        return self.task.measure(x, y, index, t_outs, teacher, s_out, projected, self.config.kd_temperature, True,
+                                 self._with_cos)
 
     def virtual_optimizer(self) -> VirtualSGD:
         """A differentiable copy of the next optimiser step: SGD with the current learning rate,

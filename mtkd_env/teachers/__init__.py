@@ -34,7 +34,6 @@ from typing import Callable, List, Optional
 
 import torch
 from torch import nn
-import torch.nn.functional as F
 
 from .. import models
 from ..models.accuracy import correct_count, split_correct
@@ -42,13 +41,14 @@ from ..data import DATASETS, DatasetSplits
 from ..protocols import EvalSet, Splits
 from ..runtime.files import load_weights, torch_save_atomic
 from ..runtime.errors import CheckpointError, did_you_mean
+from ..tasks import Task, get_task
 
 __all__ = ["TeacherSpec", "parse_spec", "Teacher", "load_pool", "train_model", "evaluate_accuracy",
            "evaluate_split", "EMBEDDED_DATASETS", "save_checkpoint", "load_checkpoint", "read_checkpoint_meta",
            "CheckpointError", "TeacherTraining", "trained_path", "train_command", "split_key", "EMBEDDED_SOURCES",
            "embedded_recipe"]
 
-EMBEDDED_DATASETS = ("digits", "synthetic", "glyphs")
+EMBEDDED_DATASETS = ("digits", "synthetic", "glyphs", "scenes", "scene_boxes")
 """Datasets small enough that a missing teacher is trained on first use."""
 
 _LOADING_ONLY_KWARGS = ("download", "num_workers")
@@ -179,15 +179,22 @@ def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_
     return float(correct_count(model, x, y, batch_size)) / max(1, len(x))
 
 
-def evaluate_split(model: nn.Module, eval_set: EvalSet, batch_size: int = 512) -> float:
-    """Top-1 accuracy over an eval set (`TensorEvalSet` or a streamed one), in eval mode."""
-    return float(split_correct(model, eval_set, batch_size)) / max(1, len(eval_set))
+def evaluate_split(model: nn.Module, eval_set: EvalSet, batch_size: int = 512, task: Optional[Task] = None) -> float:
+    """The task's metric over an eval set (`TensorEvalSet` or a streamed one), in eval mode: top-1
+    accuracy for classification (the default), mIoU for segmentation, COCO mAP for detection."""
+    if task is None or task.name == "classification":
+        return float(split_correct(model, eval_set, batch_size)) / max(1, len(eval_set))
+    return float(task.evaluate(model, eval_set, batch_size)[0])
 
 
-def corrupt_labels(y: torch.Tensor, num_classes: int, fraction: float, seed: int) -> torch.Tensor:
-    """Shift a seeded `fraction` of labels to the next class: a systematic, confident error."""
+def corrupt_labels(y: torch.Tensor, num_classes: int, fraction: float, seed: int,
+                   task: Optional[Task] = None) -> torch.Tensor:
+    """Shift the labels of a seeded `fraction` of images to the next class: a systematic, confident
+    error (dense targets: every labelled pixel or box of the image, `Task.shift_labels`)."""
     g = torch.Generator().manual_seed(seed + 7919)
     flip = torch.rand(len(y), generator=g) < fraction
+    if task is not None and task.dense:
+        return task.shift_labels(y, num_classes, flip)
     return torch.where(flip, (y + 1) % num_classes, y)
 
 
@@ -201,11 +208,13 @@ class TeacherTraining:
     Data order and augmentation come from the loader seeded with `seed`.
     """
 
-    def __init__(self, model: nn.Module, splits: Splits, rec: dict, seed: int, device: torch.device) -> None:
+    def __init__(self, model: nn.Module, splits: Splits, rec: dict, seed: int, device: torch.device,
+                 task: Optional[Task] = None) -> None:
         self.model, self.rec, self.device = model.to(device).train(), rec, device
+        self.task = task or get_task("classification")
         labels = None
         if rec.get("label_noise", 0) > 0:
-            labels = corrupt_labels(splits.train_y, splits.num_classes, rec["label_noise"], seed)
+            labels = corrupt_labels(splits.train_y, splits.num_classes, rec["label_noise"], seed, self.task)
         self.loader = splits.train_loader(rec["batch_size"], rec.get("augment", True), device, labels=labels)
         self.loader.reset(seed)
         self.optimizer = torch.optim.SGD(model.parameters(), lr=rec["lr"], momentum=rec["momentum"],
@@ -232,14 +241,14 @@ class TeacherTraining:
         seen = 0
         for _ in range(self.loader.batches_per_epoch):
             x, y, _ = self.loader.next()
-            logits = self.model(x).logits
-            loss = F.cross_entropy(logits, y)
+            out = self.model(x)
+            loss = self.task.supervised_loss(out, y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             self.scheduler.step()
             loss_sum += loss.detach() * len(y)
-            correct += (logits.detach().argmax(1) == y).sum()
+            correct += self.task.correct(out, y)
             seen += len(y)
             if on_batch is not None:
                 on_batch(len(y))
@@ -260,7 +269,7 @@ class TeacherTraining:
 
 
 def train_model(model: nn.Module, splits: DatasetSplits, rec: dict, seed: int, device: torch.device,
-                show_progress: bool = True, desc: str = "teacher") -> nn.Module:
+                show_progress: bool = True, desc: str = "teacher", task: Optional[Task] = None) -> nn.Module:
     """Train `model` by `rec` (the on-first-use path of embedded datasets): `rec["epochs"]` epochs,
     or the first `rec["stop_epoch"]` of them (a checkpoint of that run); with `rec["group"]` on the
     training images of that class group only; from seed `seed + rec.get("seed_offset", 0)`."""
@@ -269,7 +278,7 @@ def train_model(model: nn.Module, splits: DatasetSplits, rec: dict, seed: int, d
     if "group" in rec:
         keep = torch.isin(splits.train_y, torch.as_tensor(splits.class_groups[rec["group"]]))
         splits = dataclasses.replace(splits, train_x=splits.train_x[keep], train_y=splits.train_y[keep])
-    run = TeacherTraining(model, splits, rec, seed + rec.get("seed_offset", 0), device)
+    run = TeacherTraining(model, splits, rec, seed + rec.get("seed_offset", 0), device, task)
     epochs = rec.get("stop_epoch", rec["epochs"])
     for _ in tqdm(range(epochs), desc=f"training {desc}", disable=not show_progress, leave=False):
         run.run_epoch()
@@ -336,7 +345,7 @@ def _seeded_build(arch: str, splits: Splits, seed: int, **kw) -> nn.Module:
 def load_pool(specs: List[str], splits: Splits, device: torch.device, cache_dir: str, seed: int,
               data_seed: int, epochs: int, noisy_fraction: float, show_progress: bool = True,
               dataset_name: Optional[str] = None, dataset_kwargs: Optional[dict] = None,
-              data_dir: Optional[str] = None) -> List[Teacher]:
+              data_dir: Optional[str] = None, task: Optional[Task] = None) -> List[Teacher]:
     """Build every teacher of `specs`: frozen, eval mode, on `device`, with its val accuracy.
 
     `splits` is a `DatasetSplits` or a `StreamingSplits`; `dataset_kwargs`/`data_dir` are the
@@ -376,9 +385,9 @@ def load_pool(specs: List[str], splits: Splits, device: torch.device, cache_dir:
             if path.is_file():
                 meta = load_checkpoint(path, model, expect)
             else:
-                train_model(model, splits, rec, seed, device, show_progress, desc=str(spec))
+                train_model(model, splits, rec, seed, device, show_progress, desc=str(spec), task=task)
                 meta.update(recipe=rec, seed=seed, data_seed=data_seed, source=spec.source,
-                            val_acc=evaluate_split(model, val_set))
+                            val_acc=evaluate_split(model, val_set, task=task))
                 save_checkpoint(path, model, meta)
         elif spec.source.partition(":")[0] in EMBEDDED_SOURCES[1:]:
             raise CheckpointError(f"teacher {raw!r}: '={spec.source.partition(':')[0]}' teachers exist only for the "
@@ -397,7 +406,7 @@ def load_pool(specs: List[str], splits: Splits, device: torch.device, cache_dir:
         for p in model.parameters():
             p.requires_grad_(False)
         model = model.to(device).eval()
-        val_acc = evaluate_split(model, val_set)
+        val_acc = evaluate_split(model, val_set, task=task)
         pool.append(Teacher(str(spec), model, val_acc, meta))
     return pool
 

@@ -138,7 +138,10 @@ def train_teacher(cfg: TeacherTrainConfig, log=print) -> Path:
     rec = cfg.recipe()
     run_key = {"arch": cfg.arch, "seed": cfg.seed, "recipe": rec,
                "split": split_key(cfg.dataset, cfg.data_seed, cfg.dataset_kwargs)}
-    run = TeacherTraining(model, splits, rec, cfg.seed, device)
+    from ..tasks import get_task
+
+    task = get_task(getattr(splits, "task", "classification"))  # the dataset's targets fix the task
+    run = TeacherTraining(model, splits, rec, cfg.seed, device, task)
     history: list = []
     resume_file = _resume_path(out)
     if cfg.resume and resume_file.is_file():
@@ -162,14 +165,14 @@ def train_teacher(cfg: TeacherTrainConfig, log=print) -> Path:
             stats = run.run_epoch(on_batch=lambda _: bar.update(1))
             entry = {"epoch": run.epoch, "lr": run.lr, **stats}
             if run.epoch % cfg.eval_every == 0 or run.epoch == cfg.epochs:
-                entry["val_acc"] = evaluate_split(model, val_set, cfg.eval_batch_size)
+                entry["val_acc"] = evaluate_split(model, val_set, cfg.eval_batch_size, task)
             history.append(entry)
             bar.set_postfix(epoch=run.epoch, loss=f"{stats['train_loss']:.3f}",
                             val=f"{entry['val_acc']:.4f}" if "val_acc" in entry else "-")
             if run.epoch < cfg.epochs:
                 torch_save_atomic({"run_key": json.dumps(run_key, default=str), "training": run.state_dict(),
                                    "history": history}, resume_file)
-    test_acc = evaluate_split(model, splits.eval_set("test", device), cfg.eval_batch_size)
+    test_acc = evaluate_split(model, splits.eval_set("test", device), cfg.eval_batch_size, task)
     meta = {"arch": cfg.arch, "dataset": cfg.dataset, "num_classes": splits.num_classes,
             "input_shape": list(splits.input_shape), "val_acc": history[-1]["val_acc"], "test_acc": test_acc,
             "recipe": rec, "seed": cfg.seed, "data_seed": cfg.data_seed,

@@ -120,7 +120,7 @@ def test_an_upward_lazy_import_is_reported_with_file_and_line(tmp_path):
     })
     assert violations(root) == [
         "mtkd_env/runtime/errors.py:5: mtkd_env.runtime.errors -> mtkd_env.engine.core: "
-        "upward: runtime (floor 0) imports engine (floor 4)"]
+        "upward: runtime (floor 0) imports engine (floor 5)"]
 
 
 def test_sideways_absolute_and_package_order_imports_are_reported(tmp_path):
@@ -137,6 +137,6 @@ def test_sideways_absolute_and_package_order_imports_are_reported(tmp_path):
     assert found == [
         "mtkd_env/data/__init__.py:1: mtkd_env.data -> mtkd_env.mdp.rewards: sideways: data (floor 1) imports "
         "mdp (floor 1)",
-        "mtkd_env/env.py:1: mtkd_env.env -> mtkd_env: upward: env (floor 5) imports __init__ (floor 8)",
+        "mtkd_env/env.py:1: mtkd_env.env -> mtkd_env: upward: env (floor 6) imports __init__ (floor 9)",
         "agents/__init__.py:1: agents -> baselines: package agents imports baselines, which comes after it in "
         "PACKAGES"]

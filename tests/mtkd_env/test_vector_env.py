@@ -286,7 +286,7 @@ def test_vmapped_students_match_row_by_row(arch):
     from contextlib import nullcontext
 
     from mtkd_env import models
-    from mtkd_env.engine.batch import teacher_stats
+    from mtkd_env.tasks.batch import teacher_stats
     from mtkd_env.models import ModelOutput
     from mtkd_env.engine.student_stack import StudentStack
 
@@ -332,7 +332,7 @@ def test_grouped_students_equal_separate_students(arch, shared, keep_maps):
     from contextlib import nullcontext
 
     from mtkd_env import models
-    from mtkd_env.engine.batch import teacher_stats
+    from mtkd_env.tasks.batch import teacher_stats
     from mtkd_env.engine.student_stack import StudentStack
     from mtkd_env.models import ModelOutput
     from mtkd_env.models.projectors import ProjectorBank
@@ -387,7 +387,7 @@ def test_grouped_students_equal_separate_students(arch, shared, keep_maps):
 def test_fused_feature_term_gradient_is_the_numerical_one(relu, shared):
     """`FeatureTerm`'s hand-written backward against finite differences (float64), and its
     forward against the unfused computation (`engine.batch.feature_terms`)."""
-    from mtkd_env.engine.batch import feature_terms
+    from mtkd_env.tasks.batch import feature_terms
     from mtkd_env.engine.fused_features import FeatureTerm
     from mtkd_env.models import ModelOutput
 
