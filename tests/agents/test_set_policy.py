@@ -169,7 +169,11 @@ def test_ppo_set_trains_and_its_policy_acts_on_another_pool(scenario_config, tmp
             obs, *_ = env.step(action)
 
 
-@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+CLASSIFICATION_SCENARIOS = sorted(n for n, s in SCENARIOS.items()
+                                  if s.settings.get("task", "classification") == "classification")
+
+
+@pytest.mark.parametrize("scenario", CLASSIFICATION_SCENARIOS)
 def test_a_learner_trains_end_to_end_on_every_scenario(scenario, scenario_config, tmp_path):
     algo = "ppo-sample" if scenario == "specialists" else "ppo-set"
     run = api.train(algo, env_config=scenario_config(scenario), total_timesteps=8, out_dir=str(tmp_path),
