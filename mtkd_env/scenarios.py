@@ -31,7 +31,7 @@ import numpy as np
 
 from .runtime.errors import unknown_name
 
-__all__ = ["Scenario", "SCENARIOS", "register_scenario", "get_scenario", "scenario_settings", "instance_sets",
+__all__ = ["Scenario", "SCENARIOS", "register_scenario", "get_scenario", "scenario_settings", "instance_sets", "suite",
            "DEFAULT_SCENARIO"]
 
 
@@ -73,6 +73,13 @@ def get_scenario(name: str) -> Scenario:
     if name not in SCENARIOS:
         raise unknown_name("scenario", name, SCENARIOS)
     return SCENARIOS[name]
+
+
+def suite(task: str = "classification") -> List[str]:
+    """The scenarios of one task, in registration order: what "all" means on the command lines
+    (the classification suite; the dense tasks' scenarios are named explicitly, since several
+    policies of the default leaderboard exist for classification only)."""
+    return [n for n, sc in SCENARIOS.items() if sc.settings.get("task", "classification") == task]
 
 
 def scenario_settings(name: str) -> Dict[str, Any]:
