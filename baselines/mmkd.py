@@ -45,6 +45,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from mtkd_env.runtime.errors import ConfigError
+
 from .policies import FormulaPolicy, register_policy
 
 __all__ = ["MMKDConfig", "WeightNet", "HardBuffer", "MMKD", "gram_rows", "logit_inputs"]
@@ -169,6 +171,9 @@ class MMKD(FormulaPolicy):
         return {"granularity": "sample", "keep_feature_maps": True}
 
     def bind(self, env) -> "MMKD":
+        if env.config.task != "classification":
+            raise ConfigError(f"policy 'mmkd': its weighting network reads classification logits and its meta step "
+                              f"their CE; the {env.config.task} task has no MMKD form here")
         super().bind(env)
         if env.dist.enabled:
             raise ValueError("policy 'mmkd' runs in one process: its meta step unrolls the student on one "

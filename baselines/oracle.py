@@ -38,7 +38,7 @@ from mtkd_env.runtime.errors import ConfigError
 from mtkd_env.runtime.options import add_options, options_from
 from mtkd_env.runtime.executors import ExecutorOptions, execute
 from mtkd_env.runtime.files import atomic_write_text
-from mtkd_env.scenarios import SCENARIOS, get_scenario, instance_sets
+from mtkd_env.scenarios import get_scenario, instance_sets, suite
 
 __all__ = ["candidates", "oracle_key", "oracle_path", "search", "load_or_search", "SEARCH_SEEDS", "main"]
 
@@ -186,10 +186,11 @@ def load_or_search(config: EnvConfig, seeds: Sequence[int] = SEARCH_SEEDS, jobs:
 
 
 def scenario_list(text: Sequence[str]) -> List[str]:
-    """Scenario names from comma/space separated words; "all" = every registered scenario."""
+    """Scenario names from comma/space separated words; "all" = every classification scenario
+    (`mtkd_env.scenarios.suite`; the dense tasks' are named explicitly)."""
     names = [n for word in text for n in str(word).replace(",", " ").split()]
     if names == ["all"]:
-        return list(SCENARIOS)
+        return suite()
     for n in names:
         get_scenario(n)  # unknown -> ConfigError with did-you-mean
     return list(dict.fromkeys(names))

@@ -47,7 +47,7 @@ class CompareOptions:
     with --scenarios the default is 0..19."""
     scenarios: Annotated[Optional[List[str]], Cli(split=True, item="scenario name", metavar="NAMES")] = None
     """The leaderboard: run the comparison on each of these scenarios (`mtkd_env.scenarios`; "all" = every
-    one) into OUT/<scenario>/ and rank the policies across them (`baselines.compare.leaderboard`). Its
+    classification one; name seg_unreliable / det_unreliable explicitly) into OUT/<scenario>/ and rank the policies across them (`baselines.compare.leaderboard`). Its
     default policies add "mmkd", "best-constant" and "oracle" to the formula defaults."""
     env_config: Annotated[EnvConfig, Cli(hidden=True)] = field(default_factory=EnvConfig)
     """The env every policy is evaluated on (RL policies add their `env_overrides`)."""
@@ -89,9 +89,9 @@ class CompareOptions:
 
     def __post_init__(self) -> None:
         if self.scenarios is not None:
-            from mtkd_env.scenarios import SCENARIOS, get_scenario
+            from mtkd_env.scenarios import SCENARIOS, get_scenario, suite
 
-            names = list(SCENARIOS) if self.scenarios == ["all"] else list(dict.fromkeys(self.scenarios))
+            names = suite() if self.scenarios == ["all"] else list(dict.fromkeys(self.scenarios))
             for name in names:
                 if name not in SCENARIOS:
                     get_scenario(name)  # the one-line error with "did you mean"

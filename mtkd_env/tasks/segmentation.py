@@ -43,6 +43,13 @@ def _valid(y: torch.Tensor):
     return valid, y.masked_fill(~valid, 0)
 
 
+def _correct(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B, H, W): 1.0 where the target class's logit is the largest (the argmax is right; a tie counts as
+    right), else 0.0, for logits (B, C, H, W) and class ids (B, H, W). `argmax` over a dimension that
+    is not the last is ten times slower on the CPU than `amax` + `gather`."""
+    return (logits.gather(1, target[:, None]).squeeze(1) >= logits.amax(1)).float()
+
+
 def _image_logits(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """(..., B, C, H, W) -> (..., B, C): the logits averaged over each image's valid pixels."""
     v = valid[:, None].to(logits.dtype)
@@ -81,7 +88,8 @@ class Segmentation(Task):
         return F.cross_entropy(full_precision(out.logits), y, ignore_index=IGNORE_INDEX)
 
     def correct(self, out: ModelOutput, y: torch.Tensor) -> torch.Tensor:
-        return image_mean((out.logits.detach().argmax(1) == y).float(), _valid(y)[0]).sum()
+        valid, target = _valid(y)
+        return image_mean(_correct(out.logits.detach(), target), valid).sum()
 
     @torch.no_grad()
     def teacher_stats(self, t_outs: List[ModelOutput], y: torch.Tensor, temperature: float) -> TeacherStats:
@@ -90,8 +98,8 @@ class Segmentation(Task):
         log_pt = F.log_softmax(t / temperature, dim=2)
         logp1 = F.log_softmax(t, dim=2)
         entropy = -(logp1.exp() * logp1).sum(2)                               # (M, B, H, W)
-        ce = -logp1.gather(2, target[None, :, None].expand(len(t_outs), -1, 1, -1, -1)).squeeze(2)
-        correct = (t.argmax(2) == y).float()
+        picked = logp1.gather(2, target[None, :, None].expand(len(t_outs), -1, 1, -1, -1)).squeeze(2)
+        ce, correct = -picked, (picked >= logp1.amax(2)).float()
         return TeacherStats(_image_logits(t, valid), log_pt, log_pt.exp(), image_mean(entropy, valid).T,
                             image_mean(ce, valid).T, image_mean(correct, valid).T)
 
@@ -104,7 +112,7 @@ class Segmentation(Task):
         if projected is not None:
             feat_mse, cos_all = feature_terms(projected, t_outs, with_cos)
             cos = cos if cos_all is None else cos_all
-        student_correct = image_mean((s.detach().argmax(1) == y).float(), valid)
+        student_correct = image_mean(_correct(s.detach(), _valid(y)[1]), valid)
         batch = Batch(x, y, index, teacher.logits, [o.embedding for o in t_outs], _image_logits(s, valid),
                       student_ce, kl, feat_mse, cos, teacher.ce, teacher.entropy, teacher.correct, student_correct,
                       student_embedding=s_out.embedding.detach())
@@ -124,8 +132,8 @@ class Segmentation(Task):
         for i in range(0, len(x), batch_size):
             yb = y[i:i + batch_size]
             s = forward(x[i:i + batch_size]).logits.float()
-            valid, _ = _valid(yb)
-            out[0] += image_mean((s.argmax(1) == yb).float(), valid).sum()
+            valid, target = _valid(yb)
+            out[0] += image_mean(_correct(s, target), valid).sum()
             out[1] += image_mean(F.cross_entropy(s, yb, ignore_index=IGNORE_INDEX, reduction="none"), valid).sum()
         model.train(was_training)
         return out
