@@ -198,6 +198,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
                         help="a comparison of the pools agents on the train instances: adds the generalisation table")
     args = parser.parse_args(argv)
     figures = learner_figures(Path(args.out))
+    payload = dict(figures)
     table = markdown(figures)
     if args.train_instances:
         if not (Path(args.out) / "pools" / "results.csv").is_file() or not (Path(args.train_instances) /
@@ -205,7 +206,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
             raise ConfigError(f"--train-instances: expected {args.out}/pools/results.csv and "
                               f"{args.train_instances}/results.csv")
         gen = generalisation(Path(args.out) / "pools", Path(args.train_instances))
-        figures["_generalisation"] = gen
+        payload["_generalisation"] = gen
         table += ("\n| policy (pools) | Δ vs AVER, test instances pp (p, n) | Δ vs AVER, train instances pp (p, n) "
                   "| test / train |\n|---|---|---|---:|\n")
         for policy, row in gen.items():
@@ -213,11 +214,11 @@ def _main(argv: Optional[Sequence[str]]) -> int:
             table += f"| {policy} | {_pp(row['test'])} | {_pp(row['train'])} | {ratio} |\n"
     print(table, end="")
     for name, scenario in figures.items():
-        for algo, row in scenario.get("learners", {}).items():
+        for algo, row in scenario["learners"].items():
             if row["beats_every_formula"]:
                 print(f"{name}: {algo} beats every formula baseline (Holm p < 0.01)")
     if args.json:
-        atomic_write_text(args.json, json.dumps(figures, indent=1))
+        atomic_write_text(args.json, json.dumps(payload, indent=1))
     if args.md:
         atomic_write_text(args.md, table)
     if args.png:

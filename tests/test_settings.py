@@ -62,7 +62,7 @@ def test_a_hyperparameter_file_bomb_is_refused(tmp_path):
     ("ppo", {"learning_rate": -1}, "hyperparameter learning_rate: expected a number > 0 or 'lin_<number>', got -1"),
     ("ppo", {"learning_rate": "lin_x"}, "hyperparameter learning_rate: expected a number > 0 or 'lin_<number>'"),
     ("ppo", {"gamma": 1.5}, "hyperparameter gamma: expected a number in [0, 1], got 1.5"),
-    ("ppo", {"n_steps": 0}, "hyperparameter n_steps: expected an integer >= 1, got 0"),
+    ("ppo", {"n_steps": 0}, "hyperparameter n_steps: expected an integer >= 1 or 'episode', got 0"),
     ("ppo", {"normalize": {"clip_obs": -1}}, "hyperparameter normalize.clip_obs: expected a number >= 0, got -1"),
     ("ppo", {"normalize": {"clip": 1}}, "unknown hyperparameter normalize key(s) ['clip']"),
     ("mtkd-rl", {"lr": -1}, "hyperparameter lr: expected a number > 0, got -1"),

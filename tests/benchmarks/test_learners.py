@@ -76,7 +76,7 @@ def test_generalisation_compares_test_and_train_instances(tmp_path, capsys):
                                           "ppo-set": {s: 0.48 + 0.001 * (s % 3) for s in seeds}})
     _scenario(tmp_path / "train", {"aver": {s: 0.4 for s in seeds}, "ppo-set": {s: 0.50 + 0.001 * (s % 3) for s in seeds}})
     assert main(["--out", str(tmp_path / "lb"), "--train-instances", str(tmp_path / "train"),
-                 "--json", str(tmp_path / "f.json")]) == 0
+                 "--json", str(tmp_path / "f.json"), "--png", str(tmp_path / "c.png")]) == 0
     gen = json.loads((tmp_path / "f.json").read_text())["_generalisation"]["ppo-set"]
     assert gen["test"]["delta_pp"] == pytest.approx(8.0 + 0.0875) and gen["train"]["delta_pp"] == pytest.approx(10.0875)
     assert gen["test_over_train"] == pytest.approx(8.0875 / 10.0875)

@@ -212,7 +212,16 @@ def _head_input(name: str) -> tuple:
     return (3, 64, 64) if name in TORCHVISION_MODELS or name == "shufflenet_v2" else (3, 32, 32)
 
 
-@pytest.mark.parametrize("name", models.available())
+def _classifiers():
+    """The classification models: the dense tasks' models (`models.segmentation`, `models.detection`)
+    predict per pixel or per location and have no classifier head."""
+    from mtkd_env.models.registry import MODELS
+
+    dense = ("mtkd_env.models.segmentation", "mtkd_env.models.detection")
+    return [n for n in models.available() if getattr(MODELS[n], "__module__", "") not in dense]
+
+
+@pytest.mark.parametrize("name", _classifiers())
 def test_every_model_exposes_its_classifier_head(name):
     """`classifier_head(feature_map)` is exactly the rest of the forward pass, for every registered model."""
     torch.manual_seed(0)
