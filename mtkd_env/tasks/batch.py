@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..models import ModelOutput
 
-__all__ = ["Batch", "TeacherStats", "teacher_stats", "measure", "feature_terms", "loss_terms", "full_precision"]
+__all__ = ["Batch", "TeacherStats", "teacher_stats", "measure", "feature_terms", "loss_terms", "full_precision", "keep_feature_maps"]
 
 
 def full_precision(t: torch.Tensor) -> torch.Tensor:
@@ -114,10 +114,16 @@ def measure(x: torch.Tensor, y: torch.Tensor, index: Optional[torch.Tensor], t_o
     batch = Batch(x, y, index, teacher.logits, [o.embedding for o in t_outs], s_logits, student_ce,
                   kl, feat_mse, cos, teacher.ce, teacher.entropy, teacher.correct, student_correct,
                   student_embedding=s_out.embedding.detach())
-    if keep_maps:
-        batch.student_feature_map = s_out.feature_map.detach()
-        batch.teacher_feature_maps = [o.feature_map for o in t_outs]
-        batch.projected = None if projected is None else [p.detach() for p in projected]
+    return keep_feature_maps(batch, s_out, t_outs, projected) if keep_maps else batch
+
+
+def keep_feature_maps(batch: "Batch", s_out: ModelOutput, t_outs: List[ModelOutput],
+                      projected: Optional[List[torch.Tensor]]) -> "Batch":
+    """`batch` with the student's and teachers' feature maps and the projected student maps kept
+    (detached), for callers that need them after the step (`keep_maps`); every task uses this one."""
+    batch.student_feature_map = s_out.feature_map.detach()
+    batch.teacher_feature_maps = [o.feature_map for o in t_outs]
+    batch.projected = None if projected is None else [p.detach() for p in projected]
     return batch
 
 

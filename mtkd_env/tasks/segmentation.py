@@ -30,7 +30,7 @@ from ..models import ModelOutput
 from ..models.accuracy import Forward
 from ..runtime.errors import ConfigError
 from . import Task, image_mean, register_task
-from .batch import Batch, TeacherStats, feature_terms, full_precision
+from .batch import Batch, TeacherStats, feature_terms, full_precision, keep_feature_maps
 
 __all__ = ["Segmentation", "IGNORE_INDEX", "pixel_kd", "check_masks"]
 
@@ -116,11 +116,7 @@ class Segmentation(Task):
         batch = Batch(x, y, index, teacher.logits, [o.embedding for o in t_outs], _image_logits(s, valid),
                       student_ce, kl, feat_mse, cos, teacher.ce, teacher.entropy, teacher.correct, student_correct,
                       student_embedding=s_out.embedding.detach())
-        if keep_maps:
-            batch.student_feature_map = s_out.feature_map.detach()
-            batch.teacher_feature_maps = [o.feature_map for o in t_outs]
-            batch.projected = None if projected is None else [p.detach() for p in projected]
-        return batch
+        return keep_feature_maps(batch, s_out, t_outs, projected) if keep_maps else batch
 
     @torch.no_grad()
     def sums(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
