@@ -34,4 +34,5 @@ def build(name: str, num_classes: int, input_shape: tuple = (3, 32, 32), **kwarg
 
 def _load_zoo() -> None:
     # Importing the zoo modules runs their @register decorators.
-    from . import cifar_resnet, cifar_wrn, detection, imagenet, mobilenetv2, regnet, segmentation, shufflenet, small  # noqa: F401
+    from . import (cifar_resnet, cifar_wrn, detection, imagenet, mobilenetv2, regnet, segmentation, shufflenet,  # noqa: F401
+                   small, tv_detectors)

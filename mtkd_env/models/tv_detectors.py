@@ -1,0 +1,178 @@
+"""The registered torchvision detectors (`mtkd_env.models.tv_detection` runs them).
+
+Always `weights=None, weights_backbone=None` (nothing is downloaded; BatchNorm, not frozen, in the
+backbones, all layers trainable). The transform neither renormalises (the datasets are normalised)
+nor resizes (`min_size`/`max_size` = the input size; the datasets fix the size).
+
+Paper scale (P3–P7 of the FPN for the one-stage families, as torchvision's ResNet-50 builders):
+
+- `det_fcos_resnet50_fpn`, `det_fcos_mobilenet_v3_fpn`: FCOS; the MobileNetV3-Large one returns
+  C3–C5 + P6/P7 like the ResNet one, so the two share their anchors (one per location, P3–P7) and
+  dense-output KD works between them at the same input size;
+- `det_retinanet_resnet50_fpn`, `det_retinanet_mobilenet_v3_fpn`: RetinaNet (9 anchors per location,
+  torchvision's default anchor generator), sharing their anchors likewise;
+- `det_fasterrcnn_resnet50_fpn`, `det_fasterrcnn_resnet101_fpn`, `det_fasterrcnn_mobilenet_v3_fpn`:
+  Faster R-CNN (the paper's detectors; torchvision's builders, ResNet-101 with `resnet_fpn_backbone`);
+  KD on the FPN features only.
+
+Small, for the embedded scene_boxes and the tests (a 4-stage conv body with torchvision's
+`BackboneWithFPN`, levels at strides 4, 8, 16 and its max-pool level at 32):
+`det_fcos_tiny` / `det_fcos_cnn`, `det_retinanet_tiny` / `det_retinanet_cnn`,
+`det_fasterrcnn_tiny` / `det_fasterrcnn_cnn` (student / teacher widths).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Tuple
+
+from torch import nn
+
+from .registry import register
+from .tv_detection import TorchvisionDetector
+
+__all__ = ["small_fpn_body"]
+
+_TINY, _CNN = ((16, 16, 32, 32), 32), ((32, 32, 64, 128), 64)
+"""(body widths: stem and the three FPN stages, FPN channels) of the small student and teacher."""
+
+
+def _io(input_shape: tuple) -> dict:
+    """The transform's settings for inputs (C, H, W): identity normalisation, no resizing."""
+    c, h, w = input_shape
+    return {"min_size": min(h, w), "max_size": max(h, w), "image_mean": [0.0] * c, "image_std": [1.0] * c}
+
+
+def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+def small_fpn_body(in_channels: int, widths: Tuple[int, int, int, int], fpn_channels: int) -> nn.Module:
+    """Stem (stride 2) and three stages (strides 4, 8, 16) of conv-BN-ReLU pairs, read by
+    torchvision's `BackboneWithFPN` (levels "0", "1", "2" and its max-pool level "pool")."""
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+
+    stem, *stages = widths
+    layers = [("stem", _conv(in_channels, stem, 2))]
+    cin = stem
+    for i, w in enumerate(stages):
+        layers.append((f"s{i}", nn.Sequential(_conv(cin, w, 2), _conv(w, w, 1))))
+        cin = w
+    return BackboneWithFPN(nn.Sequential(OrderedDict(layers)), {f"s{i}": str(i) for i in range(3)}, list(stages),
+                           fpn_channels)
+
+
+_SMALL_STRIDES = (4, 8, 16, 32)
+
+
+def _small(family: str, spec: tuple, num_classes: int, input_shape: tuple) -> nn.Module:
+    from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.ops import MultiScaleRoIAlign
+
+    widths, channels = spec
+    body = small_fpn_body(input_shape[0], widths, channels)
+    if family == "fcos":  # one anchor per location, its size the level's stride (FCOS's convention)
+        anchors = AnchorGenerator(tuple((s,) for s in _SMALL_STRIDES), ((1.0,),) * len(_SMALL_STRIDES))
+        return TorchvisionDetector(FCOS(body, num_classes, anchor_generator=anchors, **_io(input_shape)), family)
+    anchors = AnchorGenerator(tuple((2 * s,) for s in _SMALL_STRIDES), ((0.5, 1.0, 2.0),) * len(_SMALL_STRIDES))
+    if family == "retinanet":
+        return TorchvisionDetector(RetinaNet(body, num_classes, anchor_generator=anchors, **_io(input_shape)), family)
+    head = TwoMLPHead(channels * 7 * 7, 128)
+    detector = FasterRCNN(body, None, rpn_anchor_generator=anchors,
+                          box_roi_pool=MultiScaleRoIAlign(["0", "1", "2"], 7, 2), box_head=head,
+                          box_predictor=FastRCNNPredictor(128, num_classes + 1), rpn_pre_nms_top_n_train=200,
+                          rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_train=100, rpn_post_nms_top_n_test=50,
+                          rpn_batch_size_per_image=64, box_batch_size_per_image=64, **_io(input_shape))
+    return TorchvisionDetector(detector, family)
+
+
+def _register_small() -> None:
+    for family in ("fcos", "retinanet", "fasterrcnn"):
+        for size, spec in (("tiny", _TINY), ("cnn", _CNN)):
+            def build(num_classes: int, input_shape: tuple, _f=family, _s=spec, **kw) -> nn.Module:
+                return _small("faster_rcnn" if _f == "fasterrcnn" else _f, _s, num_classes, input_shape)
+
+            build.__doc__ = f"torchvision's {family} on the small FPN body ({size}: widths {spec[0]}, FPN {spec[1]})."
+            register(f"det_{family}_{size}")(build)
+
+
+_register_small()
+
+
+def _mobilenet_p3_p7() -> nn.Module:
+    """MobileNetV3-Large at strides 8, 16, 32 (the first blocks of its stride-8 and stride-16 stages and its
+    last block; torchvision's extractor reads only those) with an FPN and P6/P7: the ResNet-50 builders' levels."""
+    from torchvision.models import mobilenet_v3_large
+    from torchvision.models.detection.backbone_utils import _mobilenet_extractor
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+    body = mobilenet_v3_large(weights=None, norm_layer=nn.BatchNorm2d)
+    stages = 1 + sum(getattr(b, "_is_cn", False) for b in body.features) + 1
+    return _mobilenet_extractor(body, True, stages, returned_layers=[stages - 4, stages - 3, stages - 1],
+                                extra_blocks=LastLevelP6P7(256, 256))
+
+
+@register("det_fcos_resnet50_fpn")
+def det_fcos_resnet50_fpn(num_classes: int, input_shape: tuple, **kw) -> nn.Module:
+    """torchvision's `fcos_resnet50_fpn` (weights=None, weights_backbone=None)."""
+    from torchvision.models.detection import fcos_resnet50_fpn
+
+    return TorchvisionDetector(fcos_resnet50_fpn(weights=None, weights_backbone=None, num_classes=num_classes,
+                                                 **_io(input_shape)), "fcos")
+
+
+@register("det_fcos_mobilenet_v3_fpn")
+def det_fcos_mobilenet_v3_fpn(num_classes: int, input_shape: tuple, **kw) -> nn.Module:
+    """torchvision's `FCOS` on MobileNetV3-Large C3–C5 + P6/P7 (the anchors of `det_fcos_resnet50_fpn`)."""
+    from torchvision.models.detection import FCOS
+
+    return TorchvisionDetector(FCOS(_mobilenet_p3_p7(), num_classes, **_io(input_shape)), "fcos")
+
+
+@register("det_retinanet_resnet50_fpn")
+def det_retinanet_resnet50_fpn(num_classes: int, input_shape: tuple, **kw) -> nn.Module:
+    """torchvision's `retinanet_resnet50_fpn` (weights=None, weights_backbone=None)."""
+    from torchvision.models.detection import retinanet_resnet50_fpn
+
+    return TorchvisionDetector(retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=num_classes,
+                                                      **_io(input_shape)), "retinanet")
+
+
+@register("det_retinanet_mobilenet_v3_fpn")
+def det_retinanet_mobilenet_v3_fpn(num_classes: int, input_shape: tuple, **kw) -> nn.Module:
+    """torchvision's `RetinaNet` on MobileNetV3-Large C3–C5 + P6/P7 (the anchors of `det_retinanet_resnet50_fpn`)."""
+    from torchvision.models.detection import RetinaNet
+
+    return TorchvisionDetector(RetinaNet(_mobilenet_p3_p7(), num_classes, **_io(input_shape)), "retinanet")
+
+
+@register("det_fasterrcnn_resnet50_fpn")
+def det_fasterrcnn_resnet50_fpn(num_classes: int, input_shape: tuple, **kw) -> nn.Module:
+    """torchvision's `fasterrcnn_resnet50_fpn` (weights=None, weights_backbone=None; C + 1 classes)."""
+    from torchvision.models.detection import fasterrcnn_resnet50_fpn
+
+    return TorchvisionDetector(fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None,
+                                                       num_classes=num_classes + 1, **_io(input_shape)), "faster_rcnn")
+
+
+@register("det_fasterrcnn_resnet101_fpn")
+def det_fasterrcnn_resnet101_fpn(num_classes: int, input_shape: tuple, **kw) -> nn.Module:
+    """torchvision's `FasterRCNN` on `resnet_fpn_backbone("resnet101", weights=None)` (all layers trainable)."""
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+    backbone = resnet_fpn_backbone(backbone_name="resnet101", weights=None, trainable_layers=5)
+    return TorchvisionDetector(FasterRCNN(backbone, num_classes + 1, **_io(input_shape)), "faster_rcnn")
+
+
+@register("det_fasterrcnn_mobilenet_v3_fpn")
+def det_fasterrcnn_mobilenet_v3_fpn(num_classes: int, input_shape: tuple, **kw) -> nn.Module:
+    """torchvision's `fasterrcnn_mobilenet_v3_large_fpn` (weights=None, weights_backbone=None)."""
+    from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn
+
+    return TorchvisionDetector(fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None,
+                                                                 num_classes=num_classes + 1, **_io(input_shape)),
+                               "faster_rcnn")
