@@ -48,7 +48,7 @@ def register_task(name: str) -> Callable[[type], type]:
 
 def _load() -> None:
     # Importing the dense task modules runs their @register_task decorators.
-    from . import detection, segmentation  # noqa: F401
+    from . import detection, segmentation, tv_detection  # noqa: F401
 
 
 def task_names() -> List[str]:

@@ -29,18 +29,20 @@ IoU 0.5), never a hand-written one.
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
 from ..models.accuracy import Forward
+from ..models.detection import DetectionOutput
 from ..runtime.errors import ConfigError
 from . import Task, register_task
 from .batch import Batch, TeacherStats, feature_terms, full_precision, keep_feature_maps
 
-__all__ = ["Detection", "assign", "detection_loss", "decode", "check_boxes"]
+__all__ = ["Detection", "DetectorKind", "KINDS", "register_kind", "kind_of", "OneGrid", "assign", "detection_loss",
+           "decode", "check_boxes"]
 
 _SCORE_MIN, _TOP_K, _NMS_IOU = 0.05, 100, 0.5
 
@@ -133,10 +135,63 @@ def check_boxes(y: torch.Tensor, num_classes: int, where: str, image_shape: Opti
                               f"0 <= x1 < x2 <= {w} and 0 <= y1 < y2 <= {h}")
 
 
-@register_task("detection")
-class Detection(Task):
-    metric = "map"
-    dense = True
+class DetectorKind:
+    """How the detection task reads one kind of detector output (registered by output type in `KINDS`).
+
+    The `Detection` task's methods dispatch to the kind of their outputs, so a new kind of detector
+    (another output type) extends the task by registering one class, not by another task:
+    `OneGrid` (this module: `DetectionOutput`, the one-grid dense detectors) and
+    `mtkd_env.tasks.tv_detection.Torchvision` (torchvision's detectors) are the two."""
+
+    def supervised_loss(self, out, y: torch.Tensor) -> torch.Tensor:
+        """The 0-d training loss (with grad)."""
+        raise NotImplementedError
+
+    def correct(self, out, y: torch.Tensor) -> torch.Tensor:
+        """The 0-d sum of the per-image scores."""
+        raise NotImplementedError
+
+    def teacher_stats(self, t_outs: list, y: torch.Tensor, temperature: float) -> TeacherStats:
+        raise NotImplementedError
+
+    def measure(self, x, y, index, t_outs, teacher, s_out, projected, temperature, keep_maps, with_cos) -> Batch:
+        raise NotImplementedError
+
+    def loss_and_score(self, out, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(per-image loss (B,), per-image score (B,)) of a model in eval mode (no grad)."""
+        raise NotImplementedError
+
+    def detections(self, out) -> List[dict]:
+        """Per image {"boxes" (n, 4) input pixels, "scores" (n,), "labels" (n,) 0..C-1} (the metric's input)."""
+        raise NotImplementedError
+
+
+KINDS: Dict[type, DetectorKind] = {}
+"""Output type -> its `DetectorKind` (one instance: kinds hold no state)."""
+
+
+def register_kind(output_type: type) -> Callable[[type], type]:
+    def deco(cls: type) -> type:
+        KINDS[output_type] = cls()
+        return cls
+
+    return deco
+
+
+def kind_of(outs: list) -> DetectorKind:
+    """The one `DetectorKind` of outputs `outs` (teachers' and student's); a pool that mixes kinds, or an
+    output of no registered kind, is a one-line `ConfigError`."""
+    types = sorted({type(o).__name__: type(o) for o in outs}.items())
+    if len(types) != 1 or types[0][1] not in KINDS:
+        raise ConfigError(f"detection: the models give {[n for n, _ in types]} outputs; teachers and student must "
+                          f"all be one kind of detector ({sorted(t.__name__ for t in KINDS)}): the one-grid det_* "
+                          f"models, or torchvision's det_fcos_* / det_retinanet_* / det_fasterrcnn_* ones")
+    return KINDS[types[0][1]]
+
+
+@register_kind(DetectionOutput)
+class OneGrid(DetectorKind):
+    """`mtkd_env.models.detection`'s dense one-grid detectors (the module docstring's definitions)."""
 
     def supervised_loss(self, out, y: torch.Tensor) -> torch.Tensor:
         return detection_loss(full_precision(out.logits), out.boxes, out.centers, y).mean()
@@ -179,6 +234,35 @@ class Detection(Task):
                       student_embedding=s_out.embedding.detach())
         return keep_feature_maps(batch, s_out, t_outs, projected) if keep_maps else batch
 
+    def loss_and_score(self, out, y):
+        cls, _, positive = assigned = assign(out.centers, y)
+        logits = out.logits.float()
+        return detection_loss(logits, out.boxes, out.centers, y, assigned), _location_accuracy(logits, cls, positive)
+
+    def detections(self, out):
+        return decode(out.logits, out.boxes)
+
+
+@register_task("detection")
+class Detection(Task):
+    """Dispatches to the `DetectorKind` of the models' outputs (`kind_of`)."""
+
+    metric = "map"
+    dense = True
+
+    def supervised_loss(self, out, y: torch.Tensor) -> torch.Tensor:
+        return kind_of([out]).supervised_loss(out, y)
+
+    def correct(self, out, y: torch.Tensor) -> torch.Tensor:
+        return kind_of([out]).correct(out, y)
+
+    def teacher_stats(self, t_outs, y: torch.Tensor, temperature: float) -> TeacherStats:
+        return kind_of(t_outs).teacher_stats(t_outs, y, temperature)
+
+    def measure(self, x, y, index, t_outs, teacher, s_out, projected, temperature, keep_maps, with_cos=True):
+        return kind_of([*t_outs, s_out]).measure(x, y, index, t_outs, teacher, s_out, projected, temperature,
+                                                  keep_maps, with_cos)
+
     @torch.no_grad()
     def sums(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
              forward: Optional[Forward] = None) -> torch.Tensor:
@@ -188,9 +272,9 @@ class Detection(Task):
         out = torch.zeros(2, device=x.device)
         for i in range(0, len(x), batch_size):
             o, yb = forward(x[i:i + batch_size]), y[i:i + batch_size]
-            cls, _, positive = assigned = assign(o.centers, yb)
-            out[0] += _location_accuracy(o.logits.float(), cls, positive).sum()
-            out[1] += detection_loss(o.logits.float(), o.boxes, o.centers, yb, assigned).sum()
+            loss, score = kind_of([o]).loss_and_score(o, yb)
+            out[0] += score.sum()
+            out[1] += loss.sum()
         model.train(was_training)
         return out
 
@@ -206,9 +290,10 @@ class Detection(Task):
         with torch.no_grad():
             for x, y in eval_set.batches(batch_size):
                 o = forward(x)
-                metric.update([{k: v.cpu() for k, v in d.items()} for d in decode(o.logits, o.boxes)],
+                kind = kind_of([o])
+                metric.update([{k: v.cpu() for k, v in d.items()} for d in kind.detections(o)],
                               [{k: v.cpu() for k, v in d.items()} for d in _targets(y)])
-                loss += float(detection_loss(o.logits.float(), o.boxes, o.centers, y).sum())
+                loss += float(kind.loss_and_score(o, y)[0].sum())
                 n += len(y)
         model.train(was_training)
         result = metric.compute()
