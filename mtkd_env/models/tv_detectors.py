@@ -33,8 +33,10 @@ from .tv_detection import TorchvisionDetector
 
 __all__ = ["small_fpn_body"]
 
-_TINY, _CNN = ((16, 16, 32, 32), 32), ((32, 32, 64, 128), 64)
-"""(body widths: stem and the three FPN stages, FPN channels) of the small student and teacher."""
+_TINY, _CNN = ((16, 16, 32, 32), 64), ((32, 32, 64, 128), 128)
+"""(body widths: stem and the three FPN stages, FPN channels) of the small student and teacher. FCOS's
+and RetinaNet's heads normalise with GroupNorm(32, channels): 64 or more channels keep two values per
+group on the 1x1 max-pool level of a 32-pixel image, which a lone image needs (one value is an error)."""
 
 
 def _io(input_shape: tuple) -> dict:
