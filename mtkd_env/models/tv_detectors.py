@@ -6,9 +6,9 @@ nor resizes (`min_size`/`max_size` = the input size; the datasets fix the size).
 
 Paper scale (P3–P7 of the FPN for the one-stage families, as torchvision's ResNet-50 builders):
 
-- `det_fcos_resnet50_fpn`, `det_fcos_mobilenet_v3_fpn`: FCOS; the MobileNetV3-Large one returns
-  C3–C5 + P6/P7 like the ResNet one, so the two share their anchors (one per location, P3–P7) and
-  dense-output KD works between them at the same input size;
+- `det_fcos_resnet50_fpn`, `det_fcos_resnet101_fpn`, `det_fcos_mobilenet_v3_fpn`: FCOS; the
+  MobileNetV3-Large one returns three levels + P6/P7 like the ResNet ones, so all share their
+  anchors (one per location, P3–P7) and dense-output KD works between them at the same input size;
 - `det_retinanet_resnet50_fpn`, `det_retinanet_mobilenet_v3_fpn`: RetinaNet (9 anchors per location,
   torchvision's default anchor generator), sharing their anchors likewise;
 - `det_fasterrcnn_resnet50_fpn`, `det_fasterrcnn_resnet101_fpn`, `det_fasterrcnn_mobilenet_v3_fpn`:
@@ -68,36 +68,55 @@ def small_fpn_body(in_channels: int, widths: Tuple[int, int, int, int], fpn_chan
 _SMALL_STRIDES = (4, 8, 16, 32)
 
 
-def _small(family: str, spec: tuple, num_classes: int, input_shape: tuple) -> nn.Module:
-    from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
+def _anchors(sizes: tuple, ratios: tuple):
     from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    return AnchorGenerator(tuple((s,) for s in sizes), (ratios,) * len(sizes))
+
+
+def _small_fcos(body: nn.Module, channels: int, num_classes: int, io: dict) -> nn.Module:
+    """One anchor per location, its size the level's stride (FCOS's convention)."""
+    from torchvision.models.detection import FCOS
+
+    return TorchvisionDetector(FCOS(body, num_classes, anchor_generator=_anchors(_SMALL_STRIDES, (1.0,)), **io), "fcos")
+
+
+def _small_retinanet(body: nn.Module, channels: int, num_classes: int, io: dict) -> nn.Module:
+    """Three anchors per location (aspect ratios 1:2, 1:1, 2:1) of twice the level's stride."""
+    from torchvision.models.detection import RetinaNet
+
+    anchors = _anchors(tuple(2 * s for s in _SMALL_STRIDES), (0.5, 1.0, 2.0))
+    return TorchvisionDetector(RetinaNet(body, num_classes, anchor_generator=anchors, **io), "retinanet")
+
+
+def _small_faster_rcnn(body: nn.Module, channels: int, num_classes: int, io: dict) -> nn.Module:
+    """RetinaNet's anchors for the RPN, RoI-align on the three body levels, a 128-wide box head, and
+    fewer proposals and samples than torchvision's defaults (images of a few objects)."""
+    from torchvision.models.detection import FasterRCNN
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
     from torchvision.ops import MultiScaleRoIAlign
 
-    widths, channels = spec
-    body = small_fpn_body(input_shape[0], widths, channels)
-    if family == "fcos":  # one anchor per location, its size the level's stride (FCOS's convention)
-        anchors = AnchorGenerator(tuple((s,) for s in _SMALL_STRIDES), ((1.0,),) * len(_SMALL_STRIDES))
-        return TorchvisionDetector(FCOS(body, num_classes, anchor_generator=anchors, **_io(input_shape)), family)
-    anchors = AnchorGenerator(tuple((2 * s,) for s in _SMALL_STRIDES), ((0.5, 1.0, 2.0),) * len(_SMALL_STRIDES))
-    if family == "retinanet":
-        return TorchvisionDetector(RetinaNet(body, num_classes, anchor_generator=anchors, **_io(input_shape)), family)
-    head = TwoMLPHead(channels * 7 * 7, 128)
+    anchors = _anchors(tuple(2 * s for s in _SMALL_STRIDES), (0.5, 1.0, 2.0))
     detector = FasterRCNN(body, None, rpn_anchor_generator=anchors,
-                          box_roi_pool=MultiScaleRoIAlign(["0", "1", "2"], 7, 2), box_head=head,
+                          box_roi_pool=MultiScaleRoIAlign(["0", "1", "2"], 7, 2),
+                          box_head=TwoMLPHead(channels * 7 * 7, 128),
                           box_predictor=FastRCNNPredictor(128, num_classes + 1), rpn_pre_nms_top_n_train=200,
                           rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_train=100, rpn_post_nms_top_n_test=50,
-                          rpn_batch_size_per_image=64, box_batch_size_per_image=64, **_io(input_shape))
-    return TorchvisionDetector(detector, family)
+                          rpn_batch_size_per_image=64, box_batch_size_per_image=64, **io)
+    return TorchvisionDetector(detector, "faster_rcnn")
+
+
+_SMALL_DETECTORS = {"fcos": _small_fcos, "retinanet": _small_retinanet, "fasterrcnn": _small_faster_rcnn}
+"""Name part -> (body, FPN channels, classes, transform settings) -> the small detector."""
 
 
 def _register_small() -> None:
-    for family in ("fcos", "retinanet", "fasterrcnn"):
-        for size, spec in (("tiny", _TINY), ("cnn", _CNN)):
-            def build(num_classes: int, input_shape: tuple, _f=family, _s=spec, **kw) -> nn.Module:
-                return _small("faster_rcnn" if _f == "fasterrcnn" else _f, _s, num_classes, input_shape)
+    for family, make in _SMALL_DETECTORS.items():
+        for size, (widths, channels) in (("tiny", _TINY), ("cnn", _CNN)):
+            def build(num_classes: int, input_shape: tuple, _make=make, _w=widths, _c=channels, **kw) -> nn.Module:
+                return _make(small_fpn_body(input_shape[0], _w, _c), _c, num_classes, _io(input_shape))
 
-            build.__doc__ = f"torchvision's {family} on the small FPN body ({size}: widths {spec[0]}, FPN {spec[1]})."
+            build.__doc__ = f"torchvision's {family} on the small FPN body ({size}: widths {widths}, FPN {channels})."
             register(f"det_{family}_{size}")(build)
 
 
@@ -124,6 +143,18 @@ def det_fcos_resnet50_fpn(num_classes: int, input_shape: tuple, **kw) -> nn.Modu
 
     return TorchvisionDetector(fcos_resnet50_fpn(weights=None, weights_backbone=None, num_classes=num_classes,
                                                  **_io(input_shape)), "fcos")
+
+
+@register("det_fcos_resnet101_fpn")
+def det_fcos_resnet101_fpn(num_classes: int, input_shape: tuple, **kw) -> nn.Module:
+    """torchvision's `FCOS` on ResNet-101 C3–C5 + P6/P7 (`fcos_resnet50_fpn`'s levels and anchors)."""
+    from torchvision.models.detection import FCOS
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+    backbone = resnet_fpn_backbone(backbone_name="resnet101", weights=None, norm_layer=nn.BatchNorm2d,
+                                   trainable_layers=5, returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256))
+    return TorchvisionDetector(FCOS(backbone, num_classes, **_io(input_shape)), "fcos")
 
 
 @register("det_fcos_mobilenet_v3_fpn")
@@ -166,7 +197,7 @@ def det_fasterrcnn_resnet101_fpn(num_classes: int, input_shape: tuple, **kw) -> 
     from torchvision.models.detection import FasterRCNN
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
-    backbone = resnet_fpn_backbone(backbone_name="resnet101", weights=None, trainable_layers=5)
+    backbone = resnet_fpn_backbone(backbone_name="resnet101", weights=None, norm_layer=nn.BatchNorm2d, trainable_layers=5)
     return TorchvisionDetector(FasterRCNN(backbone, num_classes + 1, **_io(input_shape)), "faster_rcnn")
 
 

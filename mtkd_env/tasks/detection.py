@@ -1,6 +1,13 @@
-"""`detection`: boxes from dense one-level detectors, distilled on their dense outputs, scored by COCO mAP.
+"""`detection`: boxes from detectors, distilled on their dense outputs and features, scored by COCO mAP.
 
-Models return `mtkd_env.models.detection.DetectionOutput` (class logits (B, L, C + 1) per location,
+**Kinds of detector.** The task reads a model's outputs through the `DetectorKind` registered for
+their type (`KINDS`, `register_kind`, `kind_of`): the per-image loss and score, the teachers'
+statistics, the step's KD terms and the detections the metric reads. Two kinds exist:
+`OneGrid` below (this docstring's definitions) and `mtkd_env.tasks.tv_detection.Torchvision`
+(torchvision's FCOS, RetinaNet and Faster R-CNN with their own losses and postprocessing). A
+pool mixing kinds is a one-line `ConfigError`.
+
+**One-grid detectors.** Models return `mtkd_env.models.detection.DetectionOutput` (class logits (B, L, C + 1) per location,
 index 0 = background; boxes (B, L, 4); the location centres (L, 2)); targets are y (B, K, 5), one
 row `[label, x1, y1, x2, y2]` per object (pixels, x2/y2 exclusive) and rows of label -1 after the
 last one.
@@ -22,8 +29,8 @@ location accuracy over the positive locations (over all locations for an image w
 its mean location entropy; `teacher_logits` (M, B, C) are the object classes' logits averaged over
 the locations (the per-image vector of the sample state and the formula baselines).
 
-**Metric**: COCO mAP@[.5:.95] by torchmetrics' `MeanAveragePrecision` (pycocotools backend) over the
-decoded detections (scores of the object classes, top 100 per image above 0.05, class-wise NMS at
+**Metric** (every kind): COCO mAP@[.5:.95] by torchmetrics' `MeanAveragePrecision` (pycocotools backend)
+over the kind's detections; here the decoded ones (scores of the object classes, top 100 per image above 0.05, class-wise NMS at
 IoU 0.5), never a hand-written one.
 """
 

@@ -129,3 +129,31 @@ def test_an_episode_of_torchvision_fcos_runs_through_gym_make(teacher_cache):
         steps, done = steps + 1, terminated or truncated
         assert np.isfinite(reward)
     assert steps == 3 and 0.0 <= info["final_test_acc"] <= 1.0  # COCO mAP of the postprocessed detections
+
+
+@pytest.mark.parametrize("family", ["fcos", "retinanet"])
+def test_paper_scale_one_stage_students_share_their_teachers_anchors(family):
+    x, outs = torch.zeros(1, 3, 64, 64), []
+    for name in (f"det_{family}_resnet50_fpn", f"det_{family}_mobilenet_v3_fpn"):
+        with torch.no_grad():
+            outs.append(models.build(name, num_classes=3, input_shape=(3, 64, 64)).eval()(x))
+    assert outs[0].logits.shape == outs[1].logits.shape and torch.equal(outs[0].parts.anchors[0], outs[1].parts.anchors[0])
+
+
+def test_the_paper_faster_rcnn_config_runs_feature_kd_only(teacher_cache):
+    """configs/paper_coco_frcnn.yaml on small generated scenes with untrained teachers."""
+    from pathlib import Path
+
+    paper = EnvConfig.from_file(Path(__file__).parents[3] / "configs" / "paper_coco_frcnn.yaml")
+    assert paper.student == "det_fasterrcnn_mobilenet_v3_fpn" and paper.feature_kd
+    cfg = paper.replace(dataset="scene_boxes", data_dir=None, dataset_kwargs={"n_train": 8, "n_val": 4, "n_test": 4,
+                                                                              "size": 32},
+                        teachers=[f"{t}=random" for t in paper.teachers], max_steps=2, batch_size=2, probe_size=2,
+                        eval_batch_size=4, device="cpu", teacher_cache_dir=teacher_cache, show_progress=False)
+    env = gym.make(mtkd_env.ENV_ID, config=cfg)
+    env.reset(seed=0)
+    batch = env.unwrapped.engine.batch
+    assert float(batch.kl.abs().max()) == 0.0 and batch.feat_mse.shape == (2, 2) and float(batch.feat_mse.min()) > 0
+    for _ in range(2):
+        _, reward, *_ = env.step(env.action_space.sample())
+        assert np.isfinite(reward)
