@@ -25,6 +25,7 @@ Registered builders: `mtkd_env.models.tv_detectors`.
 from __future__ import annotations
 
 import contextlib
+import zlib
 from typing import Dict, Iterator, List, NamedTuple, Optional
 
 import torch
@@ -146,10 +147,15 @@ class TwoStage(Family):
 
         det, parts = out.parts.detector, out.parts
         losses = []
+        device = parts.images.tensors.device
         # Training mode for the RPN and the RoI heads only (they hold no normalisation statistics):
-        # their losses exist only there, and they sample anchors and proposals (global RNG) there.
-        with _mode([det.rpn, det.roi_heads], True):
+        # their losses exist only there. They sample anchors and proposals there from the global RNG;
+        # seeding it from the image's boxes (inside a fork, so the caller's RNG is left alone) makes
+        # an image's loss a function of the model and the image, whatever ran before.
+        with _mode([det.rpn, det.roi_heads], True), torch.random.fork_rng(
+                devices=[device] if device.type == "cuda" else []):
             for i, target in enumerate(image_targets(out, y, self.label_offset)):
+                torch.manual_seed(zlib.crc32(y[i].detach().cpu().numpy().tobytes()))
                 images = ImageList(parts.images.tensors[i:i + 1], parts.images.image_sizes[i:i + 1])
                 features = {k: v[i:i + 1] for k, v in parts.features.items()}
                 proposals, rpn_losses = det.rpn(images, features, [target])
