@@ -197,7 +197,8 @@ def det_fasterrcnn_resnet101_fpn(num_classes: int, input_shape: tuple, **kw) -> 
     from torchvision.models.detection import FasterRCNN
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
-    backbone = resnet_fpn_backbone(backbone_name="resnet101", weights=None, norm_layer=nn.BatchNorm2d, trainable_layers=5)
+    backbone = resnet_fpn_backbone(backbone_name="resnet101", weights=None, norm_layer=nn.BatchNorm2d,
+                                   trainable_layers=5)
     return TorchvisionDetector(FasterRCNN(backbone, num_classes + 1, **_io(input_shape)), "faster_rcnn")
 
 

@@ -7,10 +7,10 @@ statistics, the step's KD terms and the detections the metric reads. Two kinds e
 (torchvision's FCOS, RetinaNet and Faster R-CNN with their own losses and postprocessing). A
 pool mixing kinds is a one-line `ConfigError`.
 
-**One-grid detectors.** Models return `mtkd_env.models.detection.DetectionOutput` (class logits (B, L, C + 1) per location,
-index 0 = background; boxes (B, L, 4); the location centres (L, 2)); targets are y (B, K, 5), one
-row `[label, x1, y1, x2, y2]` per object (pixels, x2/y2 exclusive) and rows of label -1 after the
-last one.
+**One-grid detectors.** Models return `mtkd_env.models.detection.DetectionOutput` (class logits
+(B, L, C + 1) per location, index 0 = background; boxes (B, L, 4); the location centres (L, 2)).
+Targets (every kind) are y (B, K, 5), one row `[label, x1, y1, x2, y2]` per object (pixels, x2/y2
+exclusive) and rows of label -1 after the last one.
 
 **Assignment** (FCOS's, one level): a location is positive for the smallest ground-truth box that
 contains its centre; its class target is that box's label + 1, its box target that box; all other
@@ -30,8 +30,8 @@ its mean location entropy; `teacher_logits` (M, B, C) are the object classes' lo
 the locations (the per-image vector of the sample state and the formula baselines).
 
 **Metric** (every kind): COCO mAP@[.5:.95] by torchmetrics' `MeanAveragePrecision` (pycocotools backend)
-over the kind's detections; here the decoded ones (scores of the object classes, top 100 per image above 0.05, class-wise NMS at
-IoU 0.5), never a hand-written one.
+over the kind's detections, never a hand-written one; here the decoded ones (scores of the object
+classes, top 100 per image above 0.05, class-wise NMS at IoU 0.5).
 """
 
 from __future__ import annotations

@@ -64,7 +64,8 @@ def recall_at_half(detections: List[dict], y: torch.Tensor) -> torch.Tensor:
         if not bool(real.any()):
             scores.append(float(len(d["labels"]) == 0))
             continue
-        hit = (box_iou(t[real, 1:].float(), d["boxes"].float()) >= 0.5) & (t[real, 0].long()[:, None] == d["labels"][None])
+        same_class = t[real, 0].long()[:, None] == d["labels"][None]
+        hit = (box_iou(t[real, 1:].float(), d["boxes"].float()) >= 0.5) & same_class
         scores.append(float(hit.any(1).float().mean()))
     return torch.tensor(scores, device=y.device)
 
