@@ -14,14 +14,21 @@ from __future__ import annotations
 from torch import nn
 
 from ..runtime.errors import unknown_name
-from .registry import MODELS, KDModel, ModelOutput, classifier_head, msra_init_, register
+from .registry import MODELS, TEACHER_RECIPES, KDModel, ModelOutput, classifier_head, msra_init_, register
 
-__all__ = ["ModelOutput", "KDModel", "MODELS", "register", "build", "available", "classifier_head", "msra_init_"]
+__all__ = ["ModelOutput", "KDModel", "MODELS", "register", "build", "available", "teacher_recipe", "classifier_head",
+           "msra_init_"]
 
 
 def available() -> list:
     _load_zoo()
     return sorted(MODELS)
+
+
+def teacher_recipe(name: str) -> dict:
+    """Model `name`'s overrides of the embedded teachers' training recipe ({} for most models)."""
+    _load_zoo()
+    return dict(TEACHER_RECIPES.get(name, {}))
 
 
 def build(name: str, num_classes: int, input_shape: tuple = (3, 32, 32), **kwargs) -> nn.Module:

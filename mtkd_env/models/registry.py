@@ -8,12 +8,12 @@ the zoo without a cycle.
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, NamedTuple, Optional, Protocol, runtime_checkable
+from typing import Any, Callable, Dict, NamedTuple, Optional, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
-__all__ = ["ModelOutput", "KDModel", "MODELS", "register", "classifier_head", "msra_init_"]
+__all__ = ["ModelOutput", "KDModel", "MODELS", "TEACHER_RECIPES", "register", "classifier_head", "msra_init_"]
 
 
 class ModelOutput(NamedTuple):
@@ -51,14 +51,21 @@ def classifier_head(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
 
 MODELS: Dict[str, Callable[..., nn.Module]] = {}
 
+TEACHER_RECIPES: Dict[str, Dict[str, Any]] = {}
+"""Model name -> the keys of `mtkd_env.teachers.recipe` that this model's on-first-use training
+overrides (e.g. a lower learning rate where the shared recipe's 0.05 does not train it)."""
 
-def register(name: str) -> Callable:
-    """Decorator adding a builder `f(num_classes, input_shape, **kw) -> nn.Module` under `name`."""
+
+def register(name: str, teacher_recipe: Optional[Dict[str, Any]] = None) -> Callable:
+    """Decorator adding a builder `f(num_classes, input_shape, **kw) -> nn.Module` under `name`;
+    `teacher_recipe`: its overrides of the embedded teachers' training recipe (`TEACHER_RECIPES`)."""
 
     def deco(fn: Callable) -> Callable:
         if name in MODELS:
             raise ValueError(f"model {name!r} is registered twice")
         MODELS[name] = fn
+        if teacher_recipe:
+            TEACHER_RECIPES[name] = dict(teacher_recipe)
         return fn
 
     return deco

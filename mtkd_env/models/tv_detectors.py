@@ -106,6 +106,12 @@ def _small_faster_rcnn(body: nn.Module, channels: int, num_classes: int, io: dic
     return TorchvisionDetector(detector, "faster_rcnn")
 
 
+TEACHER_RECIPE = {"lr": 0.01}
+"""The on-first-use teacher training of these detectors: SGD at lr 0.01 instead of the shared 0.05,
+which left two FCOS teachers on scene_boxes at 4.0 / 3.4 % validation mAP (at 0.01 with the teacher
+CLI: 13.8 / 22.0 %; docs/dense.md, 2026-12-07)."""
+
+
 _SMALL_DETECTORS = {"fcos": _small_fcos, "retinanet": _small_retinanet, "fasterrcnn": _small_faster_rcnn}
 """Name part -> (body, FPN channels, classes, transform settings) -> the small detector."""
 
@@ -117,7 +123,7 @@ def _register_small() -> None:
                 return _make(small_fpn_body(input_shape[0], _w, _c), _c, num_classes, _io(input_shape))
 
             build.__doc__ = f"torchvision's {family} on the small FPN body ({size}: widths {widths}, FPN {channels})."
-            register(f"det_{family}_{size}")(build)
+            register(f"det_{family}_{size}", teacher_recipe=TEACHER_RECIPE)(build)
 
 
 _register_small()
@@ -136,7 +142,7 @@ def _mobilenet_p3_p7() -> nn.Module:
                                 extra_blocks=LastLevelP6P7(256, 256))
 
 
-@register("det_fcos_resnet50_fpn")
+@register("det_fcos_resnet50_fpn", teacher_recipe=TEACHER_RECIPE)
 def det_fcos_resnet50_fpn(num_classes: int, input_shape: tuple, **kw) -> nn.Module:
     """torchvision's `fcos_resnet50_fpn` (weights=None, weights_backbone=None)."""
     from torchvision.models.detection import fcos_resnet50_fpn
@@ -145,7 +151,7 @@ def det_fcos_resnet50_fpn(num_classes: int, input_shape: tuple, **kw) -> nn.Modu
                                                  **_io(input_shape)), "fcos")
 
 
-@register("det_fcos_resnet101_fpn")
+@register("det_fcos_resnet101_fpn", teacher_recipe=TEACHER_RECIPE)
 def det_fcos_resnet101_fpn(num_classes: int, input_shape: tuple, **kw) -> nn.Module:
     """torchvision's `FCOS` on ResNet-101 C3–C5 + P6/P7 (`fcos_resnet50_fpn`'s levels and anchors)."""
     from torchvision.models.detection import FCOS
@@ -157,7 +163,7 @@ def det_fcos_resnet101_fpn(num_classes: int, input_shape: tuple, **kw) -> nn.Mod
     return TorchvisionDetector(FCOS(backbone, num_classes, **_io(input_shape)), "fcos")
 
 
-@register("det_fcos_mobilenet_v3_fpn")
+@register("det_fcos_mobilenet_v3_fpn", teacher_recipe=TEACHER_RECIPE)
 def det_fcos_mobilenet_v3_fpn(num_classes: int, input_shape: tuple, **kw) -> nn.Module:
     """torchvision's `FCOS` on MobileNetV3-Large C3–C5 + P6/P7 (the anchors of `det_fcos_resnet50_fpn`)."""
     from torchvision.models.detection import FCOS
@@ -165,7 +171,7 @@ def det_fcos_mobilenet_v3_fpn(num_classes: int, input_shape: tuple, **kw) -> nn.
     return TorchvisionDetector(FCOS(_mobilenet_p3_p7(), num_classes, **_io(input_shape)), "fcos")
 
 
-@register("det_retinanet_resnet50_fpn")
+@register("det_retinanet_resnet50_fpn", teacher_recipe=TEACHER_RECIPE)
 def det_retinanet_resnet50_fpn(num_classes: int, input_shape: tuple, **kw) -> nn.Module:
     """torchvision's `retinanet_resnet50_fpn` (weights=None, weights_backbone=None)."""
     from torchvision.models.detection import retinanet_resnet50_fpn
@@ -174,7 +180,7 @@ def det_retinanet_resnet50_fpn(num_classes: int, input_shape: tuple, **kw) -> nn
                                                       **_io(input_shape)), "retinanet")
 
 
-@register("det_retinanet_mobilenet_v3_fpn")
+@register("det_retinanet_mobilenet_v3_fpn", teacher_recipe=TEACHER_RECIPE)
 def det_retinanet_mobilenet_v3_fpn(num_classes: int, input_shape: tuple, **kw) -> nn.Module:
     """torchvision's `RetinaNet` on MobileNetV3-Large C3–C5 + P6/P7 (the anchors of `det_retinanet_resnet50_fpn`)."""
     from torchvision.models.detection import RetinaNet
@@ -182,7 +188,7 @@ def det_retinanet_mobilenet_v3_fpn(num_classes: int, input_shape: tuple, **kw) -
     return TorchvisionDetector(RetinaNet(_mobilenet_p3_p7(), num_classes, **_io(input_shape)), "retinanet")
 
 
-@register("det_fasterrcnn_resnet50_fpn")
+@register("det_fasterrcnn_resnet50_fpn", teacher_recipe=TEACHER_RECIPE)
 def det_fasterrcnn_resnet50_fpn(num_classes: int, input_shape: tuple, **kw) -> nn.Module:
     """torchvision's `fasterrcnn_resnet50_fpn` (weights=None, weights_backbone=None; C + 1 classes)."""
     from torchvision.models.detection import fasterrcnn_resnet50_fpn
@@ -191,7 +197,7 @@ def det_fasterrcnn_resnet50_fpn(num_classes: int, input_shape: tuple, **kw) -> n
                                                        num_classes=num_classes + 1, **_io(input_shape)), "faster_rcnn")
 
 
-@register("det_fasterrcnn_resnet101_fpn")
+@register("det_fasterrcnn_resnet101_fpn", teacher_recipe=TEACHER_RECIPE)
 def det_fasterrcnn_resnet101_fpn(num_classes: int, input_shape: tuple, **kw) -> nn.Module:
     """torchvision's `FasterRCNN` on `resnet_fpn_backbone("resnet101", weights=None)` (all layers trainable)."""
     from torchvision.models.detection import FasterRCNN
@@ -202,7 +208,7 @@ def det_fasterrcnn_resnet101_fpn(num_classes: int, input_shape: tuple, **kw) -> 
     return TorchvisionDetector(FasterRCNN(backbone, num_classes + 1, **_io(input_shape)), "faster_rcnn")
 
 
-@register("det_fasterrcnn_mobilenet_v3_fpn")
+@register("det_fasterrcnn_mobilenet_v3_fpn", teacher_recipe=TEACHER_RECIPE)
 def det_fasterrcnn_mobilenet_v3_fpn(num_classes: int, input_shape: tuple, **kw) -> nn.Module:
     """torchvision's `fasterrcnn_mobilenet_v3_large_fpn` (weights=None, weights_backbone=None)."""
     from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn

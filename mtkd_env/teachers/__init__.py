@@ -95,6 +95,7 @@ def embedded_recipe(spec: TeacherSpec, epochs: int, noisy_fraction: float, num_g
     if kind not in EMBEDDED_SOURCES or (kind in ("cache", "noisy")) != (arg == ""):
         return None
     rec = recipe(epochs, noisy_fraction if kind == "noisy" else 0.0)
+    rec.update(models.teacher_recipe(spec.arch))  # the model's own overrides, part of the cache key
     if kind in ("cache", "noisy"):
         return rec
     if not arg.isdigit():
