@@ -137,21 +137,25 @@ def _pp(stats: Optional[dict]) -> str:
     return "–" if not stats else f"{stats['delta_pp']:+.2f} (p {format_p(stats['p'])}, n {stats['n']})"
 
 
+def _score(score: Optional[float]) -> str:
+    """A normalised score, "–" where the scenario has no oracle gap (the oracle is AVER)."""
+    return "–" if score is None else f"{score:.2f}"
+
+
 def markdown(figures: dict) -> str:
     lines = ["| scenario | learner | Δ vs AVER pp (p, n) | score | per training seed: score, Δ vs AVER p | "
              "Δ vs best constant pp (p) | best formula: Δ pp (p Holm) | students to ½ gap |",
              "|---|---|---|---:|---|---|---|---:|"]
     for name, scenario in figures.items():
         for algo, row in scenario["learners"].items():
-            seeds = "; ".join(f"{ts}: {r.get('score', float('nan')):.2f}, p {format_p((r['vs_aver'] or {}).get('p'))}"
+            seeds = "; ".join(f"{ts}: {_score(r.get('score'))}, p {format_p((r['vs_aver'] or {}).get('p'))}"
                               for ts, r in row["per_train_seed"].items())
             closest = min((r for r in row["vs_formulas"].values() if r), key=lambda r: r["delta_pp"], default=None)
             best = "–" if closest is None else f"{closest['delta_pp']:+.2f} ({format_p(closest.get('p_holm'))})"
             curve = row["learning_curve"]
             half = "–" if curve is None else (str(curve["students_to_half_gap"]) if curve["students_to_half_gap"]
                                               else f"> {curve['episodes']}")
-            score = "–" if row["score"] is None else f"{row['score']:.2f}"
-            lines.append(f"| {name} | {algo} | {_pp(row['vs_aver'])} | {score} | {seeds} | "
+            lines.append(f"| {name} | {algo} | {_pp(row['vs_aver'])} | {_score(row['score'])} | {seeds} | "
                          f"{_pp(row['vs_best_constant'])} | {best} | {half} |")
     return "\n".join(lines) + "\n"
 

@@ -82,3 +82,19 @@ def test_generalisation_compares_test_and_train_instances(tmp_path, capsys):
     assert gen["test_over_train"] == pytest.approx(8.0875 / 10.0875)
     assert "| ppo-set | +8.09" in capsys.readouterr().out
     assert main(["--out", str(tmp_path / "lb"), "--train-instances", str(tmp_path / "nothing")]) == 2
+
+
+def test_a_scenario_whose_oracle_is_aver_has_no_score(tmp_path):
+    """The oracle search picked AVER's own weighting (`schedule` on 2026-12-07): no gap to normalise by."""
+    from benchmarks.learners import markdown
+
+    seeds = range(6)
+    acc = {"aver": {s: 0.6 + 0.01 * s for s in seeds}, "oracle": {s: 0.6 + 0.01 * s for s in seeds},
+           "ppo-set": {s: 0.6 + 0.01 * s + (0.002 if s % 2 else -0.001) for s in seeds}}
+    _scenario(tmp_path / "schedule", acc, {"ppo-set": {1000: [0.0, 0.01], 1001: [0.0, -0.01]}})
+    f = learner_figures(tmp_path)
+    row = f["schedule"]["learners"]["ppo-set"]
+    assert row["score"] is None and row["learning_curve"] is None
+    assert all("score" not in r for r in row["per_train_seed"].values())
+    line = next(x for x in markdown(f).splitlines() if x.startswith("| schedule | ppo-set |"))
+    assert "nan" not in line and "1000: –, p" in line
