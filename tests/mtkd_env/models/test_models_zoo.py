@@ -213,11 +213,12 @@ def _head_input(name: str) -> tuple:
 
 
 def _classifiers():
-    """The classification models: the dense tasks' models (`models.segmentation`, `models.detection`)
-    predict per pixel or per location and have no classifier head."""
+    """The classification models: the dense tasks' models (`models.segmentation`, `models.detection`,
+    torchvision's detectors in `models.tv_detectors`) predict per pixel, location or box and have no
+    classifier head."""
     from mtkd_env.models.registry import MODELS
 
-    dense = ("mtkd_env.models.segmentation", "mtkd_env.models.detection")
+    dense = ("mtkd_env.models.segmentation", "mtkd_env.models.detection", "mtkd_env.models.tv_detectors")
     return [n for n in models.available() if getattr(MODELS[n], "__module__", "") not in dense]
 
 
