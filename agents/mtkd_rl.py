@@ -111,7 +111,7 @@ class MTKDRL(OnlineAgent):
             if deterministic or self.variant == "code":
                 w_l, w_f = self.net(state)
             else:
-                (d_l, d_f), _ = self.net.distributions(state, self.config.min_weight)
+                (d_l, d_f), _ = self.net.distributions(state, self.config.min_weight, self.config.min_concentration)
                 w_l, w_f = _sample_simplex(d_l), _sample_simplex(d_f)
         return w_l.cpu().numpy(), w_f.cpu().numpy()
 
@@ -188,7 +188,8 @@ class MTKDRL(OnlineAgent):
                 loss = (F.binary_cross_entropy(w_l.clamp(0.0, 1.0), ones, weight=weight)
                         + F.binary_cross_entropy(w_f.clamp(0.0, 1.0), ones, weight=weight))
             else:
-                (d_l, d_f), _ = self.net.distributions(state, self.config.min_weight)
+                (d_l, d_f), _ = self.net.distributions(state, self.config.min_weight,
+                                                       self.config.min_concentration)
                 log_prob = d_l.log_prob(batch["a_logit"].to(self.device)) + d_f.log_prob(batch["a_feat"].to(self.device))
                 advantage = reward - reward.mean()
                 loss = -(advantage * log_prob).mean()

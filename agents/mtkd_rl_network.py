@@ -47,6 +47,10 @@ class MTKDRLConfig:
     """pg: learn kappa with the policy gradient."""
     min_weight: Annotated[float, Field(gt=0, lt=1)] = 1e-4
     """pg: floor of the Dirichlet mean, so every concentration stays positive."""
+    min_concentration: Annotated[float, Field(gt=0)] = 1.0
+    """pg: floor of the learned precision per teacher (kappa >= min_concentration * M). Without it a
+    learned kappa can run to 0 (exp underflow: an invalid Dirichlet, seen on `specialists`); at the
+    uniform mean every concentration then stays >= this floor."""
 
 
 @dataclass(frozen=True)
@@ -139,9 +143,10 @@ class PolicyTrans(nn.Module):
             raise RuntimeError("this network has no Dirichlet precision (variant 'code')")
         return self.log_concentration.exp()
 
-    def distributions(self, state: torch.Tensor, min_weight: float = 1e-4):
-        """pg: Dirichlet policies over logit and feature weights, each with mean ~= (wL, wF)."""
+    def distributions(self, state: torch.Tensor, min_weight: float = 1e-4, min_concentration: float = 1.0):
+        """pg: Dirichlet policies over logit and feature weights, each with mean ~= (wL, wF) and
+        precision kappa >= `min_concentration` * M."""
         w_l, w_f = self(state)
-        kappa = self.concentration
+        kappa = self.concentration.clamp_min(min_concentration * self.layout.num_teachers)
         dist = torch.distributions.Dirichlet
         return (dist(kappa * w_l.clamp_min(min_weight)), dist(kappa * w_f.clamp_min(min_weight))), (w_l, w_f)

@@ -154,3 +154,22 @@ def test_warmup_until_first_update_then_agent_weights(synthetic_config, warmup_w
     np.testing.assert_allclose(weights[8:].sum(-1), 1.0, atol=1e-5)
     assert agent._n_rounds == 2 and agent._n_updates == 16    # one SGD step per buffered batch, per epoch
     assert "reward_vector" in cb.infos[0]
+
+
+def test_pg_precision_has_a_floor_so_the_dirichlet_stays_valid():
+    """A learned log-precision that ran far negative (exp underflows to 0, as a `specialists` run did)
+    still gives valid Dirichlets of precision min_concentration * M, and an update from them is finite."""
+    layout, state, *_ = _hand_built(4, b=16, seed=2)
+    agent = MTKDRL(variant="pg", config=MTKDRLConfig(hidden_size=8, warmup=False, min_concentration=1.5),
+                   layout=layout, seed=0)
+    with torch.no_grad():
+        agent.net.log_concentration.fill_(-200.0)
+    assert float(agent.net.concentration) == 0.0
+    (d_l, d_f), (w_l, _) = agent.net.distributions(torch.tensor(state), agent.config.min_weight,
+                                                   agent.config.min_concentration)
+    torch.testing.assert_close(d_l.concentration.sum(-1), torch.full((16,), 1.5 * 4), rtol=1e-5, atol=1e-4)
+    a_l, a_f = d_l.sample(), d_f.sample()
+    stats = agent.update([{"state": torch.tensor(state), "reward": torch.linspace(0, 1, 16), "a_logit": a_l,
+                           "a_feat": a_f}])
+    assert np.isfinite(stats["loss"])
+    assert all(torch.isfinite(p).all() for p in agent.net.parameters())
