@@ -81,11 +81,16 @@ def image_targets(out: TVDetectionOutput, y: torch.Tensor, label_offset: int = 0
     return targets
 
 
+def _anchor_counts(parts: TVParts) -> List[int]:
+    """Anchors per FPN level (its locations x the anchors per location), in the head's order."""
+    counts = [f.shape[-2] * f.shape[-1] for f in parts.features.values()]
+    per_location = parts.anchors[0].shape[0] // sum(counts)
+    return [c * per_location for c in counts]
+
+
 class Family:
     """How one torchvision detector family turns a forward into losses and detections."""
 
-    dense: bool = True
-    """Whether the family has dense class outputs per anchor (`TVDetectionOutput.logits`)."""
     label_offset: int = 0
     """torchvision's label of class 0 (1 where label 0 is the background: Faster R-CNN)."""
 
@@ -96,9 +101,7 @@ class Family:
     def image_losses(self, out: TVDetectionOutput, y: torch.Tensor) -> torch.Tensor:
         """(B,) the detector's training loss (its losses dict summed) of each image, with grad."""
         det, parts = out.parts.detector, out.parts
-        counts = [f.shape[-2] * f.shape[-1] for f in parts.features.values()]
-        per_location = parts.anchors[0].shape[0] // sum(counts)
-        counts = [c * per_location for c in counts]
+        counts = _anchor_counts(parts)
         losses = []
         for i, target in enumerate(image_targets(out, y, self.label_offset)):
             head = {k: v[i:i + 1] for k, v in parts.head.items()}
@@ -113,8 +116,7 @@ class Family:
     @torch.no_grad()
     def raw_detections(self, out: TVDetectionOutput) -> List[dict]:
         det, parts = out.parts.detector, out.parts
-        counts = [f.shape[-2] * f.shape[-1] for f in parts.features.values()]
-        counts = [c * (parts.anchors[0].shape[0] // sum(counts)) for c in counts]
+        counts = _anchor_counts(parts)
         head = {k: list(v.split(counts, dim=1)) for k, v in parts.head.items()}
         anchors = [list(a.split(counts)) for a in parts.anchors]
         return det.postprocess_detections(head, anchors, parts.images.image_sizes)
@@ -136,7 +138,6 @@ class RetinaNetFamily(Family):
 class TwoStage(Family):
     """Faster R-CNN: RPN proposals, then RoI heads; no dense class outputs."""
 
-    dense = False
     label_offset = 1
 
     def forward(self, detector, images, levels):
