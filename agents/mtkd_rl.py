@@ -78,6 +78,9 @@ class MTKDRL(OnlineAgent):
             raise ConfigError(f"MTKD-RL variant: expected one of {list(VARIANTS)}, got {variant!r}")
         self.variant = variant
         self.config = config = config or MTKDRLConfig()
+        if config.max_concentration <= config.min_concentration:
+            raise ConfigError(f"hyperparameter max_concentration: expected more than min_concentration "
+                              f"({config.min_concentration}), got {config.max_concentration}")
         if env is not None:
             if env.config.granularity != "sample":
                 raise ConfigError("MTKD-RL needs the per-sample state: env granularity must be 'sample', got "
@@ -111,7 +114,8 @@ class MTKDRL(OnlineAgent):
             if deterministic or self.variant == "code":
                 w_l, w_f = self.net(state)
             else:
-                (d_l, d_f), _ = self.net.distributions(state, self.config.min_weight, self.config.min_concentration)
+                (d_l, d_f), _ = self.net.distributions(state, self.config.min_weight, self.config.min_concentration,
+                                                       self.config.max_concentration)
                 w_l, w_f = _sample_simplex(d_l), _sample_simplex(d_f)
         return w_l.cpu().numpy(), w_f.cpu().numpy()
 
@@ -189,7 +193,7 @@ class MTKDRL(OnlineAgent):
                         + F.binary_cross_entropy(w_f.clamp(0.0, 1.0), ones, weight=weight))
             else:
                 (d_l, d_f), _ = self.net.distributions(state, self.config.min_weight,
-                                                       self.config.min_concentration)
+                                                       self.config.min_concentration, self.config.max_concentration)
                 log_prob = d_l.log_prob(batch["a_logit"].to(self.device)) + d_f.log_prob(batch["a_feat"].to(self.device))
                 advantage = reward - reward.mean()
                 loss = -(advantage * log_prob).mean()

@@ -51,6 +51,11 @@ class MTKDRLConfig:
     """pg: floor of the learned precision per teacher (kappa >= min_concentration * M). Without it a
     learned kappa can run to 0 (exp underflow: an invalid Dirichlet, seen on `specialists`); at the
     uniform mean every concentration then stays >= this floor."""
+    max_concentration: Annotated[float, Field(gt=0)] = 1000.0
+    """pg: ceiling of the learned precision per teacher (kappa <= max_concentration * M). REINFORCE
+    can push kappa up with a gradient that grows with kappa: on `pools` log-kappa ran from 7 to 19 in
+    four updates and the next update was NaN. At the ceiling the policy is all but deterministic (a
+    weight's sd sqrt(w(1-w)/(kappa+1)) < 0.01 for M = 3)."""
 
 
 @dataclass(frozen=True)
@@ -143,10 +148,12 @@ class PolicyTrans(nn.Module):
             raise RuntimeError("this network has no Dirichlet precision (variant 'code')")
         return self.log_concentration.exp()
 
-    def distributions(self, state: torch.Tensor, min_weight: float = 1e-4, min_concentration: float = 1.0):
+    def distributions(self, state: torch.Tensor, min_weight: float = 1e-4, min_concentration: float = 1.0,
+                      max_concentration: float = 1000.0):
         """pg: Dirichlet policies over logit and feature weights, each with mean ~= (wL, wF) and
-        precision kappa >= `min_concentration` * M."""
+        precision `min_concentration` * M <= kappa <= `max_concentration` * M."""
         w_l, w_f = self(state)
-        kappa = self.concentration.clamp_min(min_concentration * self.layout.num_teachers)
+        m = self.layout.num_teachers
+        kappa = self.concentration.clamp(min_concentration * m, max_concentration * m)
         dist = torch.distributions.Dirichlet
         return (dist(kappa * w_l.clamp_min(min_weight)), dist(kappa * w_f.clamp_min(min_weight))), (w_l, w_f)

@@ -359,15 +359,23 @@ class MultiTeacherKDEnv(gym.Env):
     def host_state(self) -> dict:
         """The env's own part of `state_dict` (counters, last measurements, RNG)."""
         return {"t": self._t, "episode_seed": self._episode_seed, "previous": dict(self._previous),
-                "np_random": self.np_random.bit_generator.state}
+                "np_random": self.np_random.bit_generator.state, "instance": self.instance}
 
     def load_state_dict(self, state: dict) -> None:
-        if self.engine.student is None:
+        instance = state.get("instance")
+        if self.instances is not None and instance is not None and (self.engine.student is None
+                                                                    or int(instance) != self.instance):
+            # The saved episode's pool first: its projectors (one per teacher, shaped by that
+            # teacher's features) must exist before the saved ones are loaded into them.
+            self.reset(options={"instance": int(instance)})
+        elif self.engine.student is None:
             self.reset()
         self.engine.load_state_dict(state["engine"])
         self.load_host_state(state)
 
     def load_host_state(self, state: dict) -> None:
+        if state.get("instance") is not None:
+            self.instance = int(state["instance"])
         self._t, self._episode_seed = int(state["t"]), state["episode_seed"]
         self._previous = dict(state["previous"])
         self._episode_over = False

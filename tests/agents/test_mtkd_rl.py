@@ -10,6 +10,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from agents.mtkd_rl import MTKDRL, MTKDRLConfig, PolicyTrans, StateLayout, weights_to_linear_action
 from agents.mtkd_rl_network import priors
+from mtkd_env.config import ConfigError
 
 
 def _layout(m: int, extra: int = 2) -> StateLayout:
@@ -173,3 +174,30 @@ def test_pg_precision_has_a_floor_so_the_dirichlet_stays_valid():
                            "a_feat": a_f}])
     assert np.isfinite(stats["loss"])
     assert all(torch.isfinite(p).all() for p in agent.net.parameters())
+
+
+def test_pg_precision_has_a_ceiling_so_a_runaway_kappa_stays_finite():
+    """A learned log-precision far up (REINFORCE ran one from 7 to 19 in four updates on `pools`, then
+    NaN) is capped at max_concentration * M; its gradient is then 0, so updates stay finite."""
+    layout, state, *_ = _hand_built(3, b=16, seed=3)
+    agent = MTKDRL(variant="pg", config=MTKDRLConfig(hidden_size=8, warmup=False, max_concentration=50.0),
+                   layout=layout, seed=0)
+    with torch.no_grad():
+        agent.net.log_concentration.fill_(40.0)
+    (d_l, _), _ = agent.net.distributions(torch.tensor(state), agent.config.min_weight,
+                                          agent.config.min_concentration, agent.config.max_concentration)
+    torch.testing.assert_close(d_l.concentration.sum(-1), torch.full((16,), 50.0 * 3), rtol=1e-4, atol=1e-3)
+    for _ in range(3):
+        (d_l, d_f), _ = agent.net.distributions(torch.tensor(state), agent.config.min_weight,
+                                                agent.config.min_concentration, agent.config.max_concentration)
+        stats = agent.update([{"state": torch.tensor(state), "reward": torch.linspace(0, 1, 16),
+                               "a_logit": d_l.sample(), "a_feat": d_f.sample()}])
+        assert np.isfinite(stats["loss"])
+    assert all(torch.isfinite(p).all() for p in agent.net.parameters())
+    assert float(agent.net.log_concentration.detach()) == 40.0  # no gradient through the ceiling
+
+
+def test_pg_precision_ceiling_below_the_floor_is_a_config_error():
+    layout, *_ = _hand_built(3, b=4, seed=0)
+    with pytest.raises(ConfigError, match="max_concentration: expected more than min_concentration"):
+        MTKDRL(variant="pg", config=MTKDRLConfig(min_concentration=2.0, max_concentration=1.0), layout=layout)

@@ -115,3 +115,23 @@ def test_an_epoch_checkpoint_is_the_same_run_stopped_early(tiny_config):
     env = MultiTeacherKDEnv(tiny_config(teachers=["mlp=epoch:1", "mlp"], teacher_epochs=3))
     early, final = (t.model for t in env.engine.teachers)
     assert not torch.equal(next(early.parameters()), next(final.parameters()))
+
+
+def test_pools_state_round_trip_restores_the_saved_instance_pool(scenario_config):
+    """A checkpoint of a pools episode loads into an env on another instance (whose teachers'
+    projectors have other shapes) and continues bit-identically: the saved pool comes back first."""
+    cfg = scenario_config("pools")
+    a, b = MultiTeacherKDEnv(cfg), MultiTeacherKDEnv(cfg)
+    a.reset(seed=0, options={"instance": 0})
+    shapes = a.engine.teacher_feature_shapes
+    other = next(i for i, pool in enumerate(a.instances)
+                 if [a.engine._bank_feature_shapes[k] for k in pool] != shapes)
+    b.reset(seed=1, options={"instance": other})
+    action = np.full(a.action_space.shape, 0.3, dtype=np.float32)
+    a.step(action)
+    b.load_state_dict(a.state_dict())
+    assert b.instance == 0 and b.engine.pool == a.engine.pool
+    for _ in range(2):
+        out_a, out_b = a.step(action), b.step(action)
+        np.testing.assert_array_equal(out_a[0], out_b[0])
+        assert out_a[1] == out_b[1]
