@@ -208,7 +208,9 @@ class MTKDRL(OnlineAgent):
             stats.update({f"mix_logit_{i}": float(v) for i, v in enumerate(mix_l.detach())})
             stats.update({f"mix_feat_{i}": float(v) for i, v in enumerate(mix_f.detach())})
         if self.variant == "pg":
-            stats["concentration"] = float(self.net.concentration.detach())
+            m, cfg = self.num_teachers, self.config  # the precision the policy uses: floor and ceiling applied
+            stats["concentration"] = float(self.net.concentration.detach().clamp(cfg.min_concentration * m,
+                                                                                 cfg.max_concentration * m))
         return stats
 
     # --- persistence ------------------------------------------------------------------------

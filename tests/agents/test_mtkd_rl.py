@@ -192,7 +192,7 @@ def test_pg_precision_has_a_ceiling_so_a_runaway_kappa_stays_finite():
                                                 agent.config.min_concentration, agent.config.max_concentration)
         stats = agent.update([{"state": torch.tensor(state), "reward": torch.linspace(0, 1, 16),
                                "a_logit": d_l.sample(), "a_feat": d_f.sample()}])
-        assert np.isfinite(stats["loss"])
+        assert np.isfinite(stats["loss"]) and stats["concentration"] == pytest.approx(50.0 * 3)  # what it uses
     assert all(torch.isfinite(p).all() for p in agent.net.parameters())
     assert float(agent.net.log_concentration.detach()) == 40.0  # no gradient through the ceiling
 
