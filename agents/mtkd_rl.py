@@ -208,9 +208,8 @@ class MTKDRL(OnlineAgent):
             stats.update({f"mix_logit_{i}": float(v) for i, v in enumerate(mix_l.detach())})
             stats.update({f"mix_feat_{i}": float(v) for i, v in enumerate(mix_f.detach())})
         if self.variant == "pg":
-            m, cfg = self.num_teachers, self.config  # the precision the policy uses: floor and ceiling applied
-            stats["concentration"] = float(self.net.concentration.detach().clamp(cfg.min_concentration * m,
-                                                                                 cfg.max_concentration * m))
+            stats["concentration"] = float(self.net.precision(self.config.min_concentration,
+                                                              self.config.max_concentration).detach())
         return stats
 
     # --- persistence ------------------------------------------------------------------------

@@ -148,12 +148,16 @@ class PolicyTrans(nn.Module):
             raise RuntimeError("this network has no Dirichlet precision (variant 'code')")
         return self.log_concentration.exp()
 
+    def precision(self, min_concentration: float = 1.0, max_concentration: float = 1000.0) -> torch.Tensor:
+        """pg: the precision the policy uses, `min_concentration` * M <= kappa <= `max_concentration` * M."""
+        m = self.layout.num_teachers
+        return self.concentration.clamp(min_concentration * m, max_concentration * m)
+
     def distributions(self, state: torch.Tensor, min_weight: float = 1e-4, min_concentration: float = 1.0,
                       max_concentration: float = 1000.0):
         """pg: Dirichlet policies over logit and feature weights, each with mean ~= (wL, wF) and
-        precision `min_concentration` * M <= kappa <= `max_concentration` * M."""
+        precision `precision(min_concentration, max_concentration)`."""
         w_l, w_f = self(state)
-        m = self.layout.num_teachers
-        kappa = self.concentration.clamp(min_concentration * m, max_concentration * m)
+        kappa = self.precision(min_concentration, max_concentration)
         dist = torch.distributions.Dirichlet
         return (dist(kappa * w_l.clamp_min(min_weight)), dist(kappa * w_f.clamp_min(min_weight))), (w_l, w_f)

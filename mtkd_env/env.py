@@ -357,7 +357,7 @@ class MultiTeacherKDEnv(gym.Env):
         return {"engine": self.engine.state_dict(), **self.host_state()}
 
     def host_state(self) -> dict:
-        """The env's own part of `state_dict` (counters, last measurements, RNG)."""
+        """The env's own part of `state_dict` (counters, last measurements, RNG, the instance)."""
         return {"t": self._t, "episode_seed": self._episode_seed, "previous": dict(self._previous),
                 "np_random": self.np_random.bit_generator.state, "instance": self.instance}
 
@@ -374,8 +374,6 @@ class MultiTeacherKDEnv(gym.Env):
         self.load_host_state(state)
 
     def load_host_state(self, state: dict) -> None:
-        if state.get("instance") is not None:
-            self.instance = int(state["instance"])
         self._t, self._episode_seed = int(state["t"]), state["episode_seed"]
         self._previous = dict(state["previous"])
         self._episode_over = False
