@@ -37,11 +37,12 @@ def prepare_run(algo: str, *, env_config: Union[EnvConfig, dict, str, None], see
     from mtkd_env.runtime.tracking import default_wandb_mode
 
     spec = get_spec(algo)
-    hp = resolve_hyperparams(algo, spec.validate, hyperparams_file, hyperparams)
     if isinstance(env_config, str):
         env_config = load_config_file(env_config)
     explicit = set(env_config) if isinstance(env_config, dict) else None
-    cfg = apply_env_kwargs(make_config(env_config), hp.get("env_kwargs"), explicit)
+    base = make_config(env_config)
+    hp = resolve_hyperparams(algo, spec.validate, hyperparams_file, hyperparams, scenario=base.scenario)
+    cfg = apply_env_kwargs(base, hp.get("env_kwargs"), explicit)
     total = total_timesteps if total_timesteps is not None else hp.get("n_timesteps")
     if total is None:
         raise ConfigError(f"total_timesteps: not given and the {algo} hyperparameters have no n_timesteps")

@@ -1,8 +1,12 @@
 """rl-zoo3-style hyperparameter files: shipped per-algorithm defaults, user files and overrides.
 
 A file is a YAML/JSON mapping, either keyed by env id like rl-zoo3 (`MultiTeacherKD-v0: {...}`)
-or flat. `resolve_hyperparams` merges, in order, the shipped `agents/hyperparams/<algo>.yml`,
-a user file and a dict of overrides, then validates every key against the algorithm: an unknown
+or flat. rl-zoo3 tunes per env id; our scenarios are configurations of one env id, so a section may
+hold `scenarios: {<scenario>: {...}}`, values that replace the section's own when the run's env
+config names that scenario (e.g. a larger `n_timesteps` where the policy must learn to read a
+distribution of teacher pools). `resolve_hyperparams` merges, in order, the shipped
+`agents/hyperparams/<algo>.yml`, its section for the scenario, a user file, that file's section for
+the scenario and a dict of overrides, then validates every key against the algorithm: an unknown
 key or a wrong type is a one-line `ConfigError`.
 
 Values stay plain (JSON-able) so that the resolved dict is what the run logs and saves; the
@@ -107,12 +111,33 @@ def load_hyperparams_file(path: Union[str, Path]) -> dict:
     return _section(load_config_file(path), repr(str(path)))
 
 
+def _with_scenario(hp: dict, scenario: Optional[str], source: str) -> dict:
+    """`hp` without its `scenarios` key, updated with that key's section for `scenario` (if any)."""
+    from mtkd_env.scenarios import SCENARIOS
+
+    hp = dict(hp)
+    sections = hp.pop("scenarios", None) or {}
+    if not isinstance(sections, dict) or not all(isinstance(v, dict) for v in sections.values()):
+        raise ConfigError(f"hyperparameter scenarios in {source}: expected a mapping of scenario names to "
+                          f"mappings of hyperparameters, got {short_repr(sections)}")
+    unknown = sorted(set(sections) - set(SCENARIOS))
+    if unknown:
+        raise ConfigError(f"hyperparameter scenarios in {source}: unknown scenario(s) {unknown}"
+                          f"{did_you_mean(unknown, SCENARIOS)}; known: {sorted(SCENARIOS)}")
+    if "scenarios" in sections.get(scenario, {}):
+        raise ConfigError(f"hyperparameter scenarios.{scenario} in {source}: a scenario's section cannot "
+                          f"hold another `scenarios`")
+    hp.update(sections.get(scenario, {}))
+    return hp
+
+
 def resolve_hyperparams(algo: str, validate: Callable[[dict], dict], file: Optional[Union[str, Path]] = None,
-                        overrides: Optional[dict] = None) -> dict:
-    """Shipped defaults <- file <- overrides, validated by the algorithm's `validate`."""
-    hp = default_hyperparams(algo)
+                        overrides: Optional[dict] = None, scenario: Optional[str] = None) -> dict:
+    """Shipped defaults <- their `scenarios.<scenario>` <- file <- its `scenarios.<scenario>` <-
+    overrides, validated by the algorithm's `validate`. `scenario`: the run's env config's."""
+    hp = _with_scenario(default_hyperparams(algo), scenario, str(HYPERPARAMS_DIR / f"{algo}.yml"))
     if file is not None:
-        hp.update(load_hyperparams_file(file))
+        hp.update(_with_scenario(load_hyperparams_file(file), scenario, repr(str(file))))
     if overrides:
         if not isinstance(overrides, dict):
             raise ConfigError(f"hyperparams: expected a dict, got {type(overrides).__name__}")

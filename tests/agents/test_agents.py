@@ -15,7 +15,7 @@ from mtkd_env.config import ConfigError
 from mtkd_env.env import MultiTeacherKDEnv
 
 from agents import api
-from agents.hyperparams import default_hyperparams
+from agents.hyperparams import default_hyperparams, resolve_hyperparams
 from agents.run import Run
 from agents.tracking import read_metrics
 
@@ -158,3 +158,33 @@ def test_cuda_env_and_agent_then_cpu_policy(algo, synthetic_config, tmp_path):
     env = MultiTeacherKDEnv(cfg.replace(device="cpu", **policy.env_overrides))
     obs, _ = env.reset(seed=0)
     assert env.action_space.contains(policy.predict(obs)[0])
+
+
+def test_scenario_sections_of_hyperparameter_files(synthetic_config, tmp_path):
+    # Shipped: ppo-set trains 50 students on `pools`, 30 elsewhere.
+    same = lambda hp: hp  # noqa: E731  (no validation: only the merge is under test)
+    assert resolve_hyperparams("ppo-set", same, scenario="pools")["n_timesteps"] == 15500
+    assert resolve_hyperparams("ppo-set", same, scenario="unreliable")["n_timesteps"] == 9300
+    assert "scenarios" not in resolve_hyperparams("ppo-set", same)
+    # A user file's section for the run's scenario goes over the file's own values, overrides over both.
+    hp_file = tmp_path / "ppo.yml"
+    hp_file.write_text("MultiTeacherKD-v0:\n  n_steps: 16\n  batch_size: 8\n"
+                       "  scenarios:\n    unreliable: {n_steps: 8}\n    pools: {n_steps: 32}\n")
+    run = api.prepare_run("ppo", env_config=synthetic_config(scenario="unreliable"), total_timesteps=16,
+                          out_dir=str(tmp_path / "runs"), hyperparams_file=hp_file, show_progress=False)
+    assert run.agent.model.n_steps == 8 and run.config["hyperparams"]["n_steps"] == 8
+    assert "scenarios" not in run.config["hyperparams"]
+    assert resolve_hyperparams("ppo", same, hp_file, {"n_steps": 4}, scenario="unreliable")["n_steps"] == 4
+    assert resolve_hyperparams("ppo", same, hp_file)["n_steps"] == 16
+
+
+@pytest.mark.parametrize("text, match", [
+    ("scenarios:\n  pool: {n_steps: 8}\n", r"unknown scenario\(s\) \['pool'\].*did you mean 'pools'"),
+    ("scenarios: [pools]\n", "expected a mapping of scenario names to mappings"),
+    ("scenarios:\n  pools: {scenarios: {}}\n", "cannot hold another `scenarios`"),
+])
+def test_bad_scenario_sections_are_one_line_errors(text, match, tmp_path):
+    hp_file = tmp_path / "ppo.yml"
+    hp_file.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        resolve_hyperparams("ppo", lambda hp: hp, hp_file, scenario="pools")
