@@ -39,8 +39,8 @@ __all__ = ["SB3_CLASSES", "SB3Agent", "SB3Policy", "load_sb3_policy"]
 def _classes() -> Dict[str, type]:
     from stable_baselines3 import A2C, PPO, SAC, TD3
 
-    # ppo-set / ppo-sample: stock PPO with TeacherSetPolicy, shipped with their own hyperparameter files
-    return {"ppo": PPO, "a2c": A2C, "sac": SAC, "td3": TD3, "ppo-set": PPO, "ppo-sample": PPO}
+    # ppo-set / ppo-sample / ppo-credit: stock PPO with TeacherSetPolicy, shipped with their own hyperparameter files
+    return {"ppo": PPO, "a2c": A2C, "sac": SAC, "td3": TD3, "ppo-set": PPO, "ppo-sample": PPO, "ppo-credit": PPO}
 
 
 SB3_CLASSES = _classes

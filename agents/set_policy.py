@@ -294,7 +294,7 @@ def resolve_policy(name: str, algo: str) -> Union[str, type]:
         raise ConfigError(f"hyperparameter policy: unknown policy {name!r}{did_you_mean([name], SB3_POLICIES)}; "
                           f"expected one of {list(SB3_POLICIES)}")
     if is_set_policy(name):
-        if algo not in ("ppo", "a2c", "ppo-set", "ppo-sample"):
+        if algo not in ("ppo", "a2c", "ppo-set", "ppo-sample", "ppo-credit"):
             raise ConfigError(f"hyperparameter policy: TeacherSetPolicy is an actor-critic policy for ppo or a2c, "
                               f"got --algo {algo}")
         return TeacherSetPolicy

@@ -74,9 +74,22 @@ class MultiTeacherKDEnv(gym.Env):
         if engine is not None and engine.has_twin != twin:
             raise ValueError(f"engine {'has' if engine.has_twin else 'has no'} twin student but the rewards "
                              f"{'need' if twin else 'do not need'} one")
+        credit = sorted({r.credit_target for r in rewards if r.needs_credit})
+        if len(credit) > 1:
+            raise ConfigError(f"rewards: at most one credit target per env, got {credit} (kd_credit and kd_label_credit)")
+        self._credit_target = credit[0] if credit else None
+        self._needs_credit = bool(credit)
+        if self._needs_credit and cfg.task != "classification":
+            raise ConfigError(f"reward {cfg.reward}: credit rewards are for task 'classification', got {cfg.task!r}")
+        if self._needs_credit and engine is not None:
+            raise ConfigError("reward kd_credit: the batched vector env cannot compute it (one credit pass per "
+                              "student); expected vec_env 'dummy' or 'subproc'")
         self.engine = DistillationEngine(cfg, twin=twin) if engine is None else engine
         self.measurements = MeasurementPlan(self.engine, rewards, cfg.reward_interval)
         self.dist = self.engine.dist
+        if self._needs_credit and self.dist.enabled:
+            raise ConfigError("reward kd_credit: needs the whole batch on one process; expected a run without "
+                              "torch.distributed")
         self.num_teachers = m = self.engine.num_teachers
         self.instances: Optional[List[Tuple[int, ...]]] = None
         """With `pool_size`: the configured instance set (ordered bank indices per instance)."""
@@ -148,8 +161,10 @@ class MultiTeacherKDEnv(gym.Env):
         """
         wl, wf = self.checked_weights(w_logit, w_feat)
         wl_t, wf_t = self._on_device(wl, wf)
+        credit = self.engine.kd_credit(self._credit_target) if self._needs_credit else None  # before the update changes θ
         out, loss = run_iterations(self.engine, wl_t, wf_t, self.config.steps_per_action)
         pending = self.after_update(out, loss, wl, wf)
+        pending.credit = credit
         if not pending.terminated:
             self.engine.advance()  # the observation describes the batch the next action will weight
         return self.finish_step(pending, to_host(self.step_parts(pending)))
@@ -257,7 +272,9 @@ class MultiTeacherKDEnv(gym.Env):
                             student_acc=student_acc, probe_loss_before=self._previous.get("probe_loss"),
                             probe_loss_after=measured.get("probe_loss"), val_acc=val_acc,
                             prev_val_acc=self._previous.get("val_acc"), terminal=terminated,
-                            measured=measured, previous=dict(self._previous))
+                            measured=measured, previous=dict(self._previous),
+                            kd_credit=None if pending.credit is None else pending.credit.double().cpu().numpy(),
+                            weights=pending.wl)
         info = {"step": self._t, "iteration": engine.iteration, "epoch": engine.loader.epoch,
                 "weights_logit": np.asarray(pending.wl, dtype=np.float32).copy(),
                 "weights_feat": np.asarray(pending.wf, dtype=np.float32).copy(),

@@ -13,6 +13,9 @@ exposes what that needs without a second copy of the distillation step:
 
 Nothing real changes: the engine's modules, optimiser and BatchNorm running statistics are as they
 were, so there is nothing to roll back.
+
+`kd_credit()` uses the same pieces for a per-(sample, teacher) credit of the prepared batch's KD
+terms (the `kd_credit` reward): how much of the probe loss each term would remove, to first order.
 """
 
 from __future__ import annotations
@@ -123,6 +126,61 @@ class VirtualSteps:
                 self.projectors, state("projectors.", self.projectors), (s_out.feature_map,))
         return self.task.measure(x, y, index, t_outs, teacher, s_out, projected, self.config.kd_temperature, True,
                                  self._with_cos)
+
+    def kd_credit(self, target: str = "probe") -> torch.Tensor:
+        """First-order credit of every logit-KD term kl[i, m] of the prepared batch, (B, M), detached.
+
+        target "label": the drop of sample i's own CE that a step on kl[i, m] causes in logit space,
+        c[i, m] = <∇_z kl[i, m], ∇_z CE(z_i, y_i)> = T·(softmax(z_i/T) − p_t^m)·(softmax(z_i) − onehot(y_i)):
+        > 0 when teacher m pulls sample i's logits the way its label does (classification only; no
+        extra forward). It is local: it credits agreement with the training label, not generalisation.
+
+        target "probe" (default), for the probe loss:
+
+            c[i, m] = kl[i, m](θ) − kl[i, m](θ − lr · ∇L_probe(θ))  ≈  lr · <∇L_probe, ∇kl[i, m]>,
+
+        with kl[i, m] = T²·KL(p_t^m ‖ p_s) of sample i (`Batch.kl`), L_probe the task's supervised
+        loss of the student on the probe batch (eval mode, as the `probe_loss` measurement) and lr the
+        current learning rate. By the symmetry of the inner product, c[i, m] is also, to first order,
+        the drop of the probe loss that one SGD step on kl[i, m] alone would cause, so
+        `kd_alpha / B · Σ w[i, m] c[i, m]` is the probe-loss drop due to the batch's logit-KD term
+        under weights w (B, M). Momentum and the feature term are left out. Costs one probe forward
+        and backward and one batch forward; changes nothing real (parameters, gradients, BatchNorm
+        statistics). Call after `prepare()` (or `reset`/`advance`), before `apply`.
+        """
+        from torch.func import functional_call
+
+        if self.student is None or self.optimizer is None:
+            raise RuntimeError("call reset() before kd_credit(): there is no student yet")
+        batch = self.batch
+        if target == "label":
+            if self.task.dense:
+                raise ValueError("kd_credit(target='label') is for classification (one label per image)")
+            temp = self.config.kd_temperature
+            z = batch.student_logits.detach().float()
+            pull = torch.softmax(z / temp, 1)[None] - torch.softmax(batch.teacher_logits.float() / temp, 2)  # (M, B, C)
+            label = torch.softmax(z, 1) - torch.nn.functional.one_hot(batch.y, z.shape[1]).to(z.dtype)
+            return (temp * pull * label[None]).sum(2).T.contiguous()
+        if target != "probe":
+            raise ValueError(f"kd_credit: target must be 'probe' or 'label', got {target!r}")
+        params = {k: p.detach().requires_grad_(True) for k, p in self.student.named_parameters()}
+        buffers = {k: b.clone() for k, b in self.student.named_buffers()}
+        was_training = self.student.training
+        self.student.eval()
+        try:
+            with self._autocast():
+                out = functional_call(self.student, (params, buffers), (self._format(self.probe_x),))
+                probe = self.task.supervised_loss(out, self.probe_y)
+        finally:
+            self.student.train(was_training)
+        names = list(params)
+        grads = torch.autograd.grad(probe, [params[n] for n in names], allow_unused=True)
+        lr = self.optimizer.param_groups[0]["lr"]
+        shifted = {f"student.{n}": (params[n] if g is None else params[n] - lr * g).detach()
+                   for n, g in zip(names, grads)}
+        with torch.no_grad():
+            after = self.forward_with(batch.x, batch.y, shifted, batch.index).kl
+        return (batch.kl.detach() - after).float()
 
     def virtual_optimizer(self) -> VirtualSGD:
         """A differentiable copy of the next optimiser step: SGD with the current learning rate,

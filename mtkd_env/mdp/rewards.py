@@ -11,6 +11,8 @@ creates when a reward needs it.
 
 Episode returns (γ = 1), with Φ = the paired potential of a twin reward:
 - `probe_loss_drop`: total probe-loss drop of the episode;
+- `kd_credit` / `kd_label_credit`: the sum over steps of each step's first-order advantage over equal
+  weights for the probe loss / for the batch's own labels (dense, a sum over samples; `KDCredit`);
 - `final_val_acc` / `final_val_loss`: the final validation accuracy / − CE;
 - `twin_*`: Φ_T − Φ_0 = the final advantage of the agent's student over the twin (Φ_0 = 0: the
   two students start identical), with intermediate rewards that telescope into it.
@@ -54,12 +56,20 @@ class StepResult:
     """Measurements taken on this step (after the update), by name (`MEASUREMENTS`)."""
     previous: Dict[str, float] = field(default_factory=dict)
     """The latest earlier value of every measurement the env takes (at reset: the initial one)."""
+    kd_credit: Optional[np.ndarray] = None
+    """(B, M) `DistillationEngine.kd_credit()` of the step's batch, before the update; only for rewards
+    with `needs_credit`."""
+    weights: Optional[np.ndarray] = None
+    """The step's logit weights, (M,) or (B, M)."""
 
 
 class Reward:
     """Base class: subclasses say which measurements they need and compute a float."""
 
     needs: FrozenSet[str] = frozenset()
+    needs_credit: bool = False
+    """The env computes `DistillationEngine.kd_credit(credit_target)` before each update (`StepResult.kd_credit`)."""
+    credit_target: str = "probe"
     val_schedule: str = "interval"
     """"interval": val measurements every `reward_interval` steps and at the end; "end": only at the end."""
 
@@ -154,6 +164,44 @@ class ValAccDelta(Reward):
         if result.val_acc is None:
             return 0.0, {}
         return float(result.val_acc - result.prev_val_acc), {}
+
+
+@register_reward("kd_credit")
+class KDCredit(Reward):
+    """Dense, per step: the first-order probe-loss drop of the step's logit-KD term under the agent's
+    weights minus under equal weights, in units of the batch's credit spread:
+
+        r_t = Σ_i Σ_m (w[i, m] − 1/M) c[i, m] / (B · (std(c − c̄) + ε)),   c = `kd_credit()` (B, M),
+
+    c̄[i] the mean of row i (the part of the credit every weighting of that sample gets alike).
+
+    0 for equal weights on every step, > 0 when the weights favour the KD terms whose gradient step
+    would lower the student's probe loss. The scale makes every step count alike (raw credits shrink
+    as the student converges). Per-sample credit: each row's share is its own term of the sum, so a
+    policy that weights each sample's teachers is rewarded for that sample's choice only (in the
+    sum). Cost: one probe forward/backward and one batch forward per step. First order, logit term
+    only (not the feature term, not momentum); see docs/learned.md for what it does and does not
+    reward."""
+
+    needs_credit = True
+    credit_target = "probe"
+
+    def __call__(self, result: StepResult) -> Tuple[float, dict]:
+        c = result.kd_credit
+        w = np.broadcast_to(np.asarray(result.weights, dtype=np.float64), c.shape)
+        advantage = float(((w - 1.0 / c.shape[1]) * c).sum(axis=1).mean())
+        spread = float((c - c.mean(axis=1, keepdims=True)).std())
+        return advantage / (spread + 1e-12), {"kd_credit_advantage": advantage}
+
+
+@register_reward("kd_label_credit")
+class KDLabelCredit(KDCredit):
+    """`kd_credit` with the label credit (`kd_credit(target="label")`): how much each weighted KD
+    term lowers its own sample's CE, to first order in logit space. Dense and exact about agreement
+    with the training labels; blind to generalisation (it would reward copying a teacher that
+    memorised the training labels). Classification only."""
+
+    credit_target = "label"
 
 
 @register_reward("final_val_acc")

@@ -29,6 +29,7 @@ class Pending:
     loss: Optional[torch.Tensor] = None
     wl: Optional[np.ndarray] = None
     wf: Optional[np.ndarray] = None
+    credit: Optional[torch.Tensor] = None
 
 
 def run_iterations(engine, w_logit: torch.Tensor, w_feat: torch.Tensor, steps: int):

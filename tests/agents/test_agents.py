@@ -26,7 +26,7 @@ TINY_HP = {"ppo": {"n_steps": 32, "batch_size": 16, "n_epochs": 2}, "a2c": {"n_s
 
 
 def test_algos_match_contract():
-    assert api.ALGOS == ("ppo", "a2c", "sac", "td3", "ppo-set", "ppo-sample", "mtkd-rl", "mtkd-rl-pg", "rmts")
+    assert api.ALGOS == ("ppo", "a2c", "sac", "td3", "ppo-set", "ppo-sample", "ppo-credit", "mtkd-rl", "mtkd-rl-pg", "rmts")
     for algo in api.ALGOS:
         assert default_hyperparams(algo)["n_timesteps"] >= 1
 

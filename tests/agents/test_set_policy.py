@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import yaml
 from gymnasium import spaces
 from stable_baselines3 import PPO
 
@@ -185,3 +186,17 @@ def test_a_learner_trains_end_to_end_on_every_scenario(scenario, scenario_config
     assert action.shape == env.action_space.shape
     if algo == "ppo-sample":
         assert env.config.granularity == "sample" and action.shape == (env.config.batch_size, env.num_teachers)
+
+
+def test_ppo_credit_trains_on_the_per_step_credit_and_acts_per_sample(scenario_config, tmp_path):
+    run = api.train("ppo-credit", env_config=scenario_config("specialists"), total_timesteps=8, out_dir=str(tmp_path),
+                    hyperparams={**TINY_PPO, "batch_size": 4}, show_progress=False)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["env"]["reward"] == "kd_label_credit" and saved["env"]["log_rewards"] == ["twin_val_loss"]
+    assert saved["hyperparams"]["gamma"] == 0.0 and saved["hyperparams"]["use_sde"] is False
+    policy = api.load_policy(run)
+    env = MultiTeacherKDEnv(policy.make_env_config(scenario_config("specialists")))
+    obs, _ = env.reset(seed=0)
+    action, _ = policy.predict(obs)
+    assert action.shape == (env.config.batch_size, env.num_teachers)
+    assert np.allclose(env.action_to_weights(action)[0], 0.25, atol=0.01)  # untrained ≈ uniform
