@@ -355,8 +355,12 @@ def load_sb3_policy(path: Path, meta: Optional[dict] = None, device: str = "cpu"
     algo = meta["algo"]
     hp = dict(meta["hyperparams"])
     env = _SpacesOnly(_box(meta["observation_space"]), _box(meta["action_space"]))
-    # inference only: the rollout size ("episode" = the training env's episode) plays no part
+    # inference only: the rollout and minibatch sizes play no part (one placeholder for both, so that
+    # SB3 does not warn about a minibatch that does not divide the rollout)
     kwargs = sb3_kwargs(resolve_episode_steps(hp, 64), int(np.prod(env.action_space.shape)))
+    for key in ("n_steps", "batch_size") if "n_steps" in kwargs else ():
+        if key in kwargs:
+            kwargs[key] = 64
     if meta.get("set_policy"):
         kwargs["policy_kwargs"] = {**kwargs.get("policy_kwargs", {}), **meta["set_policy"]}
     if "buffer_size" in inspect.signature(SB3_CLASSES()[algo].__init__).parameters:
