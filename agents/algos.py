@@ -179,7 +179,7 @@ REGISTRY: Dict[str, AlgoSpec] = {
     # per sample (one weight vector per image, the batch as a set of rows)
     "ppo-set": _sb3_spec("ppo-set"),
     "ppo-sample": _sb3_spec("ppo-sample", {"granularity": "sample", "sample_obs_embeddings": False}),
-    # the same per-sample policy rewarded per step by the first-order credit of its weights (reward kd_credit)
+    # the same per-sample policy rewarded every step by the label credit of its weights (reward kd_label_credit)
     "ppo-credit": _sb3_spec("ppo-credit", {"granularity": "sample", "sample_obs_embeddings": False}),
     "mtkd-rl": _mtkd_spec("mtkd-rl", "code"),
     "mtkd-rl-pg": _mtkd_spec("mtkd-rl-pg", "pg"),

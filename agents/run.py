@@ -67,8 +67,8 @@ class RunSettings:
 
     algo: Annotated[str, Cli(metavar='NAME')]
     """Algorithm: ppo, a2c, sac, td3 (Stable-Baselines3), ppo-set, ppo-sample (PPO per teacher or
-    per sample), ppo-credit (per sample, dense first-order credit reward), mtkd-rl, mtkd-rl-pg (the MTKD-RL agent), rmts (Reinforced Multi-Teacher
-    Selection); see `agents.api.ALGOS`."""
+    per sample), ppo-credit (per sample, dense credit reward), mtkd-rl, mtkd-rl-pg (the MTKD-RL
+    agent), rmts (Reinforced Multi-Teacher Selection); see `agents.api.ALGOS`."""
     total_timesteps: Annotated[int, Field(ge=1), Cli(help_default="the hyperparameters' n_timesteps")]
     """Env steps to train."""
     seed: Annotated[int, Field(ge=0, le=2 ** 32 - 1)] = 0

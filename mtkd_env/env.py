@@ -77,18 +77,18 @@ class MultiTeacherKDEnv(gym.Env):
         credit = sorted({r.credit_target for r in rewards if r.needs_credit})
         if len(credit) > 1:
             raise ConfigError(f"rewards: at most one credit target per env, got {credit} (kd_credit and kd_label_credit)")
-        self._credit_target = credit[0] if credit else None
-        self._needs_credit = bool(credit)
-        if self._needs_credit and cfg.task != "classification":
+        self._credit_target: Optional[str] = credit[0] if credit else None
+        """`engine.kd_credit`'s target when a reward needs it (computed before each update), else None."""
+        if credit and cfg.task != "classification":
             raise ConfigError(f"reward {cfg.reward}: credit rewards are for task 'classification', got {cfg.task!r}")
-        if self._needs_credit and engine is not None:
-            raise ConfigError("reward kd_credit: the batched vector env cannot compute it (one credit pass per "
+        if credit and engine is not None:
+            raise ConfigError("credit rewards (kd_credit, kd_label_credit): the batched vector env cannot compute it (one credit pass per "
                               "student); expected vec_env 'dummy' or 'subproc'")
         self.engine = DistillationEngine(cfg, twin=twin) if engine is None else engine
         self.measurements = MeasurementPlan(self.engine, rewards, cfg.reward_interval)
         self.dist = self.engine.dist
-        if self._needs_credit and self.dist.enabled:
-            raise ConfigError("reward kd_credit: needs the whole batch on one process; expected a run without "
+        if credit and self.dist.enabled:
+            raise ConfigError("credit rewards (kd_credit, kd_label_credit): need the whole batch on one process; expected a run without "
                               "torch.distributed")
         self.num_teachers = m = self.engine.num_teachers
         self.instances: Optional[List[Tuple[int, ...]]] = None
@@ -161,7 +161,8 @@ class MultiTeacherKDEnv(gym.Env):
         """
         wl, wf = self.checked_weights(w_logit, w_feat)
         wl_t, wf_t = self._on_device(wl, wf)
-        credit = self.engine.kd_credit(self._credit_target) if self._needs_credit else None  # before the update changes θ
+        # the credit of the batch before the update changes the student
+        credit = None if self._credit_target is None else self.engine.kd_credit(self._credit_target)
         out, loss = run_iterations(self.engine, wl_t, wf_t, self.config.steps_per_action)
         pending = self.after_update(out, loss, wl, wf)
         pending.credit = credit

@@ -15,7 +15,8 @@ Nothing real changes: the engine's modules, optimiser and BatchNorm running stat
 were, so there is nothing to roll back.
 
 `kd_credit()` uses the same pieces for a per-(sample, teacher) credit of the prepared batch's KD
-terms (the `kd_credit` reward): how much of the probe loss each term would remove, to first order.
+terms (the `kd_credit` / `kd_label_credit` rewards): how much of the probe loss, or of the sample's
+own CE, each term would remove, to first order.
 """
 
 from __future__ import annotations

@@ -180,8 +180,8 @@ class KDCredit(Reward):
     as the student converges). Per-sample credit: each row's share is its own term of the sum, so a
     policy that weights each sample's teachers is rewarded for that sample's choice only (in the
     sum). Cost: one probe forward/backward and one batch forward per step. First order, logit term
-    only (not the feature term, not momentum); see docs/learned.md for what it does and does not
-    reward."""
+    only (not the feature term, not momentum); with `steps_per_action` > 1, the step's first batch.
+    See docs/learned.md for what it does and does not reward."""
 
     needs_credit = True
     credit_target = "probe"

@@ -133,7 +133,7 @@ def test_kd_credit_reward_runs_in_the_env_and_not_in_the_batched_vector_env(synt
     rng = np.random.default_rng(0)
     _, r, *_, info = env.step(rng.uniform(-1, 1, env.action_space.shape).astype(np.float32))
     assert np.isfinite(r) and r != 0 and "kd_credit_advantage" in info
-    with pytest.raises(ConfigError, match="reward kd_credit: the batched vector env cannot compute it"):
+    with pytest.raises(ConfigError, match="credit rewards .kd_credit, kd_label_credit.: the batched vector env cannot compute it"):
         MultiTeacherKDVectorEnv(2, synthetic_config(reward="kd_credit"))
 
 
