@@ -68,3 +68,22 @@ def test_speedup_benchmark_times_every_worker_interleaved(tmp_path, teacher_cach
     bad = subprocess.run([sys.executable, "-m", "benchmarks.speedup", "--baseline", str(tmp_path)],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--baseline" in bad.stderr
+
+
+def test_credit_signal_measures_both_credits_per_third(scenario_config):
+    from benchmarks.credit_signal import credit_signal
+
+    figures = credit_signal(scenario_config("specialists", max_steps=6), seed=0, every=1)
+    assert figures["steps"] == 6 and figures["phases"] == [[0, 2], [2, 4], [4, 6]]
+    for target in ("probe", "label"):
+        rows = figures["targets"][target]
+        assert len(rows) == 3 and all(0 <= r["expert_first"] <= 1 for r in rows)
+    # The label credit is the teacher's agreement with the label: it rises where the teacher's CE falls.
+    assert all(r["corr_neg_ce"] > 0.5 for r in figures["targets"]["label"])
+
+
+def test_credit_signal_refuses_a_dense_scenario_in_one_line():
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.credit_signal", "--scenario", "seg_unreliable"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "the credits are for classification" in proc.stderr
