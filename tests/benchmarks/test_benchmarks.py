@@ -80,6 +80,19 @@ def test_credit_signal_measures_both_credits_per_third(scenario_config):
         assert len(rows) == 3 and all(0 <= r["expert_first"] <= 1 for r in rows)
     # The label credit is the teacher's agreement with the label: it rises where the teacher's CE falls.
     assert all(r["corr_neg_ce"] > 0.5 for r in figures["targets"]["label"])
+    assert figures["right_weight"] == [0.25] * 3  # AVER
+
+
+def test_credit_signal_of_a_trained_agent_reports_its_weights(scenario_config, tmp_path):
+    from agents import api
+    from benchmarks.credit_signal import credit_signal
+
+    run = api.train("ppo-credit", env_config=scenario_config("specialists"), total_timesteps=4, out_dir=str(tmp_path),
+                    hyperparams={"n_steps": 4, "batch_size": 4, "n_epochs": 1, "policy_kwargs": {"hidden": 8}},
+                    show_progress=False)
+    figures = credit_signal(scenario_config("specialists", max_steps=3), seed=1, every=1, agent=str(run))
+    assert figures["agent"] == str(run) and len(figures["right_weight"]) == 3
+    assert all(abs(w - 0.25) < 0.02 for w in figures["right_weight"])  # barely trained: ≈ uniform per sample
 
 
 def test_credit_signal_refuses_a_dense_scenario_in_one_line():
