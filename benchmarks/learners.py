@@ -12,7 +12,8 @@ For every scenario folder (`baselines.compare --scenarios ... --out DIR`) and ev
   `train_seeds[s % len(train_seeds)]`, so each training seed has its own students);
 - Δ vs the best constant weighting (`best-constant`), per learner and per training seed;
 - Δ vs every formula baseline in the folder, Holm-adjusted across the whole table (the "beats every
-  formula" question);
+  formula" question), and the same per training seed, Holm-adjusted across all the per-seed rows (the
+  moonshot's "on every training seed": `beats_every_formula_every_seed`);
 - the learning curve: each training student's test-accuracy advantage over its AVER twin (same
   initialisation and batches, `episode/advantage_test` of the run's `metrics.jsonl`) divided by the
   oracle's Δ, per training episode; "students to half the gap" is the first training student at which
@@ -83,7 +84,7 @@ def learner_figures(out: Path) -> dict:
         raise ConfigError(f"--out: {str(out)!r} holds no scenario results (expected <scenario>/results.csv from "
                           f"python -m baselines.compare --scenarios ...)")
     figures: Dict[str, dict] = {}
-    formula_rows = []
+    formula_rows, seed_formula_rows = [], []
     for name in found:
         acc = accuracies(out / name, None)
         oracle = pair(acc, "aver", "oracle")
@@ -98,7 +99,9 @@ def learner_figures(out: Path) -> dict:
             row["score"] = row["vs_aver"]["delta_pp"] / gap if gap and row["vs_aver"] else None
             for k, ts in enumerate(order):
                 mine = {p: {s: v for s, v in acc[p].items() if s % len(order) == k} for p in acc}
-                seed_row = {"vs_aver": pair(mine, "aver", algo), "vs_best_constant": pair(mine, "best-constant", algo)}
+                seed_row = {"vs_aver": pair(mine, "aver", algo), "vs_best_constant": pair(mine, "best-constant", algo),
+                            "vs_formulas": {formula: pair(mine, formula, algo) for formula in formulas}}
+                seed_formula_rows.extend(seed_row["vs_formulas"].values())
                 if gap and seed_row["vs_aver"]:
                     seed_row["score"] = seed_row["vs_aver"]["delta_pp"] / gap
                 row["per_train_seed"][str(ts)] = seed_row
@@ -108,15 +111,22 @@ def learner_figures(out: Path) -> dict:
             row["learning_curve"] = learning_curve([seeds[s] for s in order], gap)
             learners[algo] = row
         figures[name] = {"oracle_vs_aver": oracle, "formulas": formulas, "learners": learners}
-    for stats, p_holm in zip(formula_rows, holm([r["p"] if r else None for r in formula_rows])):
-        if stats:
-            stats["p_holm"] = p_holm
+    for family in (formula_rows, seed_formula_rows):  # two families: pooled, and per training seed
+        for stats, p_holm in zip(family, holm([r["p"] if r else None for r in family])):
+            if stats:
+                stats["p_holm"] = p_holm
     for scenario in figures.values():
         for row in scenario["learners"].values():
-            wins = [r for r in row["vs_formulas"].values() if r]
-            row["beats_every_formula"] = bool(wins) and all(
-                r["delta_pp"] > 0 and r.get("p_holm") is not None and r["p_holm"] < 0.01 for r in wins)
+            row["beats_every_formula"] = _wins(row["vs_formulas"])
+            seeds = row["per_train_seed"].values()
+            row["beats_every_formula_every_seed"] = bool(seeds) and all(_wins(s["vs_formulas"]) for s in seeds)
     return figures
+
+
+def _wins(vs_formulas: Dict[str, Optional[dict]]) -> bool:
+    """Ahead of every formula that has a comparison, each at Holm p < 0.01."""
+    rows = [r for r in vs_formulas.values() if r]
+    return bool(rows) and all(r["delta_pp"] > 0 and r.get("p_holm") is not None and r["p_holm"] < 0.01 for r in rows)
 
 
 def generalisation(test_folder: Path, train_folder: Path) -> Dict[str, dict]:
@@ -220,7 +230,9 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     for name, scenario in figures.items():
         for algo, row in scenario["learners"].items():
             if row["beats_every_formula"]:
-                print(f"{name}: {algo} beats every formula baseline (Holm p < 0.01)")
+                print(f"{name}: {algo} beats every formula baseline (Holm p < 0.01)"
+                      + (", and on every training seed" if row["beats_every_formula_every_seed"] else
+                         ", not on every training seed"))
     if args.json:
         atomic_write_text(args.json, json.dumps(payload, indent=1))
     if args.md:

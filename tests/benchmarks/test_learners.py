@@ -46,6 +46,7 @@ def test_learner_scores_pair_by_seed_split_by_training_seed_and_read_the_curve(t
     assert by_seed["1001"]["score"] == pytest.approx(1.15 / 4)
     assert row["vs_best_constant"]["delta_pp"] == pytest.approx(0.125)
     assert set(row["vs_formulas"]) == {"ca-mkd"} and row["beats_every_formula"] is False
+    assert by_seed["1000"]["vs_formulas"]["ca-mkd"]["n"] == 3 and row["beats_every_formula_every_seed"] is False
     curve = row["learning_curve"]
     assert curve["episodes"] == 6 and curve["runs"][0][3] == pytest.approx(1.0)  # 4 pp advantage / 4 pp gap
     # trailing 5-student means per seed: (0, .125, .25, .4375, .55, .75) and (0, 0, .167, .25, .4, .6);
@@ -62,7 +63,7 @@ def test_a_clear_win_over_every_formula_is_flagged_and_the_cli_writes_its_files(
     assert main(["--out", str(tmp_path / "lb"), "--json", str(tmp_path / "f.json"), "--md", str(tmp_path / "t.md"),
                  "--png", str(tmp_path / "c.png")]) == 0
     out = capsys.readouterr().out
-    assert "specialists: ppo-sample beats every formula baseline" in out
+    assert "specialists: ppo-sample beats every formula baseline (Holm p < 0.01), and on every training seed" in out
     assert "| specialists | ppo-sample |" in (tmp_path / "t.md").read_text()
     assert json.loads((tmp_path / "f.json").read_text())["specialists"]["learners"]["ppo-sample"]["beats_every_formula"]
     assert (tmp_path / "c.png").stat().st_size > 0
@@ -98,3 +99,17 @@ def test_a_scenario_whose_oracle_is_aver_has_no_score(tmp_path):
     assert all("score" not in r for r in row["per_train_seed"].values())
     line = next(x for x in markdown(f).splitlines() if x.startswith("| schedule | ppo-set |"))
     assert "nan" not in line and "1000: –, p" in line
+
+
+def test_every_seed_needs_each_training_seed_to_win(tmp_path):
+    seeds = range(16)
+    acc = {"aver": {s: 0.5 for s in seeds}, "oracle": {s: 0.6 for s in seeds},
+           "ca-mkd": {s: 0.52 + 0.001 * (s % 3) for s in seeds},
+           # train seed 1000 (even evaluation seeds) is 7 pp ahead of CA-MKD; 1001 (odd) is level with it
+           "ppo-set": {s: (0.59 if s % 2 == 0 else 0.52) + 0.001 * (s % 4) for s in seeds}}
+    _scenario(tmp_path / "unreliable", acc, {"ppo-set": {1000: [0.0], 1001: [0.0]}})
+    row = learner_figures(tmp_path)["unreliable"]["learners"]["ppo-set"]
+    by_seed = row["per_train_seed"]
+    assert by_seed["1000"]["vs_formulas"]["ca-mkd"]["p_holm"] < 0.01
+    assert by_seed["1001"]["vs_formulas"]["ca-mkd"]["delta_pp"] < 1
+    assert row["beats_every_formula_every_seed"] is False
