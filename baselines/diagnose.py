@@ -155,7 +155,9 @@ def run_diagnosis(options: DiagnoseOptions, progress: Callable[[str], None] = la
     from mtkd_env.env import MultiTeacherKDEnv
     from mtkd_env.mdp.rewards import REWARDS
 
-    names = list(options.rewards) or sorted(REWARDS)
+    # by default every reward that applies (the credit rewards are for classification)
+    names = list(options.rewards) or [n for n in sorted(REWARDS)
+                                      if options.env_config.task == "classification" or not REWARDS[n].needs_credit]
     unknown = [n for n in names if n not in REWARDS]
     if unknown:
         raise ConfigError(f"--rewards: unknown reward(s) {unknown}{did_you_mean(unknown, REWARDS)}; known "

@@ -75,12 +75,10 @@ class MultiTeacherKDEnv(gym.Env):
             raise ValueError(f"engine {'has' if engine.has_twin else 'has no'} twin student but the rewards "
                              f"{'need' if twin else 'do not need'} one")
         credit = sorted({r.credit_target for r in rewards if r.needs_credit})
-        if len(credit) > 1:
-            raise ConfigError(f"rewards: at most one credit target per env, got {credit} (kd_credit and kd_label_credit)")
-        self._credit_target: Optional[str] = credit[0] if credit else None
-        """`engine.kd_credit`'s target when a reward needs it (computed before each update), else None."""
+        self._credit_targets: Tuple[str, ...] = tuple(credit)
+        """`engine.kd_credit` targets the rewards need (computed before each update)."""
         if credit and cfg.task != "classification":
-            raise ConfigError(f"reward {cfg.reward}: credit rewards are for task 'classification', got {cfg.task!r}")
+            raise ConfigError(f"credit rewards (kd_credit, kd_label_credit): for task 'classification', got {cfg.task!r}")
         if credit and engine is not None:
             raise ConfigError("credit rewards (kd_credit, kd_label_credit): the batched vector env cannot compute it (one credit pass per "
                               "student); expected vec_env 'dummy' or 'subproc'")
@@ -161,11 +159,11 @@ class MultiTeacherKDEnv(gym.Env):
         """
         wl, wf = self.checked_weights(w_logit, w_feat)
         wl_t, wf_t = self._on_device(wl, wf)
-        # the credit of the batch before the update changes the student
-        credit = None if self._credit_target is None else self.engine.kd_credit(self._credit_target)
+        # the credits of the batch before the update changes the student
+        credits = {target: self.engine.kd_credit(target) for target in self._credit_targets}
         out, loss = run_iterations(self.engine, wl_t, wf_t, self.config.steps_per_action)
         pending = self.after_update(out, loss, wl, wf)
-        pending.credit = credit
+        pending.credits = credits
         if not pending.terminated:
             self.engine.advance()  # the observation describes the batch the next action will weight
         return self.finish_step(pending, to_host(self.step_parts(pending)))
@@ -274,7 +272,7 @@ class MultiTeacherKDEnv(gym.Env):
                             probe_loss_after=measured.get("probe_loss"), val_acc=val_acc,
                             prev_val_acc=self._previous.get("val_acc"), terminal=terminated,
                             measured=measured, previous=dict(self._previous),
-                            kd_credit=None if pending.credit is None else pending.credit.double().cpu().numpy(),
+                            credits={k: v.double().cpu().numpy() for k, v in (pending.credits or {}).items()},
                             weights=pending.wl)
         info = {"step": self._t, "iteration": engine.iteration, "epoch": engine.loader.epoch,
                 "weights_logit": np.asarray(pending.wl, dtype=np.float32).copy(),

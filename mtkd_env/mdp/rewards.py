@@ -56,9 +56,9 @@ class StepResult:
     """Measurements taken on this step (after the update), by name (`MEASUREMENTS`)."""
     previous: Dict[str, float] = field(default_factory=dict)
     """The latest earlier value of every measurement the env takes (at reset: the initial one)."""
-    kd_credit: Optional[np.ndarray] = None
-    """(B, M) `DistillationEngine.kd_credit()` of the step's batch, before the update; only for rewards
-    with `needs_credit`."""
+    credits: Dict[str, np.ndarray] = field(default_factory=dict)
+    """Target -> (B, M) `DistillationEngine.kd_credit(target)` of the step's batch, before the update;
+    the targets of the env's rewards with `needs_credit`."""
     weights: Optional[np.ndarray] = None
     """The step's logit weights, (M,) or (B, M)."""
 
@@ -187,7 +187,7 @@ class KDCredit(Reward):
     credit_target = "probe"
 
     def __call__(self, result: StepResult) -> Tuple[float, dict]:
-        c = result.kd_credit
+        c = result.credits[self.credit_target]
         w = np.broadcast_to(np.asarray(result.weights, dtype=np.float64), c.shape)
         advantage = float(((w - 1.0 / c.shape[1]) * c).sum(axis=1).mean())
         spread = float((c - c.mean(axis=1, keepdims=True)).std())

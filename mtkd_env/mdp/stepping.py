@@ -29,7 +29,8 @@ class Pending:
     loss: Optional[torch.Tensor] = None
     wl: Optional[np.ndarray] = None
     wf: Optional[np.ndarray] = None
-    credit: Optional[torch.Tensor] = None
+    credits: Optional[dict] = None
+    """Target -> (B, M) device tensor: the credits of the step's batch (`DistillationEngine.kd_credit`)."""
 
 
 def run_iterations(engine, w_logit: torch.Tensor, w_feat: torch.Tensor, steps: int):

@@ -112,7 +112,7 @@ def test_kd_credit_reward_prefers_the_terms_with_credit(synthetic_config):
 
     c = np.array([[3.0, 1.0, 2.0], [0.0, -1.0, 1.0]])
     result = lambda w: StepResult(step=1, loss=0.0, per_sample_loss=np.zeros(2), student_ce=0.0,  # noqa: E731
-                                  student_acc=0.0, kd_credit=c, weights=np.asarray(w))
+                                  student_acc=0.0, credits={"probe": c}, weights=np.asarray(w))
     reward = KDCredit()
     assert reward(result([1 / 3] * 3))[0] == pytest.approx(0.0, abs=1e-12)
     best, _ = reward(result([[1, 0, 0], [0, 0, 1]]))
@@ -120,7 +120,7 @@ def test_kd_credit_reward_prefers_the_terms_with_credit(synthetic_config):
     assert best > 0 > worst and best == pytest.approx(-worst)
     # Adding a constant to a row (credit every weighting of that sample gets) changes nothing.
     shifted = KDCredit()(StepResult(step=1, loss=0.0, per_sample_loss=np.zeros(2), student_ce=0.0, student_acc=0.0,
-                                    kd_credit=c + np.array([[5.0], [-2.0]]), weights=np.array([[1, 0, 0], [0, 0, 1]])))
+                                    credits={"probe": c + np.array([[5.0], [-2.0]])}, weights=np.array([[1, 0, 0], [0, 0, 1]])))
     assert shifted[0] == pytest.approx(best)
 
 
@@ -128,11 +128,14 @@ def test_kd_credit_reward_runs_in_the_env_and_not_in_the_batched_vector_env(synt
     from mtkd_env.config import ConfigError
     from mtkd_env.vector_env import MultiTeacherKDVectorEnv
 
-    env = MultiTeacherKDEnv(synthetic_config(reward="kd_credit", granularity="sample", sample_obs_embeddings=False))
+    env = MultiTeacherKDEnv(synthetic_config(reward="kd_credit", log_rewards=["kd_label_credit"], granularity="sample",
+                                             sample_obs_embeddings=False))
     env.reset(seed=0)
     rng = np.random.default_rng(0)
     _, r, *_, info = env.step(rng.uniform(-1, 1, env.action_space.shape).astype(np.float32))
     assert np.isfinite(r) and r != 0 and "kd_credit_advantage" in info
+    # each reward reads its own credit: the label credit's reward differs from the probe credit's
+    assert np.isfinite(info["rewards"]["kd_label_credit"]) and info["rewards"]["kd_label_credit"] != r
     with pytest.raises(ConfigError, match="credit rewards .kd_credit, kd_label_credit.: the batched vector env cannot compute it"):
         MultiTeacherKDVectorEnv(2, synthetic_config(reward="kd_credit"))
 
