@@ -24,10 +24,12 @@ __all__ = ["settings_of", "settings_diff", "describe_jobs", "jobs_record", "chec
 
 def settings_of(opts: CompareOptions) -> Dict[str, Any]:
     """What every row of one output folder must share (policies and seeds may grow)."""
-    return json.loads(json.dumps({"env_config": opts.env_config.to_dict(), "eval_every": opts.eval_every,
-                                  "normalization": opts.normalization, "aekd_cap": opts.aekd_cap,
-                                  "train_seeds": opts.train_seeds, "train_timesteps": opts.train_timesteps},
-                                 default=str))
+    saved = {"env_config": opts.env_config.to_dict(), "eval_every": opts.eval_every,
+             "normalization": opts.normalization, "aekd_cap": opts.aekd_cap,
+             "train_seeds": opts.train_seeds, "train_timesteps": opts.train_timesteps}
+    if list(opts.oracle_seeds) != [2000, 2001]:  # recorded when not the default, so older folders still match
+        saved["oracle_seeds"] = list(opts.oracle_seeds)
+    return json.loads(json.dumps(saved, default=str))
 
 
 _NO_EFFECT_FIELDS = ("show_progress",)

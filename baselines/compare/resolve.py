@@ -39,6 +39,7 @@ def formula_options(name: str, opts: CompareOptions) -> Dict[str, Any]:
 
         if opts.env_config.scenario is None:
             raise CompareError(f"policy {name!r} needs a scenario: --env scenario=NAME, or --scenarios")
-        found = load_or_search(opts.env_config, jobs=opts.jobs, progress=opts.progress, executor=opts.executor)
+        found = load_or_search(opts.env_config, opts.oracle_seeds, jobs=opts.jobs, progress=opts.progress,
+                               executor=opts.executor)
         return {"choice": found["choice" if name == "oracle" else "best_constant"]}
     return {}

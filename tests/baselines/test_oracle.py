@@ -85,3 +85,25 @@ def test_cli_bad_input_is_one_line(capsys):
     assert main(["--scenarios", "specialist"]) == 2
     err = capsys.readouterr().err
     assert "unknown scenario 'specialist' (did you mean 'specialists'?)" in err and err.count("\n") == 1
+
+
+def test_compare_reads_the_oracle_of_its_oracle_seeds(scenario_config, tmp_path, monkeypatch):
+    from baselines.compare.options import CompareOptions
+    from baselines.compare.outdir import settings_of
+    from baselines.compare.resolve import formula_options
+
+    assert CompareOptions(out=str(tmp_path)).oracle_seeds == list(oracle.SEARCH_SEEDS)
+    config = scenario_config("schedule")
+    monkeypatch.setenv("MTKD_CACHE_DIR", str(tmp_path / "cache"))
+    searched = load_or_search(config, seeds=[2003], progress=False)
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("compare must read the cached search of --oracle-seeds")
+
+    monkeypatch.setattr(oracle, "search", no_search)
+    opts = CompareOptions(out=str(tmp_path / "out"), env_config=config, oracle_seeds=[2003], progress=False)
+    assert formula_options("oracle", opts) == {"choice": searched["choice"]}
+    assert formula_options("best-constant", opts) == {"choice": searched["best_constant"]}
+    # recorded in the folder's settings only when not the default (older folders still match)
+    assert settings_of(opts)["oracle_seeds"] == [2003]
+    assert "oracle_seeds" not in settings_of(CompareOptions(out=str(tmp_path / "out"), env_config=config))
