@@ -358,9 +358,8 @@ def load_sb3_policy(path: Path, meta: Optional[dict] = None, device: str = "cpu"
     # inference only: the rollout and minibatch sizes play no part (one placeholder for both, so that
     # SB3 does not warn about a minibatch that does not divide the rollout)
     kwargs = sb3_kwargs(resolve_episode_steps(hp, 64), int(np.prod(env.action_space.shape)))
-    for key in ("n_steps", "batch_size") if "n_steps" in kwargs else ():
-        if key in kwargs:
-            kwargs[key] = 64
+    if "n_steps" in kwargs:  # on-policy (A2C has no minibatch)
+        kwargs.update({k: 64 for k in ("n_steps", "batch_size") if k in kwargs})
     if meta.get("set_policy"):
         kwargs["policy_kwargs"] = {**kwargs.get("policy_kwargs", {}), **meta["set_policy"]}
     if "buffer_size" in inspect.signature(SB3_CLASSES()[algo].__init__).parameters:

@@ -18,6 +18,9 @@ from mtkd_env.runtime.tracking import WANDB_MODES
 
 from ..weights import NORMALIZATIONS
 
+DEFAULT_ORACLE_SEEDS = (2000, 2001)
+"""`baselines.oracle.SEARCH_SEEDS` (not imported: the oracle module drives compare's worker)."""
+
 __all__ = ["CompareOptions", "CompareError", "RunsFailed", "DEFAULT_POLICIES", "LEADERBOARD_POLICIES", "LEADERBOARD_SEEDS", "REFERENCE", "WANDB_MODES"]
 
 DEFAULT_POLICIES = ("aver", "ca-mkd", "ebkd", "aekd", "best", "random", "no-kd")
@@ -73,7 +76,7 @@ class CompareOptions:
     """Seeds of RL agent training; evaluation seed s uses the agent of train_seeds[s % len]."""
     train_timesteps: Optional[Annotated[int, Field(ge=1)]] = None
     oracle_seeds: Annotated[List[Annotated[int, Field(ge=0)]], Field(min_length=1), Cli(item='seed')] = field(
-        default_factory=lambda: [2000, 2001])  # = baselines.oracle.SEARCH_SEEDS
+        default_factory=lambda: list(DEFAULT_ORACLE_SEEDS))
     """Search seeds of the oracle and best-constant policies (`python -m baselines.oracle --seeds`; the
     cached search of these seeds is used, or run); keep them disjoint from the evaluation seeds."""
     """RL training budget in env steps (None: the algorithm's default)."""

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from mtkd_env.runtime.files import atomic_write_text, check_output_dir
 
-from .options import CompareError, CompareOptions
+from .options import DEFAULT_ORACLE_SEEDS, CompareError, CompareOptions
 
 __all__ = ["settings_of", "settings_diff", "describe_jobs", "jobs_record", "check_out", "open_out",
            "remove_if_empty", "read_meta",
@@ -27,7 +27,7 @@ def settings_of(opts: CompareOptions) -> Dict[str, Any]:
     saved = {"env_config": opts.env_config.to_dict(), "eval_every": opts.eval_every,
              "normalization": opts.normalization, "aekd_cap": opts.aekd_cap,
              "train_seeds": opts.train_seeds, "train_timesteps": opts.train_timesteps}
-    if list(opts.oracle_seeds) != [2000, 2001]:  # recorded when not the default, so older folders still match
+    if tuple(opts.oracle_seeds) != DEFAULT_ORACLE_SEEDS:  # recorded when not the default: older folders still match
         saved["oracle_seeds"] = list(opts.oracle_seeds)
     return json.loads(json.dumps(saved, default=str))
 

@@ -146,7 +146,8 @@ class VirtualSteps:
         the drop of the probe loss that one SGD step on kl[i, m] alone would cause, so
         `kd_alpha / B · Σ w[i, m] c[i, m]` is the probe-loss drop due to the batch's logit-KD term
         under weights w (B, M). Momentum and the feature term are left out. Costs one probe forward
-        and backward and one batch forward; changes nothing real (parameters, gradients, BatchNorm
+        and backward and one batch forward (`forward_with`, whose teacher side is a cache gather when
+        the teacher-output cache is on, else the teachers' forwards again); changes nothing real (parameters, gradients, BatchNorm
         statistics). Call after `prepare()` (or `reset`/`advance`), before `apply`.
         """
         from torch.func import functional_call
