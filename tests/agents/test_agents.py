@@ -166,6 +166,10 @@ def test_scenario_sections_of_hyperparameter_files(synthetic_config, tmp_path):
     assert resolve_hyperparams("ppo-set", same, scenario="pools")["n_timesteps"] == 15500
     assert resolve_hyperparams("ppo-set", same, scenario="unreliable")["n_timesteps"] == 9300
     assert "scenarios" not in resolve_hyperparams("ppo-set", same)
+    # ... and the MLP ppo sees only the progress on `schedule`, rewarded at the end; elsewhere its own state.
+    assert resolve_hyperparams("ppo", same, scenario="schedule")["env_kwargs"] == {
+        "reward": "twin_final_val_acc", "obs_features": ["progress"]}
+    assert resolve_hyperparams("ppo", same, scenario="unreliable")["env_kwargs"]["reward"] == "twin_val_loss"
     # A user file's section for the run's scenario goes over the file's own values, overrides over both.
     hp_file = tmp_path / "ppo.yml"
     hp_file.write_text("MultiTeacherKD-v0:\n  n_steps: 16\n  batch_size: 8\n"

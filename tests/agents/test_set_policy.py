@@ -200,3 +200,22 @@ def test_ppo_credit_trains_on_the_per_step_credit_and_acts_per_sample(scenario_c
     action, _ = policy.predict(obs)
     assert action.shape == (env.config.batch_size, env.num_teachers)
     assert np.allclose(env.action_to_weights(action)[0], 0.25, atol=0.01)  # untrained ≈ uniform
+
+
+def test_the_mlp_ppo_learns_a_schedule_from_the_progress_alone(scenario_config, tmp_path):
+    """ppo.yml's `schedule` section: the state is the progress (standardised), the reward the final
+    twin advantage, paid at the end only; the trained policy acts on the progress alone."""
+    cfg = scenario_config("schedule")
+    run = api.prepare_run("ppo", env_config=cfg, total_timesteps=8, out_dir=str(tmp_path),
+                          hyperparams={"n_epochs": 1}, show_progress=False)
+    assert run.env_config.reward == "twin_final_val_acc" and list(run.env_config.obs_features) == ["progress"]
+    assert run.agent.model.n_steps == cfg.max_steps  # one rollout = one episode
+    policy = api.load_policy(run.train())
+    assert policy.meta["obs_norm"] is not None
+    env = MultiTeacherKDEnv(policy.make_env_config(cfg))
+    assert env.observation_space.shape == (1,)
+    obs, _ = env.reset(seed=0)
+    done = False
+    while not done:
+        obs, _, terminated, truncated, _ = env.step(policy.predict(obs)[0])
+        done = terminated or truncated
