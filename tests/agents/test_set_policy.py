@@ -202,7 +202,7 @@ def test_ppo_credit_trains_on_the_per_step_credit_and_acts_per_sample(scenario_c
     assert np.allclose(env.action_to_weights(action)[0], 0.25, atol=0.01)  # untrained ≈ uniform
 
 
-def test_the_mlp_ppo_learns_a_schedule_from_the_progress_alone(scenario_config, tmp_path):
+def test_the_mlp_ppo_on_schedule_acts_on_the_progress_alone(scenario_config, tmp_path):
     """ppo.yml's `schedule` section: the state is the progress (standardised), the reward the final
     twin advantage, paid at the end only; the trained policy acts on the progress alone."""
     cfg = scenario_config("schedule")
