@@ -272,7 +272,7 @@ class MultiTeacherKDEnv(gym.Env):
                             probe_loss_after=measured.get("probe_loss"), val_acc=val_acc,
                             prev_val_acc=self._previous.get("val_acc"), terminal=terminated,
                             measured=measured, previous=dict(self._previous),
-                            credits={k: v.double().cpu().numpy() for k, v in (pending.credits or {}).items()},
+                            credits={k: v.double().cpu().numpy() for k, v in pending.credits.items()},
                             weights=pending.wl)
         info = {"step": self._t, "iteration": engine.iteration, "epoch": engine.loader.epoch,
                 "weights_logit": np.asarray(pending.wl, dtype=np.float32).copy(),

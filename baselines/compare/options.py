@@ -75,11 +75,11 @@ class CompareOptions:
     train_seeds: Annotated[List[Annotated[int, Field(ge=0)]], Field(min_length=1), Cli(item='seed')] = field(default_factory=lambda: [1000])
     """Seeds of RL agent training; evaluation seed s uses the agent of train_seeds[s % len]."""
     train_timesteps: Optional[Annotated[int, Field(ge=1)]] = None
+    """RL training budget in env steps (None: the algorithm's default)."""
     oracle_seeds: Annotated[List[Annotated[int, Field(ge=0)]], Field(min_length=1), Cli(item='seed')] = field(
         default_factory=lambda: list(DEFAULT_ORACLE_SEEDS))
     """Search seeds of the oracle and best-constant policies (`python -m baselines.oracle --seeds`; the
     cached search of these seeds is used, or run); keep them disjoint from the evaluation seeds."""
-    """RL training budget in env steps (None: the algorithm's default)."""
     train_only: bool = False
     """Train (or reuse) the RL policies' agents into `out` and stop; shards load them with --agent-dir."""
     wandb: Annotated[Literal[WANDB_MODES], Cli(help_default="$WANDB_MODE, else online if logged in, "

@@ -8,8 +8,8 @@ engine with `apply`/`advance`/`done`) and `to_host` the one device->host copy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import List, Optional
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ class Pending:
     loss: Optional[torch.Tensor] = None
     wl: Optional[np.ndarray] = None
     wf: Optional[np.ndarray] = None
-    credits: Optional[dict] = None
+    credits: Dict[str, torch.Tensor] = field(default_factory=dict)
     """Target -> (B, M) device tensor: the credits of the step's batch (`DistillationEngine.kd_credit`)."""
 
 
